@@ -1,0 +1,22 @@
+# Two entry points: `make demo` (the main job) and `make test` (the test suite).
+# Each installs what it needs on first use into the current Python.
+PYTHON ?= python3
+STAMP := .make/installed
+
+.PHONY: install demo test test-slow bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install --quiet torch==2.13.0 || $(PYTHON) -m pip install --quiet "torch>=2.2"
+	$(PYTHON) -m pip install --quiet -e ".[test,bench]"
+	@mkdir -p .make && touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PYTHON) scripts/demo.py
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -n 2 --dist loadgroup
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -m slow

@@ -1,0 +1,1 @@
+"""Gymnasium environments for exploration (registered under the ``flowrl/`` namespace)."""

@@ -1,0 +1,151 @@
+"""``Flow``: a transform over a base distribution, with exact density and sampling.
+
+``log p(x | c) = log p_Z(f(x; c) | c) + log|det df/dx|``, and samples are
+``x = f^{-1}(z; c)`` with ``z ~ p_Z``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .core import Transform, check_shape
+from .distributions import BaseDistribution
+
+__all__ = ["Flow", "set_validation", "validation_enabled"]
+
+_VALIDATE = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn input validation of every flow on or off (like ``torch.distributions``)."""
+    global _VALIDATE
+    _VALIDATE = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    """Whether flows validate their inputs by default."""
+    return _VALIDATE
+
+
+class Flow(nn.Module):
+    """A normalizing flow ``p(x | c)`` built from ``transform`` (data -> noise) and ``base``.
+
+    Shapes follow ``torch.distributions``: ``log_prob`` takes ``x`` of shape
+    ``(*batch, *shape)`` and a context ``(*batch', context_dim)`` that
+    broadcasts against ``batch``; ``sample(n)`` returns ``(n, *shape)`` and
+    ``sample(n, context)`` with ``context`` of shape ``(*B, context_dim)``
+    returns ``(n, *B, *shape)``: ``n`` samples per context row.
+    """
+
+    def __init__(
+        self,
+        transform: Transform,
+        base: BaseDistribution,
+        context_dim: int = 0,
+        validate_args: Optional[bool] = None,
+    ):
+        super().__init__()
+        self.transform = transform
+        self.base = base
+        self.shape: tuple[int, ...] = tuple(base.shape)
+        self.context_dim = int(context_dim)
+        self.validate_args = validate_args
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def event_numel(self) -> int:
+        return math.prod(self.shape)
+
+    def _validating(self) -> bool:
+        return _VALIDATE if self.validate_args is None else bool(self.validate_args)
+
+    def _check_context(self, context: Optional[Tensor]) -> None:
+        if self.context_dim > 0 and context is None:
+            raise ValueError(
+                f"this flow is conditional (context_dim={self.context_dim}) but no context was given"
+            )
+        if self.context_dim == 0 and context is not None:
+            raise ValueError("this flow is unconditional (context_dim=0) but a context was given")
+        if context is not None:
+            if context.dim() == 0 or context.shape[-1] != self.context_dim:
+                raise ValueError(
+                    f"context has shape {tuple(context.shape)}, expected last dimension {self.context_dim}"
+                )
+            if self._validating() and not bool(torch.isfinite(context).all()):
+                raise ValueError("context contains NaN or inf values")
+
+    # ----------------------------------------------------------------- density
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Exact ``log p(x | c)`` with shape ``x.shape[:-len(shape)]`` broadcast with the context's."""
+        check_shape(x, self.shape, "x")
+        self._check_context(context)
+        if self._validating() and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or inf values")
+        nd = len(self.shape)
+        batch = x.shape[: x.dim() - nd]
+        ctx_flat = None
+        if context is not None:
+            batch = torch.broadcast_shapes(batch, context.shape[:-1])
+            ctx_flat = context.expand(*batch, self.context_dim).reshape(-1, self.context_dim)
+        x_flat = x.expand(*batch, *self.shape).reshape(-1, *self.shape)
+        z, logdet = self.transform(x_flat, ctx_flat)
+        lp = self.base.log_prob(z, ctx_flat) + logdet
+        return lp.reshape(batch)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Alias of :meth:`log_prob`."""
+        return self.log_prob(x, context)
+
+    # ---------------------------------------------------------------- sampling
+    def _flat_context(self, n: int, context: Optional[Tensor]) -> tuple[Optional[Tensor], tuple[int, ...]]:
+        self._check_context(context)
+        if context is None:
+            return None, (n,)
+        lead = tuple(context.shape[:-1])
+        ctx = context.unsqueeze(0).expand(n, *context.shape).reshape(-1, self.context_dim)
+        return ctx, (n, *lead)
+
+    def rsample_and_log_prob(self, n: int, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Differentiable samples and their log-density from one pass through the inverse."""
+        if n <= 0:
+            raise ValueError(f"number of samples must be positive, got {n}")
+        ctx, lead = self._flat_context(n, context)
+        rows = math.prod(lead)
+        z = self.base.rsample(rows, ctx)
+        base_lp = self.base.log_prob(z, ctx)
+        x, logdet_inv = self.transform.inverse(z, ctx)
+        lp = base_lp - logdet_inv
+        return x.reshape(*lead, *self.shape), lp.reshape(lead)
+
+    def rsample(self, n: int, context: Optional[Tensor] = None) -> Tensor:
+        """Differentiable samples, shape ``(n, *shape)`` or ``(n, *B, *shape)``."""
+        return self.rsample_and_log_prob(n, context)[0]
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Optional[Tensor] = None) -> Tensor:
+        """Samples without gradient, shape ``(n, *shape)`` or ``(n, *B, *shape)``."""
+        return self.rsample_and_log_prob(n, context)[0]
+
+    def sample_and_log_prob(self, n: int, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Samples and log-densities without gradient."""
+        with torch.no_grad():
+            return self.rsample_and_log_prob(n, context)
+
+    def mode_sample(self, context: Optional[Tensor] = None) -> Tensor:
+        """The base distribution's mode pushed through the flow (one per context row).
+
+        This is the deterministic output a policy uses; it is not in general
+        the mode of ``p(x)``.
+        """
+        ctx, lead = self._flat_context(1, context)
+        rows = math.prod(lead)
+        z = self.base.mode(rows, ctx)
+        x, _ = self.transform.inverse(z, ctx)
+        return x.reshape(*lead[1:], *self.shape) if context is not None else x.reshape(self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, context_dim={self.context_dim}"

@@ -1,0 +1,1 @@
+"""Transforms by family: one module per family (see the README's map)."""
