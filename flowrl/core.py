@@ -50,19 +50,39 @@ class Transform(nn.Module):
 
 
 class Compose(Transform):
-    """Composition ``f = f_K o ... o f_1``; ``log|det J_f| = sum_k log|det J_{f_k}|``."""
+    """Composition ``f = f_K o ... o f_1``; ``log|det J_f| = sum_k log|det J_{f_k}|``.
 
-    def __init__(self, transforms: Iterable[Transform]):
+    ``memory_saving=True`` trains with O(1) activation memory in depth: the
+    backward pass rebuilds each block's input from its output with the exact
+    inverse instead of storing it (see :mod:`flowrl.memory`).
+    """
+
+    def __init__(self, transforms: Iterable[Transform], memory_saving: bool = False):
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
         if len(self.transforms) == 0:
             raise ValueError("Compose needs at least one transform")
+        self.memory_saving = False
+        if memory_saving:
+            self.enable_memory_saving()
+
+    def enable_memory_saving(self, allow_numerical_inverse: bool = False) -> "Compose":
+        """Switch to memory-saving backprop; ``ValueError`` if a block inverts numerically (unless allowed)."""
+        from .memory import check_invertible
+
+        check_invertible(self, allow_numerical_inverse)
+        self.memory_saving = True
+        return self
 
     @property
     def analytic_inverse(self) -> bool:  # type: ignore[override]
         return all(t.analytic_inverse for t in self.transforms)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        if self.memory_saving:
+            from .memory import memory_saving_call
+
+            return memory_saving_call(self, x, context)
         total = x.new_zeros(x.shape[0])
         for t in self.transforms:
             x, ld = t(x, context)
@@ -70,6 +90,10 @@ class Compose(Transform):
         return x, total
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        if self.memory_saving:
+            from .memory import memory_saving_call
+
+            return memory_saving_call(self, z, context, inverse=True)
         total = z.new_zeros(z.shape[0])
         for t in reversed(self.transforms):
             z, ld = t.inverse(z, context)

@@ -121,6 +121,7 @@ def build_flow(
     base: str = "normal",
     base_hidden_features: Sequence[int] | int = (64,),
     validate_args: Optional[bool] = None,
+    memory_saving: bool = False,
     **kwargs: Any,
 ) -> Flow:
     """Build the registered flow ``name`` over vectors of size ``dim`` (or images of shape ``dim``).
@@ -133,6 +134,9 @@ def build_flow(
             Gaussian whose mean and scale come from the context).
         base_hidden_features: hidden widths of the conditional base's network.
         validate_args: check inputs for shape and finiteness (default: global setting).
+        memory_saving: train with O(1) activation memory in depth by rebuilding
+            activations from outputs in backward (:mod:`flowrl.memory`);
+            ``ValueError`` for flows whose inverse is numerical.
         **kwargs: the family's own options; ``transforms`` (number of layers)
             and ``hidden_features`` (hidden widths) are shared by most.
     """
@@ -154,6 +158,15 @@ def build_flow(
         raise ValueError(f"context_dim must be >= 0, got {context_dim}")
     _check_kwargs(spec.builder, kwargs, f"flow {name!r}")
     transform = spec.builder(shape, context_dim, **kwargs)
+    if memory_saving:
+        from .memory import memory_saving as _memory_saving
+
+        if spec.numerical_inverse:
+            raise ValueError(
+                f"flow {name!r} inverts numerically; memory-saving backprop needs exact inverses "
+                "(see flowrl.memory.memory_saving(..., allow_numerical_inverse=True) to opt in)"
+            )
+        transform = _memory_saving(transform)
     if base == "normal":
         base_dist = StandardNormal(shape)
     elif base == "conditional":
