@@ -1,1 +1,49 @@
-"""Gymnasium environments for exploration (registered under the ``flowrl/`` namespace)."""
+"""Gymnasium environments for exploration (registered under the ``flowrl/`` namespace).
+
+Importing ``envs`` registers:
+
+* ``flowrl/PointMaze-Open-v0``, ``flowrl/PointMaze-UMaze-v0``,
+  ``flowrl/PointMaze-Rooms-v0``: the continuous point maze (:mod:`envs.maze`)
+  on the shipped layouts; ``flowrl/PointMaze-v0`` takes any ``layout=``.
+* ``flowrl/DeepSea-v0``: the discrete deep-sea chain (:mod:`envs.deep_sea`).
+* ``flowrl/SparsePendulum-v0``, ``flowrl/SparseMountainCar-v0``: standard
+  tasks with a thresholded reward (:mod:`envs.sparse`).
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from .coverage import CoverageTracker, CoverageWrapper, maze_tracker
+from .deep_sea import DeepSea
+from .layout import MazeLayout, available_layouts, load_layout
+from .maze import PointMaze, render_maze
+from .sparse import SparseReward, make_sparse
+
+__all__ = [
+    "PointMaze", "render_maze", "MazeLayout", "load_layout", "available_layouts",
+    "DeepSea", "SparseReward", "make_sparse",
+    "CoverageTracker", "CoverageWrapper", "maze_tracker", "ENV_IDS",
+]
+
+_MAZES = {"Open": "open", "UMaze": "umaze", "Rooms": "rooms"}
+
+ENV_IDS: list[str] = []
+
+
+def _register(env_id: str, entry_point: str, **kwargs) -> None:
+    ENV_IDS.append(env_id)
+    if env_id not in registry:
+        register(id=env_id, entry_point=entry_point, **kwargs)
+
+
+_register("flowrl/PointMaze-v0", "envs.maze:PointMaze")
+for _name, _layout in _MAZES.items():
+    _register(f"flowrl/PointMaze-{_name}-v0", "envs.maze:PointMaze", kwargs={"layout": _layout})
+_register("flowrl/DeepSea-v0", "envs.deep_sea:DeepSea", kwargs={"size": 10})
+_register(
+    "flowrl/SparsePendulum-v0", "envs.sparse:make_sparse",
+    kwargs={"env_id": "Pendulum-v1", "threshold": -0.05, "mode": "step"},
+)
+_register(
+    "flowrl/SparseMountainCar-v0", "envs.sparse:make_sparse",
+    kwargs={"env_id": "MountainCarContinuous-v0", "threshold": 50.0, "mode": "step"},
+)
