@@ -1,10 +1,11 @@
-"""Block-coupling flows on vectors: NICE and RealNVP."""
+"""Block-coupling flows on vectors: NICE and RealNVP (RealNVP also on images)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..core import Compose, Transform
+from ..nn import as_hidden
 from ..registry import register_flow, register_transform
 from ..transforms.coupling import Coupling, alternating_mask
 from ..transforms.elementwise import Additive, Affine, Scaling
@@ -36,7 +37,7 @@ def build_nice(
     return Compose(layers)
 
 
-@register_flow("realnvp", min_dim=2, test_kwargs=_SMALL)
+@register_flow("realnvp", image=True, min_dim=2, test_kwargs=_SMALL)
 def build_realnvp(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -44,13 +45,30 @@ def build_realnvp(
     hidden_features: Sequence[int] | int = (64, 64),
     scale_bound: float = 3.0,
     permutation: str = "alternate",
+    levels: Optional[int] = None,
 ) -> Transform:
     """RealNVP (Dinh et al. 2017): affine couplings with a bounded log-scale.
 
     ``permutation``: ``"alternate"`` (alternating masks), ``"reverse"`` or
     ``"random"`` (a fixed permutation between layers, half mask).
+
+    Images ``(C, H, W)``: the multi-scale architecture of
+    :func:`flowrl.models.glow.realnvp_image` with ``levels`` levels (default:
+    as many as ``H`` and ``W`` allow, at most 3), ``transforms`` couplings
+    per mask group and convolutional conditioners of widths
+    ``hidden_features``; ``permutation`` must stay ``"alternate"``.
     """
     _check_layers(transforms)
+    if len(shape) == 3:
+        from .glow import default_levels, realnvp_image
+
+        if permutation != "alternate":
+            raise ValueError(f"realnvp on images alternates its masks; permutation={permutation!r} is for vectors")
+        if levels is None:
+            levels = default_levels(shape, squeeze_first=False)
+        return realnvp_image(shape, context_dim, levels, transforms, as_hidden(hidden_features), scale_bound)
+    if levels is not None:
+        raise ValueError("realnvp on vectors does not take levels (an image option)")
     (dim,) = shape
     layers: list[Transform] = []
     for i in range(transforms):
