@@ -1,0 +1,84 @@
+"""Planar, radial and Sylvester flows beyond the generic suite."""
+
+import pytest
+import torch
+
+import flowrl
+from flowrl.transforms.lowrank import PlanarMap, RadialMap, SylvesterMap, bisect_increasing
+
+
+def _randomise(module, std=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_planar_constraint_holds_for_any_parameters(seed):
+    t = PlanarMap(4).double()
+    _randomise(t, std=5.0, seed=seed)
+    u, w, _ = t._uwb(1, None)
+    assert (w * u).sum().item() > -1
+    x = 10 * torch.randn(64, 4, dtype=torch.float64)
+    y, ld = t(x)
+    assert torch.isfinite(ld).all()
+    assert torch.allclose(t.inverse(y)[0], x, atol=1e-9)
+
+
+def test_radial_inverse_is_exact_at_and_near_its_centre():
+    t = RadialMap(3).double()
+    _randomise(t, std=1.0, seed=3)
+    z0, _, _ = t._params(1, None)
+    pts = torch.cat([z0, z0 + 1e-9, z0 + 1e3, torch.randn(5, 3, dtype=torch.float64)])
+    y, ld = t(pts)
+    x, ld2 = t.inverse(y)
+    assert torch.allclose(x, pts, atol=1e-8) and torch.allclose(ld, -ld2, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["orthogonal", "householder"])
+def test_sylvester_q_has_orthonormal_columns(variant):
+    t = SylvesterMap(5, variant=variant, rank=3).double()
+    _randomise(t, std=1.0)
+    q, r, rt, _ = t._unpack(2, None)
+    eye = torch.eye(q.shape[-1], dtype=torch.float64)
+    assert torch.allclose(q.transpose(1, 2) @ q, eye.expand_as(q.transpose(1, 2) @ q), atol=1e-10)
+    prod = torch.diagonal(r, dim1=-2, dim2=-1) * torch.diagonal(rt, dim1=-2, dim2=-1)
+    assert (prod > -1).all()
+
+
+def test_sylvester_rejects_bad_options():
+    with pytest.raises(ValueError, match="variant"):
+        SylvesterMap(3, variant="diagonal")
+    with pytest.raises(ValueError, match="rank"):
+        SylvesterMap(3, rank=4)
+
+
+@pytest.mark.parametrize("name", ["planar", "radial", "sylvester"])
+def test_amortised_parameters_depend_on_the_context(name):
+    torch.manual_seed(0)
+    flow = flowrl.build_flow(name, 2, context_dim=3, transforms=2, hidden_features=(8,)).double()
+    _randomise(flow, std=0.5, seed=1)
+    x = torch.randn(1, 2, dtype=torch.float64)
+    a = flow.log_prob(x, torch.zeros(1, 3, dtype=torch.float64))
+    b = flow.log_prob(x, torch.ones(1, 3, dtype=torch.float64))
+    assert (a - b).abs().item() > 1e-6
+
+
+@pytest.mark.parametrize("closed_form", ["sample", "density"])
+def test_both_orientations_are_exact_and_inverse_of_each_other(closed_form):
+    torch.manual_seed(0)
+    flow = flowrl.build_flow("sylvester", 3, transforms=3, closed_form=closed_form, hidden_features=(8,)).double()
+    _randomise(flow, std=0.5, seed=2)
+    x = 3 * torch.randn(20, 3, dtype=torch.float64)
+    z, ld = flow.transform(x)
+    x2, ld2 = flow.transform.inverse(z)
+    assert torch.allclose(x, x2, atol=1e-9) and torch.allclose(ld, -ld2, atol=1e-9)
+    with pytest.raises(ValueError, match="closed_form"):
+        flowrl.build_flow("planar", 2, closed_form="both")
+
+
+def test_bisection_reaches_dtype_resolution():
+    target = torch.linspace(-5, 5, 11, dtype=torch.float64)
+    root = bisect_increasing(lambda s: s**3 + s, target, target - 10, target + 10)
+    assert (root**3 + root - target).abs().max().item() < 1e-9
