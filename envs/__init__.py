@@ -5,6 +5,8 @@ Importing ``envs`` registers:
 * ``flowrl/PointMaze-Open-v0``, ``flowrl/PointMaze-UMaze-v0``,
   ``flowrl/PointMaze-Rooms-v0``: the continuous point maze (:mod:`envs.maze`)
   on the shipped layouts; ``flowrl/PointMaze-v0`` takes any ``layout=``.
+* ``flowrl/TwoModeBandit-v0``: a one-step bandit paying in two separated
+  action regions (:mod:`envs.bandit`).
 * ``flowrl/DeepSea-v0``: the discrete deep-sea chain (:mod:`envs.deep_sea`).
 * ``flowrl/SparsePendulum-v0``, ``flowrl/SparseMountainCar-v0``: standard
   tasks with a thresholded reward (:mod:`envs.sparse`).
@@ -13,6 +15,7 @@ Importing ``envs`` registers:
 from gymnasium.envs.registration import register, registry
 
 from .coverage import CoverageTracker, CoverageWrapper, maze_tracker
+from .bandit import TwoModeBandit
 from .deep_sea import DeepSea
 from .layout import MazeLayout, available_layouts, load_layout
 from .maze import PointMaze, render_maze
@@ -20,7 +23,7 @@ from .sparse import SparseReward, make_sparse
 
 __all__ = [
     "PointMaze", "render_maze", "MazeLayout", "load_layout", "available_layouts",
-    "DeepSea", "SparseReward", "make_sparse",
+    "TwoModeBandit", "DeepSea", "SparseReward", "make_sparse",
     "CoverageTracker", "CoverageWrapper", "maze_tracker", "ENV_IDS",
 ]
 
@@ -47,3 +50,4 @@ _register(
     "flowrl/SparseMountainCar-v0", "envs.sparse:make_sparse",
     kwargs={"env_id": "MountainCarContinuous-v0", "threshold": 50.0, "mode": "step"},
 )
+_register("flowrl/TwoModeBandit-v0", "envs.bandit:TwoModeBandit", kwargs={"dim": 2})

@@ -1,0 +1,213 @@
+"""Flow policies for Stable-Baselines3: SAC (:class:`FlowSACPolicy`) and PPO/A2C (:class:`FlowActorCriticPolicy`).
+
+Both take the same flow settings, all in ``policy_kwargs`` so that
+``model.save()`` / ``SAC.load()`` / ``PPO.load()`` rebuild the same policy:
+
+* ``flow``: a name from :func:`flowrl.available_flows` (``"realnvp"``, ``"naf"``, ...).
+* ``flow_kwargs``: the flow's own options (e.g. ``dict(transforms=2, hidden_features=(64,))``).
+* ``base``: ``"normal"`` (standard normal) or ``"conditional"`` (diagonal
+  Gaussian whose mean and scale come from the policy's latent features).
+* ``direction``: ``"density"``, ``"sample"`` or ``"auto"`` (see
+  :data:`agents.distributions.DIRECTIONS`).  SAC only scores its own samples,
+  so ``"auto"`` puts a flow whose inverse is numerical (NAF) in the sampling
+  direction (one pass, exact ``log_prob`` of the sample); PPO/A2C score stored
+  actions, so ``"auto"`` keeps the density direction there (exact ``log_prob``,
+  sampling by the library's numerical inverse).
+
+Example::
+
+    SAC(FlowSACPolicy, env, policy_kwargs=dict(flow="realnvp", flow_kwargs=dict(transforms=2)))
+    PPO(FlowActorCriticPolicy, env, policy_kwargs=dict(flow="naf"))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.sac.policies import Actor, SACPolicy
+from torch import Tensor
+
+import flowrl
+
+from .distributions import DIRECTIONS, FlowDistribution, _check_flow_name, check_action_space
+
+__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy"]
+
+
+def _resolve_direction(flow: str, direction: str, scores_stored_actions: bool) -> str:
+    if direction == "auto":
+        if scores_stored_actions:
+            return "density"
+        return "sample" if flowrl.flow_spec(flow).numerical_inverse else "density"
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; use 'auto' or one of {DIRECTIONS}")
+    return direction
+
+
+def _check_flow_settings(owner: str, action_space: spaces.Space, flow: str, use_sde: bool) -> None:
+    check_action_space(action_space, owner)
+    _check_flow_name(flow)
+    if use_sde:
+        raise ValueError(f"{owner} does not support use_sde=True: the flow is the exploration noise")
+
+
+# --------------------------------------------------------------------- SAC
+class FlowActor(Actor):
+    """SAC actor whose action distribution is a flow conditioned on ``latent_pi``.
+
+    Actions live in SAC's normalised box ``[-1, 1]^D`` (SB3 rescales them to the
+    env's bounds); ``action_log_prob`` draws actions and their exact
+    log-density from one reparameterised pass.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        flow: str = "realnvp",
+        flow_kwargs: Optional[dict] = None,
+        base: str = "normal",
+        direction: str = "auto",
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        # The Gaussian head built by Actor is replaced by the flow.
+        del self.mu
+        del self.log_std
+        self.flow_name = flow
+        self.flow_kwargs = dict(flow_kwargs or {})
+        self.base = base
+        self.direction = direction
+        resolved = _resolve_direction(flow, direction, scores_stored_actions=False)
+        action_dim = int(np.prod(self.action_space.shape))
+        self.action_dist = FlowDistribution(  # type: ignore[assignment]
+            action_dim, flow, self.flow_kwargs, base, resolved, low=-np.ones(action_dim), high=np.ones(action_dim)
+        )
+        latent_dim = self.net_arch[-1] if len(self.net_arch) > 0 else self.features_dim
+        self.flow = self.action_dist.proba_distribution_net(latent_dim)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(flow=self.flow_name, flow_kwargs=self.flow_kwargs, base=self.base, direction=self.direction)
+        return data
+
+    def _latent(self, obs: PyTorchObs) -> Tensor:
+        return self.latent_pi(self.extract_features(obs, self.features_extractor))
+
+    def get_action_dist_params(self, obs: PyTorchObs):  # type: ignore[override]
+        raise ValueError("a flow actor has no Gaussian parameters; use forward() or action_log_prob()")
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> Tensor:
+        return self.action_dist.actions_from_params(self._latent(obs), deterministic=deterministic)
+
+    def action_log_prob(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
+        return self.action_dist.log_prob_from_params(self._latent(obs))  # type: ignore[return-value]
+
+
+class FlowSACPolicy(SACPolicy):
+    """SAC policy with a flow actor; the critics, entropy target and temperature are SB3's unchanged.
+
+    Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
+    (see the module doc).  The deterministic action is the base mode pushed
+    through the flow and the squash.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        *args: Any,
+        flow: str = "realnvp",
+        flow_kwargs: Optional[dict] = None,
+        base: str = "normal",
+        direction: str = "auto",
+        use_sde: bool = False,
+        **kwargs: Any,
+    ):
+        _check_flow_settings("FlowSACPolicy", action_space, flow, use_sde)
+        _resolve_direction(flow, direction, scores_stored_actions=False)
+        # Read by make_actor(), which SACPolicy.__init__ calls through _build().
+        self._flow_settings = dict(flow=flow, flow_kwargs=dict(flow_kwargs or {}), base=base, direction=direction)
+        super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
+
+    def make_actor(self, features_extractor=None) -> FlowActor:  # type: ignore[override]
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        return FlowActor(**actor_kwargs, **self._flow_settings).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.pop("use_sde", None)
+        data.update(self._flow_settings)
+        return data
+
+
+# ------------------------------------------------------------- PPO and A2C
+class FlowActorCriticPolicy(ActorCriticPolicy):
+    """Actor-critic policy (PPO, A2C) with a flow action distribution over the env's action box.
+
+    Actions are squashed straight into ``[low, high]`` (``squash_output`` stays
+    off, so SB3's clipping is a no-op) and ``evaluate_actions`` scores stored
+    actions exactly in the density direction.  ``entropy()`` is a reparameterised
+    Monte-Carlo estimate with ``entropy_samples`` samples per state (``0``:
+    return ``None`` and let SB3 use ``-log_prob`` of the stored actions).
+
+    Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
+    (see the module doc), ``entropy_samples``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        flow: str = "realnvp",
+        flow_kwargs: Optional[dict] = None,
+        base: str = "normal",
+        direction: str = "auto",
+        entropy_samples: int = 1,
+        use_sde: bool = False,
+        **kwargs: Any,
+    ):
+        _check_flow_settings("FlowActorCriticPolicy", action_space, flow, use_sde)
+        _resolve_direction(flow, direction, scores_stored_actions=True)
+        if int(entropy_samples) < 0:
+            raise ValueError(f"entropy_samples must be >= 0, got {entropy_samples}")
+        # Read by _build(), which ActorCriticPolicy.__init__ calls.
+        self._flow_settings = dict(
+            flow=flow, flow_kwargs=dict(flow_kwargs or {}), base=base, direction=direction,
+            entropy_samples=int(entropy_samples),
+        )
+        super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        """SB3's build (features, value head, orthogonal init), then the Gaussian head is replaced by the flow."""
+        super()._build(lr_schedule)
+        del self.action_net
+        del self.log_std
+        s = self._flow_settings
+        box = self.action_space
+        assert isinstance(box, spaces.Box)
+        self.action_dist = FlowDistribution(  # type: ignore[assignment]
+            int(np.prod(box.shape)), s["flow"], s["flow_kwargs"], s["base"],
+            _resolve_direction(s["flow"], s["direction"], scores_stored_actions=True),
+            low=box.low, high=box.high, entropy_samples=s["entropy_samples"],
+        )
+        # The flow starts at (near) the identity from its own zero-initialised output layers.
+        self.action_net = self.action_dist.proba_distribution_net(self.mlp_extractor.latent_dim_pi)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def _get_action_dist_from_latent(self, latent_pi: Tensor) -> FlowDistribution:  # type: ignore[override]
+        return self.action_dist.proba_distribution(latent_pi)  # type: ignore[union-attr, return-value]
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("use_sde", "squash_output", "full_std", "use_expln"):
+            data.pop(key, None)
+        data.update(self._flow_settings)
+        return data
