@@ -50,6 +50,18 @@ def _mix_channels(x: Tensor, weight: Tensor) -> Tensor:
     return torch.einsum("ij,bj...->bi...", weight, x)
 
 
+def _initial_weight(channels: int, weight: Optional[Tensor]) -> Tensor:
+    """A random rotation, or a copy of ``weight`` (its floating dtype kept) after a shape check."""
+    if weight is None:
+        return random_rotation(channels, dtype=torch.get_default_dtype())
+    weight = torch.as_tensor(weight)
+    if not weight.is_floating_point():
+        weight = weight.to(torch.get_default_dtype())
+    if weight.shape != (channels, channels):
+        raise ValueError(f"weight must have shape ({channels}, {channels}), got {tuple(weight.shape)}")
+    return weight.detach().clone()
+
+
 class ActNorm(Transform):
     """Per-channel affine normalisation ``z = (x + b) * exp(s)``; ``log|det| = S * sum(s)``.
 
@@ -119,9 +131,7 @@ class InvConv1x1(Transform):
 
     def __init__(self, channels: int, weight: Optional[Tensor] = None):
         super().__init__()
-        if weight is None:
-            weight = random_rotation(channels)
-        weight = torch.as_tensor(weight, dtype=torch.get_default_dtype()).clone()
+        weight = _initial_weight(channels, weight)
         if weight.shape != (channels, channels):
             raise ValueError(f"weight must have shape ({channels}, {channels}), got {tuple(weight.shape)}")
         self.channels = int(channels)
@@ -150,16 +160,12 @@ class LUInvConv1x1(Transform):
 
     def __init__(self, channels: int, weight: Optional[Tensor] = None):
         super().__init__()
-        if weight is None:
-            weight = random_rotation(channels)
-        weight = torch.as_tensor(weight).to(torch.get_default_dtype())
-        if weight.shape != (channels, channels):
-            raise ValueError(f"weight must have shape ({channels}, {channels}), got {tuple(weight.shape)}")
+        weight = _initial_weight(channels, weight)
+        dtype = weight.dtype
         p, lower, upper = torch.linalg.lu(weight.double())
         diag = torch.diagonal(upper)
         if bool((diag == 0).any()):
             raise ValueError("weight is singular")
-        dtype = torch.get_default_dtype()
         self.channels = int(channels)
         self.register_buffer("permutation", p.to(dtype))
         self.register_buffer("sign", torch.sign(diag).to(dtype))
