@@ -96,6 +96,20 @@ def test_actnorm_initialised_state_is_saved_and_loading_does_not_reinitialise():
         assert torch.equal(a.state_dict()[k.replace("initialized", "bias")], b.state_dict()[k.replace("initialized", "bias")])
 
 
+def test_actnorm_loading_an_uninitialised_state_or_a_reset_initialises_again():
+    torch.manual_seed(0)
+    fresh_state = ActNorm(2).state_dict()
+    an = ActNorm(2)
+    an(torch.randn(32, 2) * 3)
+    an.load_state_dict(fresh_state)
+    z, _ = an(torch.randn(32, 2) * 5 + 7)
+    assert z.mean(0).abs().max().item() < 1e-5 and (z.std(0, unbiased=False) - 1).abs().max().item() < 1e-4
+    an.reinitialize_on_next_batch()
+    assert not bool(an.initialized)
+    z, _ = an(torch.randn(32, 2) * 0.2 - 1)
+    assert z.mean(0).abs().max().item() < 1e-5 and (z.std(0, unbiased=False) - 1).abs().max().item() < 1e-4
+
+
 # ------------------------------------------------------- 1x1 convolutions
 def test_random_rotation_is_a_rotation():
     q = random_rotation(5, dtype=F64)

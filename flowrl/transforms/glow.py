@@ -74,7 +74,9 @@ class ActNorm(Transform):
     :meth:`inverse` (sampling before any data was seen) it keeps its current
     parameters (the identity at construction) and counts as initialised.
     The ``initialized`` flag is a persistent buffer: ``load_state_dict`` on a
-    fresh model restores it and no re-initialisation happens.
+    fresh model restores it and no re-initialisation happens.  The flag is
+    read from the device once and then cached on the host (no sync per
+    call); use :meth:`reinitialize_on_next_batch` rather than writing it.
     """
 
     def __init__(self, channels: int, min_std: float = 1e-3):
@@ -86,6 +88,21 @@ class ActNorm(Transform):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._seen_initialized = False  # host-side cache of the flag: no device sync per call
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._seen_initialized = False  # the loaded flag decides again
+
+    def _needs_init(self) -> bool:
+        if not self._seen_initialized:
+            self._seen_initialized = bool(self.initialized)
+        return not self._seen_initialized
+
+    def reinitialize_on_next_batch(self) -> None:
+        """Forget the initialisation: the next :meth:`forward` batch sets ``b`` and ``s`` again."""
+        self.initialized.fill_(False)
+        self._seen_initialized = False
 
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         return p.reshape(1, self.channels, *([1] * (x.dim() - 2)))
@@ -102,10 +119,11 @@ class ActNorm(Transform):
         else:
             self.log_scale.zero_()
         self.initialized.fill_(True)
+        self._seen_initialized = True
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         _check_channels(x, self.channels, "ActNorm")
-        if not bool(self.initialized):
+        if self._needs_init():
             self.initialize(x)
         z = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
         ld = (_spatial_size(x) * self.log_scale.sum()).expand(x.shape[0])
@@ -113,8 +131,9 @@ class ActNorm(Transform):
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         _check_channels(z, self.channels, "ActNorm")
-        if not bool(self.initialized):
+        if self._needs_init():
             self.initialized.fill_(True)
+            self._seen_initialized = True
         x = z * torch.exp(-self._view(self.log_scale, z)) - self._view(self.bias, z)
         ld = (-_spatial_size(z) * self.log_scale.sum()).expand(z.shape[0])
         return x, ld
