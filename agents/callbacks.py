@@ -1,0 +1,253 @@
+"""Training callbacks: episode and coverage metrics, atomic checkpoints.
+
+* :class:`MetricsCallback` appends one row per finished episode to
+  ``episodes.csv`` (return, length, success) and one row every
+  ``log_every`` steps to ``metrics.csv`` (rolling return and success,
+  coverage, steps/s), and feeds a :class:`envs.CoverageTracker` from
+  ``info["position"]`` (or a projection of the observation).
+* :class:`CheckpointCallback` writes ``checkpoints/step_<N>/`` through a
+  temporary folder and ``os.replace``, then points ``checkpoints/latest``
+  at it (also replaced atomically): a crash mid-write leaves the last good
+  checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from collections import deque
+from typing import Any, Callable, Optional
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from envs.coverage import CoverageTracker
+
+__all__ = [
+    "MetricsCallback", "CheckpointCallback", "ProgressBar", "save_checkpoint", "latest_checkpoint",
+    "write_json_atomic", "EPISODE_FIELDS", "METRIC_FIELDS",
+]
+
+EPISODE_FIELDS = ["timesteps", "episode", "return", "length", "success", "wall_time"]
+METRIC_FIELDS = ["timesteps", "episodes", "return_mean", "success_rate", "successes", "coverage", "steps_per_s"]
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+class _CsvAppender:
+    """Append rows to a CSV file, writing the header when the file is new."""
+
+    def __init__(self, path: str, fields: list[str]):
+        self.path, self.fields = path, fields
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        self._file = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=fields, extrasaction="ignore")
+        if new:
+            self._writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MetricsCallback(BaseCallback):
+    """Episode rows, periodic metric rows and coverage (see module docstring).
+
+    Args:
+        run_dir: where ``episodes.csv`` and ``metrics.csv`` are appended.
+        tracker: coverage tracker fed every step (``None``: no coverage).
+        projection: maps a batch of observations ``(n_envs, obs_dim)`` to
+            2-D points when the env gives no ``info["position"]``.
+        log_every: env steps between rows of ``metrics.csv``.
+        window: number of recent episodes in the rolling means.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        tracker: Optional[CoverageTracker] = None,
+        projection: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        log_every: int = 1000,
+        window: int = 20,
+        episodes_so_far: int = 0,
+        successes_so_far: int = 0,
+    ):
+        super().__init__()
+        self.run_dir = run_dir
+        self.tracker = tracker
+        self.projection = projection
+        self.log_every = int(log_every)
+        self.recent_returns: deque = deque(maxlen=window)
+        self.recent_success: deque = deque(maxlen=window)
+        self.episodes = int(episodes_so_far)
+        self.successes = int(successes_so_far)
+        self.first_success: Optional[int] = None
+        self._last_log = 0
+        self._t0 = time.perf_counter()
+        self._steps0 = 0
+
+    def _on_training_start(self) -> None:
+        self._episodes_csv = _CsvAppender(os.path.join(self.run_dir, "episodes.csv"), EPISODE_FIELDS)
+        self._metrics_csv = _CsvAppender(os.path.join(self.run_dir, "metrics.csv"), METRIC_FIELDS)
+        self._t0, self._steps0 = time.perf_counter(), self.num_timesteps
+        self._last_log = self.num_timesteps
+
+    def _points(self, infos: list[dict], new_obs: Any) -> Optional[np.ndarray]:
+        if infos and all("position" in i for i in infos):
+            # With auto-reset the reported position of a finished episode is its last one.
+            return np.stack([np.asarray(i["position"], dtype=np.float64) for i in infos])
+        if self.projection is not None and new_obs is not None:
+            return np.asarray(self.projection(np.asarray(new_obs)), dtype=np.float64)
+        return None
+
+    def _on_step(self) -> bool:
+        infos = self.locals.get("infos", [])
+        if self.tracker is not None:
+            pts = self._points(infos, self.locals.get("new_obs"))
+            if pts is not None:
+                self.tracker.update(pts)
+        for info in infos:
+            ep = info.get("episode")
+            if ep is None:
+                continue
+            self.episodes += 1
+            success = bool(info.get("is_success", False))
+            self.successes += int(success)
+            if success and self.first_success is None:
+                self.first_success = self.num_timesteps
+            self.recent_returns.append(float(ep["r"]))
+            self.recent_success.append(float(success))
+            self._episodes_csv.write(
+                dict(timesteps=self.num_timesteps, episode=self.episodes, **{"return": float(ep["r"])},
+                     length=int(ep["l"]), success=int(success), wall_time=round(float(ep["t"]), 3))
+            )
+        if self.num_timesteps - self._last_log >= self.log_every:
+            self._write_metrics()
+        return True
+
+    def summary(self) -> dict:
+        """The current metrics as a dict (also the row format of ``metrics.csv``)."""
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        return dict(
+            timesteps=self.num_timesteps,
+            episodes=self.episodes,
+            return_mean=float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
+            success_rate=float(np.mean(self.recent_success)) if self.recent_success else 0.0,
+            successes=self.successes,
+            coverage=self.tracker.fraction if self.tracker is not None else float("nan"),
+            steps_per_s=round((self.num_timesteps - self._steps0) / elapsed, 2),
+        )
+
+    def _write_metrics(self) -> None:
+        row = self.summary()
+        self._metrics_csv.write(row)
+        self._last_log = self.num_timesteps
+        self.logger.record("flowrl/coverage", row["coverage"])
+        self.logger.record("flowrl/successes", row["successes"])
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps != self._last_log:
+            self._write_metrics()
+        self._episodes_csv.close()
+        self._metrics_csv.close()
+
+
+def save_checkpoint(
+    model: BaseAlgorithm, ckpt_root: str, extra: Optional[dict] = None, extra_arrays: Optional[dict] = None,
+    save_replay_buffer: bool = True, keep: int = 2,
+) -> str:
+    """Write ``ckpt_root/step_<N>`` atomically and point ``ckpt_root/latest`` at it; returns its path.
+
+    The folder holds ``model.zip``, the replay buffer (off-policy, when
+    asked), ``state.json`` (``extra``) and ``arrays.npz`` (``extra_arrays``).
+    Only the ``keep`` most recent checkpoints are kept.
+    """
+    os.makedirs(ckpt_root, exist_ok=True)
+    name = f"step_{model.num_timesteps:010d}"
+    final = os.path.join(ckpt_root, name)
+    tmp = os.path.join(ckpt_root, f".tmp_{name}_{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save(os.path.join(tmp, "model.zip"))
+    if save_replay_buffer and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
+        model.save_replay_buffer(os.path.join(tmp, "replay_buffer.pkl"))
+    write_json_atomic(os.path.join(tmp, "state.json"), {"num_timesteps": model.num_timesteps, **(extra or {})})
+    if extra_arrays:
+        np.savez(os.path.join(tmp, "arrays.npz"), **extra_arrays)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = os.path.join(ckpt_root, f".latest_{os.getpid()}")
+    with open(pointer_tmp, "w") as f:
+        f.write(name)
+    os.replace(pointer_tmp, os.path.join(ckpt_root, "latest"))
+    old = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step_"))
+    for d in old[:-keep] if keep > 0 else []:
+        if d != name:
+            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+    """The folder named by ``ckpt_root/latest``, or ``None`` when there is no checkpoint."""
+    pointer = os.path.join(ckpt_root, "latest")
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as f:
+        path = os.path.join(ckpt_root, f.read().strip())
+    return path if os.path.isdir(path) else None
+
+
+class CheckpointCallback(BaseCallback):
+    """Call ``save()`` (a closure that writes one checkpoint) every ``every`` env steps."""
+
+    def __init__(self, save: Callable[[], str], every: int):
+        super().__init__()
+        self.save = save
+        self.every = int(every)
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last >= self.every:
+            self.save()
+            self._last = self.num_timesteps
+        return True
+
+
+class ProgressBar(BaseCallback):
+    """A plain ``tqdm`` progress bar over env steps (``desc`` and ``position`` allow parallel runs)."""
+
+    def __init__(self, total: int, desc: str = "train", position: int = 0):
+        super().__init__()
+        self.total, self.desc, self.position = int(total), desc, int(position)
+        self._bar = None
+
+    def _on_training_start(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total, initial=self.num_timesteps, desc=self.desc, position=self.position,
+                         unit="step", dynamic_ncols=True, leave=True, mininterval=1.0)
+
+    def _on_step(self) -> bool:
+        self._bar.update(self.num_timesteps - self._bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self._bar.close()

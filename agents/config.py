@@ -1,0 +1,199 @@
+"""Experiment configuration: YAML files validated into typed objects (pydantic v2).
+
+A config names the environment, the algorithm, the policy (``gaussian`` or a
+``flow`` action distribution), an optional ``novelty`` bonus and the run's
+bookkeeping.  Unknown keys and bad values raise :class:`ConfigError` naming
+the key (``algo.name: Input should be 'sac', 'ppo' or 'a2c'``).  Any key can
+be overridden from the command line with ``key=value``, nested keys with
+dots (``env.kwargs.max_episode_steps=100``); values are parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError", "EnvConfig", "AlgoConfig", "RunConfig", "EvalConfig", "TrainConfig",
+    "load_config", "parse_overrides", "apply_overrides", "config_from_dict", "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(_Strict):
+    """Which environment to train on."""
+
+    id: str = Field(description="gymnasium id, e.g. flowrl/PointMaze-UMaze-v0")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of gym.make")
+    n_envs: int = Field(1, ge=1, description="number of environments in the vectorised env")
+
+
+class AlgoConfig(_Strict):
+    """The SB3 algorithm and its constructor arguments."""
+
+    name: Literal["sac", "ppo", "a2c"] = "sac"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="SB3 constructor arguments")
+
+
+class RunConfig(_Strict):
+    """Where and how the run is recorded."""
+
+    out_dir: str = Field("runs", description="parent folder of run directories")
+    name: Optional[str] = Field(None, description="run directory name (default: <config>-<seed>-<time>)")
+    checkpoint_every: int = Field(5000, ge=1, description="env steps between atomic checkpoints")
+    log_every: int = Field(1000, ge=1, description="env steps between rows of metrics.csv")
+    progress_bar: bool = True
+    plots: bool = True
+    tensorboard: bool = Field(False, description="write TensorBoard logs (forced on with wandb)")
+    verbose: int = Field(0, ge=0, le=2)
+
+
+class EvalConfig(_Strict):
+    """Evaluation of the final policy (also used by ``flowrl eval``)."""
+
+    episodes: int = Field(10, ge=1)
+    deterministic: bool = True
+
+
+class TrainConfig(_Strict):
+    """One training run (see ``configs/*.yaml`` for documented examples)."""
+
+    env: EnvConfig
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    policy: Literal["gaussian", "flow"] = "gaussian"
+    flow: str = Field("realnvp", description="flow of the policy when policy=flow (flowrl.available_flows())")
+    flow_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the policy's flow")
+    policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="other SB3 policy_kwargs")
+    novelty: Optional[dict[str, Any]] = Field(None, description="novelty bonus options (agents.novelty); null = off")
+    total_timesteps: int = Field(10_000, ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    wandb: bool = Field(False, description="log to Weights & Biases (works with WANDB_MODE=offline)")
+    wandb_project: str = "flowrl"
+    run: RunConfig = Field(default_factory=RunConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    resume: Optional[str] = Field(None, description="run directory to continue from its last checkpoint")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("flow")
+    @classmethod
+    def _flow(cls, v: str) -> str:
+        import flowrl
+
+        if v not in flowrl.available_flows():
+            raise ValueError(f"unknown flow {v!r}; available: {', '.join(flowrl.available_flows())}")
+        return v
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{key}: {msg}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Validate a plain dict; raises :class:`ConfigError` naming every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override's value: ints and floats (``1e-3`` too), else YAML (``true``, ``[64, 64]``, ``null``)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "seed=3"]`` -> ``{"a.b": 1, "seed": 3}``; raises :class:`ConfigError` on malformed items."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
+            raise ConfigError(f"override {item!r} is not of the form key=value (nested keys: a.b=value)")
+        out[key] = parse_value(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with dotted ``overrides`` set (intermediate mappings are created)."""
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"cannot set {dotted!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """The mapping stored in a YAML file (``ConfigError`` if missing or not a mapping)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of keys to values")
+    return data
+
+
+def load_config(path: str, overrides: Optional[list[str] | dict[str, Any]] = None) -> TrainConfig:
+    """Load ``path`` (YAML), apply ``key=value`` overrides, validate."""
+    data = read_yaml(path)
+    if overrides:
+        if isinstance(overrides, list):
+            overrides = parse_overrides(overrides)
+        data = apply_overrides(data, overrides)
+    return config_from_dict(data)
+
+
+def save_config(cfg: TrainConfig, path: str) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,351 @@
+"""Agents from configs, and the training run behind ``flowrl train``.
+
+:func:`build_model` turns a :class:`agents.config.TrainConfig` into an SB3
+algorithm: ``policy: gaussian`` uses SB3's ``MlpPolicy``; ``policy: flow``
+uses :class:`agents.policies.FlowSACPolicy` (SAC) or
+:class:`agents.policies.FlowActorCriticPolicy` (PPO/A2C) with
+``policy_kwargs = {flow, flow_kwargs, **policy_kwargs}``; a ``novelty``
+section goes to :func:`agents.novelty.attach_novelty`, which returns the
+updated constructor arguments and the callbacks to pass to ``learn``.
+
+:func:`train` runs one experiment in a run directory::
+
+    runs/<name>/
+      config.yaml        resolved config
+      episodes.csv       one row per finished episode
+      metrics.csv        rolling metrics every run.log_every steps
+      progress*.csv      SB3's logger scalars (losses, novelty statistics)
+      checkpoints/       atomic checkpoints (latest -> step_<N>/)
+      final_model.zip    the trained agent
+      coverage.npz       visitation counts
+      summary.json       final figures (success, coverage, wall time)
+      *.png              pictures (see agents.plots)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecEnv
+
+import envs  # noqa: F401  (registers the flowrl/ environments)
+from envs.coverage import CoverageTracker, maze_tracker
+
+from .callbacks import CheckpointCallback, MetricsCallback, ProgressBar, latest_checkpoint, save_checkpoint, write_json_atomic
+from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_config
+
+__all__ = [
+    "ALGORITHMS", "resolve_device", "make_env", "build_model", "coverage_tracker", "train", "TrainResult",
+    "load_run", "evaluate", "novelty_density_fn",
+]
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; a CUDA request without CUDA is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
+    return device
+
+
+def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
+    """The vectorised, Monitor-wrapped training env of ``cfg`` (seeded with ``seed``)."""
+    try:
+        gym.spec(cfg.env.id)
+    except gym.error.Error as err:
+        raise ConfigError(f"env.id: {err}") from None
+    return make_vec_env(cfg.env.id, n_envs=cfg.env.n_envs, seed=cfg.seed if seed is None else seed,
+                        env_kwargs=dict(cfg.env.kwargs))
+
+
+def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm]) -> tuple[Any, dict]:
+    kwargs = dict(cfg.policy_kwargs)
+    if cfg.policy == "gaussian":
+        return "MlpPolicy", kwargs
+    try:
+        from .policies import FlowActorCriticPolicy, FlowSACPolicy
+    except ImportError as err:  # pragma: no cover - only while the policy module is missing
+        raise ConfigError(f"policy: 'flow' needs agents.policies ({err})") from None
+    kwargs.update(flow=cfg.flow, flow_kwargs=dict(cfg.flow_kwargs))
+    return (FlowSACPolicy if algo_class is SAC else FlowActorCriticPolicy), kwargs
+
+
+def _attach_novelty(cfg: TrainConfig, algo_class, algo_kwargs: dict, env: VecEnv) -> tuple[dict, list[BaseCallback]]:
+    if not cfg.novelty:
+        return algo_kwargs, []
+    try:
+        from .novelty import attach_novelty
+    except ImportError as err:  # pragma: no cover - only while the novelty module is missing
+        raise ConfigError(f"novelty: needs agents.novelty.attach_novelty ({err})") from None
+    try:
+        return attach_novelty(algo_class, algo_kwargs, env, dict(cfg.novelty))
+    except ValueError as err:
+        raise ConfigError(f"novelty: {err}") from None
+
+
+def build_model(
+    cfg: TrainConfig, env: VecEnv, device: Optional[str] = None
+) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    """The SB3 algorithm of ``cfg`` on ``env`` and the extra callbacks its novelty bonus needs."""
+    algo_class = ALGORITHMS[cfg.algo.name]
+    policy, policy_kwargs = _policy(cfg, algo_class)
+    kwargs = dict(cfg.algo.kwargs)
+    for reserved in ("policy", "env", "seed", "device", "policy_kwargs", "tensorboard_log"):
+        if reserved in kwargs:
+            raise ConfigError(f"algo.kwargs.{reserved}: set it with the top-level key instead")
+    kwargs, callbacks = _attach_novelty(cfg, algo_class, kwargs, env)
+    try:
+        model = algo_class(
+            policy, env, seed=cfg.seed, device=device or resolve_device(cfg.device),
+            policy_kwargs=policy_kwargs or None, **kwargs,
+        )
+    except TypeError as err:
+        raise ConfigError(f"algo.kwargs: {err}") from None
+    return model, list(callbacks)
+
+
+def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:
+    """A maze-shaped tracker when the env is a maze, else a 20x20 grid over a finite 2-D observation box."""
+    base = env.envs[0].unwrapped if hasattr(env, "envs") else None
+    if base is not None and hasattr(base, "layout") and hasattr(base, "extent"):
+        return maze_tracker(base)
+    if base is not None and hasattr(base, "size") and type(base).__name__ == "DeepSea":
+        return CoverageTracker((0, base.size, 0, base.size), base.size)
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Box) and space.shape[0] >= 2 and np.all(np.isfinite(space.low[:2])) \
+            and np.all(np.isfinite(space.high[:2])):
+        return CoverageTracker((space.low[0], space.high[0], space.low[1], space.high[1]), 20)
+    return None
+
+
+def _projection(env: VecEnv) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda obs: np.asarray(obs).reshape(len(obs), -1)[:, :2]
+
+
+def novelty_density_fn(model: BaseAlgorithm, callbacks: list[BaseCallback]) -> Optional[Callable]:
+    """``f(obs (N, d)) -> log-density (N,)`` of the agent's novelty model, when it has one."""
+    try:
+        from .novelty import novelty_density
+    except ImportError:
+        return None
+    for target in [*callbacks, model]:
+        try:
+            f = (lambda t: lambda obs: np.asarray(novelty_density(t, obs), dtype=np.float64))(target)
+            f(np.zeros((1, int(np.prod(model.observation_space.shape))), dtype=np.float32))
+            return f
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return None
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run directory, the model and the final figures."""
+
+    run_dir: str
+    model: BaseAlgorithm
+    summary: dict
+
+
+def _new_run_dir(cfg: TrainConfig, config_name: str) -> str:
+    name = cfg.run.name or f"{config_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = os.path.join(cfg.run.out_dir, name)
+    base, k = path, 1
+    while os.path.exists(path):
+        path, k = f"{base}-{k}", k + 1
+    os.makedirs(path)
+    return path
+
+
+def _logger(run_dir: str, cfg: TrainConfig, csv_name: str) -> Logger:
+    formats = [CSVOutputFormat(os.path.join(run_dir, csv_name))]
+    if cfg.run.tensorboard or cfg.wandb:
+        formats.append(TensorBoardOutputFormat(os.path.join(run_dir, "tensorboard")))
+    if cfg.run.verbose:
+        formats.append(HumanOutputFormat(sys.stdout))
+    return Logger(run_dir, formats)
+
+
+def _start_wandb(cfg: TrainConfig, run_dir: str):
+    import wandb
+    from wandb.integration.sb3 import WandbCallback
+
+    id_file = os.path.join(run_dir, "wandb_id.txt")
+    run_id = open(id_file).read().strip() if os.path.exists(id_file) else None
+    run = wandb.init(
+        project=cfg.wandb_project, name=os.path.basename(run_dir), dir=run_dir, id=run_id, resume="allow",
+        config=cfg.model_dump(mode="json"), sync_tensorboard=True,
+    )
+    with open(id_file, "w") as f:
+        f.write(run.id)
+    return run, WandbCallback(verbose=0)
+
+
+def train(
+    cfg: TrainConfig, config_name: str = "run", on_model: Optional[Callable] = None,
+    progress_desc: Optional[str] = None, progress_position: int = 0,
+) -> TrainResult:
+    """Train ``cfg`` in a new run directory, or continue ``cfg.resume``; returns the run and its figures."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    set_random_seed(cfg.seed)
+    resume_dir = cfg.resume
+    state: dict = {}
+    if resume_dir:
+        ckpt = latest_checkpoint(os.path.join(resume_dir, "checkpoints"))
+        if ckpt is None:
+            raise ConfigError(f"resume: no checkpoint in {resume_dir!r}")
+        run_dir = resume_dir
+        state = read_json(os.path.join(ckpt, "state.json"))
+    else:
+        run_dir = _new_run_dir(cfg, config_name)
+    save_config(cfg.model_copy(update={"resume": None}), os.path.join(run_dir, "config.yaml"))
+
+    env = make_env(cfg, seed=cfg.seed + int(state.get("num_timesteps", 0)))
+    wandb_run, callbacks = None, []
+    if cfg.wandb:
+        wandb_run, wandb_cb = _start_wandb(cfg, run_dir)
+        callbacks.append(wandb_cb)
+    model, novelty_callbacks = build_model(cfg, env, device)
+    tracker = coverage_tracker(env)
+    if resume_dir:
+        model = _restore(model, ckpt, env, device, tracker)
+    callbacks = [*novelty_callbacks, *callbacks]
+    csv_name = "progress.csv" if not resume_dir else f"progress-{model.num_timesteps:010d}.csv"
+    model.set_logger(_logger(run_dir, cfg, csv_name))
+    metrics = MetricsCallback(
+        run_dir, tracker, _projection(env), cfg.run.log_every,
+        episodes_so_far=state.get("episodes", 0), successes_so_far=state.get("successes", 0),
+    )
+    metrics.first_success = state.get("first_success")
+    ckpt_root = os.path.join(run_dir, "checkpoints")
+
+    def checkpoint() -> str:
+        extra = {"episodes": metrics.episodes, "successes": metrics.successes, "first_success": metrics.first_success}
+        arrays = {"coverage_counts": tracker.counts} if tracker is not None else None
+        return save_checkpoint(model, ckpt_root, extra, arrays)
+
+    if on_model is not None:
+        on_model(model)
+    remaining = cfg.total_timesteps - model.num_timesteps
+    bar = [ProgressBar(cfg.total_timesteps, progress_desc or os.path.basename(run_dir), progress_position)] \
+        if cfg.run.progress_bar else []
+    if remaining > 0:
+        model.learn(
+            remaining, callback=[metrics, CheckpointCallback(checkpoint, cfg.run.checkpoint_every), *callbacks, *bar],
+            reset_num_timesteps=not resume_dir,
+        )
+    checkpoint()
+    tmp = os.path.join(run_dir, f".final_model_{os.getpid()}.zip")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(run_dir, "final_model.zip"))
+    if tracker is not None:
+        np.savez(os.path.join(run_dir, "coverage.npz"), **tracker.state_dict())
+    eval_stats = evaluate_model(model, cfg, cfg.eval.episodes, cfg.eval.deterministic)
+    summary = {
+        "timesteps": int(model.num_timesteps), "episodes": metrics.episodes, "train_successes": metrics.successes,
+        "first_success_step": metrics.first_success,
+        "coverage": tracker.fraction if tracker is not None else None,
+        "eval_success_rate": eval_stats["success_rate"], "eval_return_mean": eval_stats["return_mean"],
+        "wall_time_s": round(time.perf_counter() - t_start, 1), "device": device,
+    }
+    write_json_atomic(os.path.join(run_dir, "summary.json"), summary)
+    if cfg.run.plots:
+        from .plots import plot_run
+
+        paths = plot_run(run_dir, model=model, env=env, tracker=tracker,
+                         density=novelty_density_fn(model, novelty_callbacks))
+        if wandb_run is not None:
+            import wandb
+
+            wandb_run.log({f"plots/{os.path.splitext(os.path.basename(p))[0]}": wandb.Image(p) for p in paths})
+    if wandb_run is not None:
+        wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
+        wandb_run.finish()
+    env.close()
+    return TrainResult(run_dir, model, summary)
+
+
+def read_json(path: str) -> dict:
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def _restore(model: BaseAlgorithm, ckpt: str, env: VecEnv, device: str, tracker: Optional[CoverageTracker]):
+    loaded = type(model).load(os.path.join(ckpt, "model.zip"), env=env, device=device)
+    buffer = os.path.join(ckpt, "replay_buffer.pkl")
+    if isinstance(loaded, OffPolicyAlgorithm) and os.path.exists(buffer):
+        loaded.load_replay_buffer(buffer)
+    arrays = os.path.join(ckpt, "arrays.npz")
+    if tracker is not None and os.path.exists(arrays):
+        with np.load(arrays) as data:
+            if data["coverage_counts"].shape == tracker.counts.shape:
+                tracker.counts[:] = data["coverage_counts"]
+    return loaded
+
+
+def load_run(run_dir: str, checkpoint: bool = False) -> tuple[TrainConfig, BaseAlgorithm]:
+    """The config and the final model (or the latest checkpoint) of a run directory."""
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(cfg_path):
+        raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml)")
+    cfg = config_from_dict(read_yaml(cfg_path))
+    path = os.path.join(run_dir, "final_model.zip")
+    if checkpoint or not os.path.exists(path):
+        ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        if ckpt is None:
+            raise ConfigError(f"{run_dir!r} has neither final_model.zip nor a checkpoint")
+        path = os.path.join(ckpt, "model.zip")
+    if cfg.policy == "flow":
+        from . import policies  # noqa: F401  (the pickled policy class lives there)
+    model = ALGORITHMS[cfg.algo.name].load(path, device=resolve_device(cfg.device))
+    return cfg, model
+
+
+def evaluate_model(model: BaseAlgorithm, cfg: TrainConfig, episodes: int, deterministic: bool = True,
+                   seed: int = 10_000) -> dict:
+    """Run ``episodes`` episodes on a fresh env; success rate, mean return and length, coverage."""
+    env = gym.make(cfg.env.id, **cfg.env.kwargs)
+    returns, lengths, successes = [], [], []
+    for k in range(episodes):
+        obs, info = env.reset(seed=seed + k)
+        done, ret, n, success = False, 0.0, 0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=deterministic)
+            obs, r, term, trunc, info = env.step(action)
+            ret, n, done = ret + float(r), n + 1, term or trunc
+            success = success or bool(info.get("is_success", False))
+        returns.append(ret)
+        lengths.append(n)
+        successes.append(success)
+    env.close()
+    return {"episodes": episodes, "success_rate": float(np.mean(successes)), "return_mean": float(np.mean(returns)),
+            "length_mean": float(np.mean(lengths))}
+
+
+def evaluate(run_dir: str, episodes: Optional[int] = None, deterministic: Optional[bool] = None) -> dict:
+    """Evaluate a run's final model; writes ``eval.json`` in the run directory and returns its content."""
+    cfg, model = load_run(run_dir)
+    stats = evaluate_model(model, cfg, episodes or cfg.eval.episodes,
+                           cfg.eval.deterministic if deterministic is None else deterministic)
+    write_json_atomic(os.path.join(run_dir, "eval.json"), stats)
+    return stats
