@@ -34,8 +34,6 @@ from .elementwise import ElementwiseBijection
 
 __all__ = ["RationalQuadraticSpline", "CubicSpline", "spline_knots"]
 
-SMALL_C3 = 1e-3
-
 
 def _check_params(x: Tensor, params: Tensor, num_params: int) -> None:
     if params.shape != x.shape + (num_params,):
@@ -258,67 +256,92 @@ class CubicSpline(_Spline):
         w, h = x1 - x0, y1 - y0
         s = h / w
         a, b = d0 / s, d1 / s
-        c2, c3 = 3.0 - 2.0 * a - b, a + b - 2.0
         if inverse:
-            u = ((v - y0) / h).clamp(0.0, 1.0)
-            t = _solve_monotone_cubic(a, c2, c3, u)
+            # Solve from the nearer end of the bin: past the middle, mirror the cubic
+            # (t -> 1 - t swaps a and b) so that the root is small and 1 - u exact.
+            u_lo = ((v - y0) / h).clamp(0.0, 1.0)
+            u_hi = ((y1 - v) / h).clamp(0.0, 1.0)
+            mirror = u_lo > 0.5
+            a, b = torch.where(mirror, b, a), torch.where(mirror, a, b)
+            u = torch.where(mirror, u_hi, u_lo)
+            t = _solve_hermite(a, b, u)
             # One Newton step in the working dtype: polishes the root and gives autograd
             # the implicit-function derivative dt = (du - dp) / p'(t).
-            p = t * (a + t * (c2 + t * c3))
-            dp = a + t * (2.0 * c2 + 3.0 * c3 * t)
-            xi = (t - (p - u) / dp).clamp(0.0, 1.0)
-            out = x0 + xi * w
+            t = (t - (_hermite(a, b, t) - u) / _hermite_slope(a, b, t)).clamp(0.0, 1.0)
+            out = torch.where(mirror, x1 - t * w, x0 + t * w)
         else:
-            xi = ((v - x0) / w).clamp(0.0, 1.0)
-            out = y0 + h * (xi * (a + xi * (c2 + xi * c3)))
-        dp = a + xi * (2.0 * c2 + 3.0 * c3 * xi)
-        logd = torch.log(s) + torch.log(dp.clamp_min(torch.finfo(dp.dtype).tiny))
+            t = ((v - x0) / w).clamp(0.0, 1.0)
+            out = y0 + h * _hermite(a, b, t)
+        dp = _hermite_slope(a, b, t).clamp_min(torch.finfo(t.dtype).tiny)
+        logd = torch.log(s) + torch.log(dp)
         return out, (-logd if inverse else logd)
 
 
-@torch.no_grad()
-def _solve_monotone_cubic(a: Tensor, c2: Tensor, c3: Tensor, u: Tensor, newton_steps: int = 2) -> Tensor:
-    """Root in ``[0, 1]`` of ``c3 t^3 + c2 t^2 + a t - u`` (increasing on ``[0, 1]``), no gradient.
+def _hermite(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Unit cubic with ``p(0) = 0, p(1) = 1, p'(0) = a, p'(1) = b``, in Bernstein form.
 
-    Computed in float64: the trigonometric form when three roots are real,
-    Cardano's (cancellation-free) form when one is, and the quadratic
-    formula ``t = 2u / (a + sqrt(a^2 + 4 c2 u))`` when ``|c3| < 1e-3``; of
-    the candidate roots the one nearest ``[0, 1]`` is kept, then polished by
-    ``newton_steps`` clamped Newton steps.
+    ``p = a t (1-t)^2 + (3 - b) t^2 (1-t) + t^3``: every term is >= 0 for ``b < 3``,
+    so there is no cancellation.
+    """
+    r = 1.0 - t
+    return t * (a * r * r + t * ((3.0 - b) * r + t))
+
+
+def _hermite_slope(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """``p'(t) = a (1-t)^2 + 2 (3 - a - b) t (1-t) + b t^2``."""
+    r = 1.0 - t
+    return a * r * r + t * (2.0 * (3.0 - a - b) * r + b * t)
+
+
+@torch.no_grad()
+def _solve_hermite(a: Tensor, b: Tensor, u: Tensor, newton_steps: int = 3) -> Tensor:
+    """Root in ``[0, 1]`` of ``p(t) = u`` for the increasing unit cubic :func:`_hermite`, no gradient.
+
+    In float64, with ``p(t) = c3 t^3 + c2 t^2 + a t`` (``c2 = 3 - 2a - b``,
+    ``c3 = a + b - 2``), candidate roots come from closed forms: the
+    quadratic formula ``t = 2u / (a + sqrt(a^2 + 4 c2 u))`` (exact when
+    ``c3 = 0``), and the depressed cubic: Cardano's cancellation-free form
+    when one root is real, the trigonometric form when three are.  Each
+    candidate is clamped to ``[0, 1]`` and the one with the smallest
+    residual ``|p(t) - u|`` is kept: this sidesteps the regimes where one
+    formula loses precision (``c3 -> 0`` makes the monic form blow up;
+    nearly double roots make ``acos`` lose digits).  ``newton_steps``
+    Newton steps safeguarded by the bracket ``p(lo) <= u <= p(hi)``
+    (bisection when a step leaves it) remove the remaining rounding error.
     """
     dtype = u.dtype
-    a, c2, c3, u = (v.double() for v in (a, c2, c3, u))
-    small = c3.abs() < SMALL_C3
-    # quadratic branch
-    t_quad = 2.0 * u / (a + torch.sqrt((a * a + 4.0 * c2 * u).clamp_min(0.0)))
-    # cubic branch: monic t^3 + B t^2 + C t + D, depressed with t = tau - B / 3
-    safe = torch.where(small, torch.ones_like(c3), c3)
+    a, b, u = a.double(), b.double(), u.double()
+    c2, c3 = 3.0 - 2.0 * a - b, a + b - 2.0
+    candidates = [2.0 * u / (a + torch.sqrt((a * a + 4.0 * c2 * u).clamp_min(0.0)))]
+    # monic t^3 + B t^2 + C t + D, depressed with t = tau - B / 3: tau^3 + p tau + q = 0
+    safe = torch.where(c3 == 0, torch.ones_like(c3), c3)
     B, C, D = c2 / safe, a / safe, -u / safe
     shift = B / 3.0
     p = C - B * shift
-    q = 2.0 * shift ** 3 - C * shift + D
+    q = (2.0 * shift * shift - C) * shift + D
     disc = (q / 2.0) ** 2 + (p / 3.0) ** 3
     # one real root: w^3 = -q/2 - sign(q) sqrt(disc), tau = w - p / (3 w)
     sq = torch.sqrt(disc.clamp_min(0.0))
     w3 = -q / 2.0 - torch.where(q >= 0, sq, -sq)
     w = torch.sign(w3) * w3.abs().pow(1.0 / 3.0)
     w_safe = torch.where(w == 0, torch.ones_like(w), w)
-    tau_one = torch.where(w == 0, torch.zeros_like(w), w - p / (3.0 * w_safe))
-    # three real roots: tau_j = 2 sqrt(-p/3) cos(phi/3 - 2 pi j / 3)
+    candidates.append(torch.where(w == 0, torch.zeros_like(w), w - p / (3.0 * w_safe)) - shift)
+    # three real roots: tau_j = m cos((phi - 2 pi j) / 3), m = 2 sqrt(-p/3), cos(phi) = 3q / (p m)
     m = 2.0 * torch.sqrt((-p / 3.0).clamp_min(0.0))
     pm = p * m
-    pm_safe = torch.where(pm == 0, torch.ones_like(pm), pm)
-    cos_arg = (3.0 * q / pm_safe).clamp(-1.0, 1.0)
-    phi = torch.acos(cos_arg)
-    taus = torch.stack([m * torch.cos((phi - 2.0 * math.pi * j) / 3.0) for j in range(3)], dim=-1)
-    roots3 = taus - shift.unsqueeze(-1)
-    dist = (roots3 - roots3.clamp(0.0, 1.0)).abs()
-    t_three = torch.gather(roots3, -1, dist.argmin(dim=-1, keepdim=True)).squeeze(-1)
-    t_cubic = torch.where(disc > 0, tau_one - shift, t_three)
-    t = torch.where(small, t_quad, t_cubic)
-    t = torch.nan_to_num(t, nan=0.5).clamp(0.0, 1.0)
+    phi = torch.acos((3.0 * q / torch.where(pm == 0, torch.ones_like(pm), pm)).clamp(-1.0, 1.0))
+    candidates += [m * torch.cos((phi - 2.0 * math.pi * j) / 3.0) - shift for j in range(3)]
+    cand = torch.nan_to_num(torch.stack(candidates, dim=-1), nan=0.5).clamp(0.0, 1.0)
+    resid = _hermite(a.unsqueeze(-1), b.unsqueeze(-1), cand) - u.unsqueeze(-1)
+    best = resid.abs().argmin(dim=-1, keepdim=True)
+    t = torch.gather(cand, -1, best).squeeze(-1)
+    f = torch.gather(resid, -1, best).squeeze(-1)
+    lo = torch.where(f <= 0, t, torch.zeros_like(t))
+    hi = torch.where(f <= 0, torch.ones_like(t), t)
     for _ in range(newton_steps):
-        f = t * (a + t * (c2 + t * c3)) - u
-        df = a + t * (2.0 * c2 + 3.0 * c3 * t)
-        t = (t - f / df).clamp(0.0, 1.0)
+        step = t - f / _hermite_slope(a, b, t)
+        t = torch.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))
+        f = _hermite(a, b, t) - u
+        lo = torch.where(f <= 0, t, lo)
+        hi = torch.where(f <= 0, hi, t)
     return t.to(dtype)
