@@ -15,7 +15,11 @@ from ..core import Compose, Inverse, Transform
 from ..registry import register_flow, register_transform
 from ..transforms.autoregressive import MaskedAutoregressive
 from ..transforms.elementwise import Affine, ElementwiseBijection
+from ..transforms.bnaf import BlockNAF
 from ..transforms.naf import DeepSigmoid
+from ..transforms.permutations import ReversePermutation
+from ..transforms.sos import SumOfSquaresPolynomial
+from ..transforms.umnn import UnconstrainedMonotone
 
 _SMALL = dict(transforms=2, hidden_features=(16,))
 
@@ -86,6 +90,71 @@ def build_naf(
     return _stack(shape, context_dim, transforms, hidden_features, lambda: DeepSigmoid(hidden, layers, tol=tol), True)
 
 
+@register_flow("sos", test_kwargs=dict(transforms=2, hidden_features=(16,), polynomials=2, degree=2),
+               numerical_inverse=True)
+def build_sos(
+    shape: tuple[int, ...],
+    context_dim: int = 0,
+    transforms: int = 3,
+    hidden_features: Sequence[int] | int = (64, 64),
+    polynomials: int = 3,
+    degree: int = 4,
+    bound: float = 5.0,
+    tol: float | None = None,
+) -> Transform:
+    """SOS polynomial flow (Jaini et al. 2019): MADE-conditioned sum-of-squares polynomial transformers.
+
+    ``polynomials`` squares of degree ``degree`` on ``[-bound, bound]``, affine tails outside.
+    """
+    return _stack(shape, context_dim, transforms, hidden_features,
+                  lambda: SumOfSquaresPolynomial(polynomials, degree, bound, tol=tol), True)
+
+
+@register_flow("umnn", test_kwargs=dict(transforms=2, hidden_features=(16,), signal=4, integrand_features=(8, 8),
+                                        nodes=16), numerical_inverse=True, tolerance=1e-5)
+def build_umnn(
+    shape: tuple[int, ...],
+    context_dim: int = 0,
+    transforms: int = 3,
+    hidden_features: Sequence[int] | int = (64, 64),
+    signal: int = 16,
+    integrand_features: Sequence[int] | int = (64, 64),
+    nodes: int = 32,
+    tol: float | None = None,
+) -> Transform:
+    """UMNN (Wehenkel & Louppe 2019): integrals of positive networks by Clenshaw-Curtis quadrature.
+
+    ``signal``: embedding size per dimension; ``integrand_features``: widths
+    of the integrand network; ``nodes``: quadrature intervals.
+    """
+    return _stack(shape, context_dim, transforms, hidden_features,
+                  lambda: UnconstrainedMonotone(signal, integrand_features, nodes, tol), True)
+
+
+@register_flow("bnaf", test_kwargs=dict(transforms=2, hidden_features=(4,)), numerical_inverse=True)
+def build_bnaf(
+    shape: tuple[int, ...],
+    context_dim: int = 0,
+    transforms: int = 1,
+    hidden_features: Sequence[int] | int = (16, 16),
+    leak: float = 0.0,
+    tol: float | None = None,
+) -> Transform:
+    """Block-NAF (De Cao et al. 2019): block-masked monotone networks, reversed between layers.
+
+    ``hidden_features``: hidden units per dimension in each hidden layer.
+    """
+    (dim,) = shape
+    if transforms < 1:
+        raise ValueError(f"transforms must be >= 1, got {transforms}")
+    layers: list[Transform] = []
+    for i in range(transforms):
+        if i:
+            layers.append(ReversePermutation(dim))
+        layers.append(BlockNAF(dim, context_dim, hidden_features, leak, tol))
+    return Compose(layers)
+
+
 def _made_layer(bijection: Callable[[], ElementwiseBijection], numerical: bool):
     def factory(dim: int, context_dim: int) -> Transform:
         order = torch.randperm(dim, generator=torch.Generator().manual_seed(dim))
@@ -97,3 +166,6 @@ def _made_layer(bijection: Callable[[], ElementwiseBijection], numerical: bool):
 register_transform("made_affine", _made_layer(lambda: Affine(), False))
 register_transform("made_dsf", _made_layer(lambda: DeepSigmoid(4, 1), True))
 register_transform("made_ddsf", _made_layer(lambda: DeepSigmoid(3, 2), True))
+register_transform("made_sos", _made_layer(lambda: SumOfSquaresPolynomial(2, 3, bound=3.0), True))
+register_transform("made_umnn", _made_layer(lambda: UnconstrainedMonotone(4, (8,), 16), True), tolerance=1e-5)
+register_transform("block_naf", lambda d, c: BlockNAF(d, c, (3, 3)))
