@@ -19,6 +19,7 @@ from ..transforms.bnaf import BlockNAF
 from ..transforms.naf import DeepSigmoid
 from ..transforms.permutations import ReversePermutation
 from ..transforms.sos import SumOfSquaresPolynomial
+from ..transforms.splines import RationalQuadraticSpline
 from ..transforms.umnn import UnconstrainedMonotone
 
 _SMALL = dict(transforms=2, hidden_features=(16,))
@@ -68,6 +69,23 @@ def build_iaf(
 ) -> Transform:
     """IAF (Kingma et al. 2016): the MAF network put in the sampling direction (sampling in one pass, density in D)."""
     return Inverse(build_maf(shape, context_dim, transforms, hidden_features, scale_bound))
+
+
+@register_flow("nsf-ar", test_kwargs=dict(transforms=2, hidden_features=(16,), bins=4))
+def build_nsf_ar(
+    shape: tuple[int, ...],
+    context_dim: int = 0,
+    transforms: int = 3,
+    hidden_features: Sequence[int] | int = (64, 64),
+    bins: int = 8,
+    bound: float = 5.0,
+) -> Transform:
+    """Autoregressive neural spline flow (Durkan et al. 2019): MADE-conditioned rational-quadratic splines.
+
+    ``bins`` bins on ``[-bound, bound]``, identity outside; exact inverse in D passes.
+    """
+    return _stack(shape, context_dim, transforms, hidden_features,
+                  lambda: RationalQuadraticSpline(bins, bound), False)
 
 
 @register_flow("naf", test_kwargs=dict(transforms=2, hidden_features=(16,), hidden=4), numerical_inverse=True)
@@ -164,6 +182,7 @@ def _made_layer(bijection: Callable[[], ElementwiseBijection], numerical: bool):
 
 
 register_transform("made_affine", _made_layer(lambda: Affine(), False))
+register_transform("made_rq_spline", _made_layer(lambda: RationalQuadraticSpline(4, 3.0), False))
 register_transform("made_dsf", _made_layer(lambda: DeepSigmoid(4, 1), True))
 register_transform("made_ddsf", _made_layer(lambda: DeepSigmoid(3, 2), True))
 register_transform("made_sos", _made_layer(lambda: SumOfSquaresPolynomial(2, 3, bound=3.0), True))
