@@ -199,6 +199,14 @@ def test_image_coupling_inverts_matches_jacobian_and_leaves_identity_part(kind, 
         assert not torch.allclose(z_other, z)
 
 
+def test_channel_coupling_conditions_on_the_kept_channels_only():
+    ch = ImageAffineCoupling(channel_mask((4, 2, 2), 0), 3, (8,))
+    cb = ImageAffineCoupling(checkerboard_mask((4, 2, 2), 0), 3, (8,))
+    assert ch.channel_split and not cb.channel_split
+    assert ch.conditioner[0].in_channels == 2 + 3 and ch.conditioner[-1].out_channels == 2 * 2
+    assert cb.conditioner[0].in_channels == 4 + 3 and cb.conditioner[-1].out_channels == 2 * 4
+
+
 def test_image_coupling_rejects_bad_masks_and_shapes():
     with pytest.raises(ValueError, match="non-empty"):
         ImageAffineCoupling(torch.ones(2, 2, 2, dtype=torch.bool))

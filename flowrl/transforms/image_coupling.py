@@ -87,29 +87,46 @@ class ImageAffineCoupling(Transform):
         self.context_dim = int(context_dim)
         self.register_buffer("mask", mask)
         self.affine = Affine(scale_bound)
-        c = self.shape[0]
-        self.conditioner = ConvConditioner(c + self.context_dim, 2 * c, hidden_channels)
+        per_channel = mask.flatten(1)
+        # A mask that keeps or transforms whole channels is run on the channel
+        # halves only (the conditioner does not see zeroed channels).
+        self.channel_split = bool((per_channel.all(1) | ~per_channel.any(1)).all())
+        if self.channel_split:
+            keep = per_channel.all(1)
+            self.register_buffer("identity_channels", torch.nonzero(keep).flatten())
+            self.register_buffer("transform_channels", torch.nonzero(~keep).flatten())
+            n_in, self._n_out = int(keep.sum()), int((~keep).sum())
+        else:
+            n_in = self._n_out = self.shape[0]
+        self.conditioner = ConvConditioner(n_in + self.context_dim, 2 * self._n_out, hidden_channels)
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"image coupling over {self.shape} got input of shape {tuple(x.shape)}")
 
     def _params(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
-        inp = x * self.mask.to(x.dtype)
+        if self.channel_split:
+            inp = x.index_select(1, self.identity_channels)
+        else:
+            inp = x * self.mask.to(x.dtype)
+        b, (_, h, w) = x.shape[0], self.shape
         if context is not None:
-            b, (_, h, w) = x.shape[0], self.shape
             inp = torch.cat([inp, context.to(x.dtype)[:, :, None, None].expand(b, -1, h, w)], dim=1)
-        out = self.conditioner(inp)  # (B, 2C, H, W)
-        return out.reshape(x.shape[0], 2, *self.shape).movedim(1, -1)
+        out = self.conditioner(inp)  # (B, 2 * n_out, H, W)
+        return out.reshape(b, 2, self._n_out, h, w).movedim(1, -1)
+
+    def _couple(self, x: Tensor, context: Optional[Tensor], inverse: bool) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        params = self._params(x, context)
+        fn = self.affine.inverse if inverse else self.affine.forward
+        if self.channel_split:
+            y, ld = fn(x.index_select(1, self.transform_channels), params)
+            return x.index_copy(1, self.transform_channels, y), sum_except_batch(ld)
+        y, ld = fn(x, params)
+        return torch.where(self.mask, x, y), sum_except_batch(ld.masked_fill(self.mask, 0.0))
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
-        y, ld = self.affine.forward(x, self._params(x, context))
-        keep = self.mask
-        return torch.where(keep, x, y), sum_except_batch(ld.masked_fill(keep, 0.0))
+        return self._couple(x, context, inverse=False)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        self._check(z)
-        x, ld = self.affine.inverse(z, self._params(z, context))
-        keep = self.mask
-        return torch.where(keep, z, x), sum_except_batch(ld.masked_fill(keep, 0.0))
+        return self._couple(z, context, inverse=True)
