@@ -67,11 +67,13 @@ class Compose(Transform):
             self.enable_memory_saving()
 
     def enable_memory_saving(self, allow_numerical_inverse: bool = False) -> "Compose":
-        """Switch to memory-saving backprop; ``ValueError`` if a block inverts numerically (unless allowed)."""
-        from .memory import check_invertible
+        """Switch this stack (and every stack nested in it) to memory-saving backprop.
 
-        check_invertible(self, allow_numerical_inverse)
-        self.memory_saving = True
+        ``ValueError`` if a transform inverts numerically, unless ``allow_numerical_inverse``.
+        """
+        from .memory import enable
+
+        enable(self, allow_numerical_inverse)
         return self
 
     @property

@@ -63,7 +63,9 @@ __all__ = [
     "memory_saving_call",
     "flatten_blocks",
     "check_invertible",
+    "enable",
     "reconstruction_drift",
+    "SavedTensorMeter",
     "DOUBLE_BACKWARD_MESSAGE",
 ]
 
@@ -91,25 +93,37 @@ class Block:
 def flatten_blocks(transform: Transform, inverted: bool = False) -> list[Block]:
     """The leaf transforms of ``transform`` in the order they are applied.
 
-    Plain :class:`Compose` and :class:`Inverse` wrappers are opened up (an
-    inverted composition applies its children's inverses in reverse order);
-    any other transform is one block.
+    The root's children are listed if it is a :class:`Compose`; nested plain
+    ``Compose`` and :class:`Inverse` wrappers are opened up (an inverted
+    composition applies its children's inverses in reverse order); any other
+    transform is one block (wrappers such as ``Squeezed(Compose(...))`` save
+    memory through their own inner memory-saving ``Compose``).
     """
-    if type(transform) is Compose:
+    if isinstance(transform, Compose):
         children = list(transform.transforms)
         if inverted:
             children.reverse()
-        return [b for t in children for b in flatten_blocks(t, inverted)]
+        return [b for t in children for b in _flatten(t, inverted)]
+    return _flatten(transform, inverted)
+
+
+def _flatten(transform: Transform, inverted: bool) -> list[Block]:
+    if type(transform) is Compose:
+        return flatten_blocks(transform, inverted)
     if type(transform) is Inverse:
-        return flatten_blocks(transform.base_transform, not inverted)
+        return _flatten(transform.base_transform, not inverted)
     return [Block(transform, inverted)]
 
 
 def check_invertible(transform: Transform, allow_numerical_inverse: bool = False) -> None:
-    """Raise ``ValueError`` if a block of ``transform`` has a numerical inverse (unless allowed)."""
+    """Raise ``ValueError`` if ``transform`` contains a transform with a numerical inverse (unless allowed)."""
     if allow_numerical_inverse:
         return
-    numerical = [type(b.module).__name__ for b in flatten_blocks(transform) if not b.module.analytic_inverse]
+    numerical = [
+        type(m).__name__
+        for m in transform.modules()
+        if isinstance(m, Transform) and not isinstance(m, (Compose, Inverse)) and not m.analytic_inverse
+    ]
     if numerical:
         raise ValueError(
             "memory-saving backprop needs exact inverses to rebuild activations, but "
@@ -118,30 +132,47 @@ def check_invertible(transform: Transform, allow_numerical_inverse: bool = False
         )
 
 
-def memory_saving(transform: Transform, allow_numerical_inverse: bool = False) -> Compose:
-    """Make ``transform`` train with O(1) activation memory; returns the memory-saving stack.
+def enable(transform: Transform, allow_numerical_inverse: bool = False) -> int:
+    """Switch every :class:`Compose` inside ``transform`` (itself included) to memory saving.
 
-    A :class:`Compose` is switched in place (its state dict is unchanged);
-    any other transform is wrapped in a one-element memory-saving
-    :class:`Compose` (its state-dict keys gain the prefix ``transforms.0.``).
+    Nested stacks behind other wrappers (a multi-scale level ``Squeezed(Compose(...))``)
+    then save memory too: the outer backward recomputes such a block through its
+    inner memory-saving stack.  Returns the number of stacks switched.
     """
-    stack = transform if type(transform) is Compose else Compose([transform])
-    stack.enable_memory_saving(allow_numerical_inverse)
-    return stack
+    check_invertible(transform, allow_numerical_inverse)
+    stacks = [m for m in transform.modules() if isinstance(m, Compose)]
+    for m in stacks:
+        m.memory_saving = True
+    return len(stacks)
+
+
+def memory_saving(transform: Transform, allow_numerical_inverse: bool = False) -> Transform:
+    """Make ``transform`` train with O(1) activation memory in depth; returns the transform to use.
+
+    Every :class:`Compose` inside ``transform`` is switched in place, so the
+    structure and the state dict are unchanged (an IAF ``Inverse(Compose(...))``
+    saves memory in both directions, a multi-scale Glow at every level).  A
+    transform without any ``Compose`` is wrapped in a one-element memory-saving
+    ``Compose`` (its state-dict keys gain the prefix ``transforms.0.``).
+    """
+    check_invertible(transform, allow_numerical_inverse)
+    if not any(isinstance(m, Compose) for m in transform.modules()):
+        transform = Compose([transform])
+    enable(transform, allow_numerical_inverse)
+    return transform
 
 
 def _awaits_initialisation(blocks: list[Block]) -> bool:
+    """Whether a submodule has an ``initialized`` flag that is still false (one device sync at most)."""
+    flags = []
     for b in blocks:
         for m in b.module.modules():
             flag = getattr(m, "initialized", None)
-            if flag is None:
-                continue
             if isinstance(flag, Tensor):
-                if not bool(flag.all()):
-                    return True
-            elif not flag:
+                flags.append(flag.reshape(-1).bool())
+            elif flag is not None and not flag:
                 return True
-    return False
+    return bool(flags) and not bool(torch.cat([f.to(flags[0].device) for f in flags]).all())
 
 
 def _run_plain(blocks: list[Block], x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -269,3 +300,35 @@ def reconstruction_drift(
         errors.append((y - acts[k]).abs().max())
     return torch.stack(errors)
 
+
+
+class SavedTensorMeter:
+    """Counts the bytes autograd saves for backward while the ``with`` block runs.
+
+    Each distinct storage is counted once (a tensor saved by several
+    operations, or views of one buffer, hold the memory once)::
+
+        with SavedTensorMeter() as meter:
+            loss = -flow.log_prob(x).mean()
+        meter.bytes
+    """
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[tuple[str, int]] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        key = (str(t.device), storage.data_ptr())
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
