@@ -98,7 +98,7 @@ class _Spline(ElementwiseBijection):
     def _apply(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         _check_params(v, params, self.num_params)
         b = self.bound
-        inside = (v >= -b) & (v <= b)
+        inside = (v > -b) & (v < b)  # at +-bound the spline equals the identity tails exactly
         out, logd = self._inside(v.clamp(-b, b), params, inverse)
         return torch.where(inside, out, v), torch.where(inside, logd, torch.zeros_like(logd))
 
