@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import flowrl
-from flowrl.transforms.lowrank import PlanarMap, RadialMap, SylvesterMap, bisect_increasing
+from flowrl.inversion import InversionError
+from flowrl.transforms.lowrank import PlanarMap, RadialMap, SylvesterMap
 
 
 def _randomise(module, std=2.0, seed=0):
@@ -78,7 +79,18 @@ def test_both_orientations_are_exact_and_inverse_of_each_other(closed_form):
         flowrl.build_flow("planar", 2, closed_form="both")
 
 
-def test_bisection_reaches_dtype_resolution():
-    target = torch.linspace(-5, 5, 11, dtype=torch.float64)
-    root = bisect_increasing(lambda s: s**3 + s, target, target - 10, target + 10)
-    assert (root**3 + root - target).abs().max().item() < 1e-9
+def test_numerical_inverse_reports_failure_instead_of_returning_garbage():
+    t = PlanarMap(2).double()
+    with pytest.raises(InversionError):
+        t.inverse(torch.tensor([[float("inf"), 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-12])
+def test_inverse_reaches_the_requested_tolerance(tol):
+    t = SylvesterMap(3, tol=tol).double()
+    _randomise(t, std=1.0, seed=4)
+    x = 5 * torch.randn(50, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = t(x)
+        err = (t.inverse(y)[0] - x).abs().max().item()
+    assert err < max(tol * 100, 1e-10)

@@ -3,10 +3,11 @@
 Each map ``g(v) = v + (low-rank update)`` has a log-det from the matrix
 determinant lemma or Sylvester's identity, ``det(I_D + A B) = det(I_M + B A)``.
 The map ``g`` is the transform's *forward*; planar and Sylvester maps have no
-closed-form inverse, which is found by bisection on scalar monotone
-equations whose bracket is known exactly (the update is bounded since
-``|tanh| <= 1``), followed by one differentiable Newton step so that the
-inverse carries exact first-order gradients (implicit differentiation).
+closed-form inverse, which is found with :func:`flowrl.inversion.invert_monotone`
+on scalar increasing equations (safeguarded Newton with a tolerance and an
+:class:`~flowrl.inversion.InversionError` when it fails), followed by one
+differentiable Newton step so that the inverse carries exact first-order
+gradients (implicit differentiation).
 
 All maps are amortised when ``context_dim > 0``: their parameters are a
 learned constant plus a network of the context (the hypernetwork strategy
@@ -16,16 +17,17 @@ used for variational posteriors ``q(z | x)``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Transform
+from ..inversion import invert_monotone
 from ..nn import MLP
 
-__all__ = ["ParameterSource", "PlanarMap", "RadialMap", "SylvesterMap", "bisect_increasing"]
+__all__ = ["ParameterSource", "PlanarMap", "RadialMap", "SylvesterMap"]
 
 
 class ParameterSource(nn.Module):
@@ -46,25 +48,6 @@ class ParameterSource(nn.Module):
         return theta
 
 
-def bisect_increasing(
-    fn: Callable[[Tensor], Tensor], target: Tensor, lower: Tensor, upper: Tensor, iters: Optional[int] = None
-) -> Tensor:
-    """Solve ``fn(s) = target`` elementwise for increasing ``fn`` on a bracket known to hold the root.
-
-    Plain bisection: every step halves the bracket, so ``iters`` defaults to
-    the number of halvings that reaches the dtype's resolution.
-    """
-    if iters is None:
-        iters = 60 if target.dtype == torch.float64 else 30
-    lo, hi = lower.clone(), upper.clone()
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        above = fn(mid) > target
-        hi = torch.where(above, mid, hi)
-        lo = torch.where(above, lo, mid)
-    return 0.5 * (lo + hi)
-
-
 def _tanh_prime(a: Tensor) -> Tensor:
     """``d tanh(a) / da = 1 - tanh(a)^2``, computed stably as ``4 sigmoid(2a) sigmoid(-2a)``."""
     return 4 * torch.sigmoid(2 * a) * torch.sigmoid(-2 * a)
@@ -82,14 +65,16 @@ class PlanarMap(Transform):
     ``w^T u' > -1``; it is enforced by ``u' = u + (m(w^T u) - w^T u) w / ||w||^2``
     with ``m(a) = -1 + eps + softplus(a)`` (``eps = 1e-3`` keeps the log-det
     finite in float32).  Inverse: solve ``alpha + c tanh(alpha + b) = w^T y``
-    for ``alpha = w^T v`` (root in ``[w^T y - |c|, w^T y + |c|]``).
+    for ``alpha = w^T v`` to relative tolerance ``tol`` (default: the dtype's).
     """
 
     analytic_inverse = False
 
-    def __init__(self, dim: int, context_dim: int = 0, hidden_features: Sequence[int] | int = (32,)):
+    def __init__(
+        self, dim: int, context_dim: int = 0, hidden_features: Sequence[int] | int = (32,), tol: Optional[float] = None
+    ):
         super().__init__()
-        self.dim = dim
+        self.dim, self.tol = dim, tol
         self.params = ParameterSource(2 * dim + 1, context_dim, hidden_features, init_std=1.0 / math.sqrt(dim))
 
     def _uwb(self, rows: int, context: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,13 +95,10 @@ class PlanarMap(Transform):
         u, w, b = self._uwb(y.shape[0], context)
         c = (w * u).sum(-1)
         t = (w * y).sum(-1)
-        with torch.no_grad():
-            alpha = bisect_increasing(lambda s: s + c * torch.tanh(s + b), t, t - c.abs(), t + c.abs())
-        # one differentiable Newton step: exact value, first-order-exact gradients
-        residual = alpha + c * torch.tanh(alpha + b) - t
-        alpha = alpha - residual / (1 + c * _tanh_prime(alpha + b))
-        v = y - u * torch.tanh(alpha + b)[:, None]
-        return v, -torch.log1p(c * _tanh_prime(alpha + b))
+        alpha, log_dalpha = invert_monotone(
+            lambda s: (s + c * torch.tanh(s + b), torch.log1p(c * _tanh_prime(s + b))), t, tol=self.tol
+        )
+        return y - u * torch.tanh(alpha + b)[:, None], log_dalpha
 
     def jacobian_mask(self, dim: int) -> None:
         return None
@@ -175,8 +157,9 @@ class SylvesterMap(Transform):
     ``"householder"`` (Q a product of ``reflections`` Householder matrices,
     M = D) or ``"triangular"`` (Q the identity or the reversal, M = D).
     Inverse: with ``s = Q^T v`` the equation ``s + R tanh(R~ s + b) = Q^T y`` is
-    upper triangular, solved from the last coordinate up by bisection on
-    scalar increasing equations; the orthogonal complement is unchanged.
+    upper triangular, solved from the last coordinate up as scalar increasing
+    equations (to relative tolerance ``tol``); the orthogonal complement is
+    unchanged.
     """
 
     analytic_inverse = False
@@ -190,8 +173,10 @@ class SylvesterMap(Transform):
         reflections: int = 2,
         reverse: bool = False,
         hidden_features: Sequence[int] | int = (32,),
+        tol: Optional[float] = None,
     ):
         super().__init__()
+        self.tol = tol
         if variant not in ("orthogonal", "householder", "triangular"):
             raise ValueError(f"unknown Sylvester variant {variant!r}; use 'orthogonal', 'householder' or 'triangular'")
         m = dim if (rank is None or variant != "orthogonal") else int(rank)
@@ -257,9 +242,11 @@ class SylvesterMap(Transform):
                 known = (r[:, i, i + 1 :] * torch.tanh((r_tilde[:, i + 1 :, :] @ s[:, :, None]).squeeze(-1) + b[:, i + 1 :])).sum(-1)
                 target = t[:, i] - known
                 rii, rtii = r[:, i, i], r_tilde[:, i, i]
-                s[:, i] = bisect_increasing(
-                    lambda x: x + rii * torch.tanh(rtii * x + rest), target, target - rii.abs(), target + rii.abs()
-                )
+                s[:, i] = invert_monotone(
+                    lambda x: (x + rii * torch.tanh(rtii * x + rest), torch.log1p(rii * rtii * _tanh_prime(rtii * x + rest))),
+                    target,
+                    tol=self.tol,
+                )[0]
         # one differentiable Newton step on the whole triangular system
         pre = (r_tilde @ s[:, :, None]).squeeze(-1) + b
         residual = s + (r @ torch.tanh(pre)[:, :, None]).squeeze(-1) - t
