@@ -1,0 +1,315 @@
+"""The autoregressive family beyond the generic suite: MADE masks, pass counts,
+numerical inverses (accuracy, far roots, errors, implicit gradients) and fitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+import flowrl
+from flowrl.inversion import InversionError, invert_monotone
+from flowrl.made import MADE
+from flowrl.transforms.autoregressive import MaskedAutoregressive
+from flowrl.transforms.naf import DeepSigmoid
+from flowrl.transforms.sos import SumOfSquaresPolynomial
+from flowrl.transforms.umnn import UnconstrainedMonotone, clenshaw_curtis
+from flow_cases import perturb, two_moons
+
+F64 = torch.float64
+NUMERICAL = [
+    pytest.param("naf", {}, id="naf-dsf"),
+    pytest.param("naf", {"dense": True}, id="naf-ddsf"),
+    pytest.param("bnaf", {}, id="bnaf"),
+    pytest.param("sos", {}, id="sos"),
+    pytest.param("umnn", {}, id="umnn"),
+]
+SMALL = dict(transforms=2, hidden_features=(16,))
+SMALL_EXTRA = {"naf": dict(hidden=6), "bnaf": dict(hidden_features=(6, 6)), "sos": {},
+               "umnn": dict(signal=6, integrand_features=(16, 16), nodes=16)}
+
+
+def _flow(name, dim, context_dim=0, seed=0, std=0.15, **extra):
+    torch.manual_seed(seed)
+    kwargs = {**SMALL, **SMALL_EXTRA.get(name, {}), **extra}
+    flow = flowrl.build_flow(name, dim, context_dim, **kwargs).to(F64)
+    perturb(flow, std=std, seed=seed + 1)
+    return flow.eval()
+
+
+# ---------------------------------------------------------------------- MADE
+@pytest.mark.parametrize("context_dim", [0, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_made_jacobian_is_strictly_lower_triangular_in_its_order(seed, context_dim):
+    g = torch.Generator().manual_seed(seed)
+    dim = 6
+    order = torch.randperm(dim, generator=g)
+    torch.manual_seed(seed)
+    made = MADE(dim, 2, context_dim, (13, 11), order, activation=torch.nn.Tanh, zero_last=False).to(F64)
+    x = torch.randn(4, dim, dtype=F64)
+    c = torch.randn(4, context_dim, dtype=F64) if context_dim else None
+    jac = jacobian(lambda v: made(v, c), x)  # (4, D, P, 4, D)
+    dep = torch.stack([jac[b, :, :, b, :] for b in range(4)]).abs().amax(dim=(0, 2)) > 0  # out dim x in dim
+    rank = torch.empty(dim, dtype=torch.long)
+    rank[order] = torch.arange(dim)
+    allowed = rank[:, None] > rank[None, :]  # output i may see input j iff j comes earlier
+    assert not (dep & ~allowed).any(), "MADE output depends on a later (or its own) input"
+    assert torch.equal(dep, allowed), "MADE misses an allowed dependency"
+    assert torch.equal(made.jacobian_mask(), allowed)
+    if context_dim:  # the context reaches every output block, the first one included
+        jc = jacobian(lambda cc: made(x, cc), c)
+        per_out = torch.stack([jc[b, :, :, b, :] for b in range(4)]).abs().amax(dim=(0, 2, 3))
+        assert (per_out > 0).all()
+
+
+def test_made_rejects_a_bad_order():
+    with pytest.raises(ValueError, match="permutation"):
+        MADE(3, 2, order=[0, 0, 1])
+
+
+def test_made_context_mismatch_is_a_clear_error():
+    made = MADE(3, 2, context_dim=2)
+    with pytest.raises(ValueError, match="context"):
+        made(torch.randn(4, 3))
+
+
+# ------------------------------------------------------------- pass counts
+def _count_made_calls(transform):
+    calls = []
+    for m in transform.modules():
+        if isinstance(m, MADE):
+            m.register_forward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+def test_maf_density_is_one_pass_and_sampling_is_dim_passes_iaf_the_reverse():
+    dim = 5
+    maf = _flow("maf", dim, transforms=1)
+    iaf = _flow("iaf", dim, transforms=1)
+    x = torch.randn(8, dim, dtype=F64)
+    for flow, density_passes, sampling_passes in ((maf, 1, dim), (iaf, dim, 1)):
+        calls = _count_made_calls(flow)
+        flow.log_prob(x)
+        assert len(calls) == density_passes
+        calls.clear()
+        flow.sample(8)
+        assert len(calls) == sampling_passes
+    # both directions are exact
+    with torch.no_grad():
+        z, ld = iaf.transform(x)
+        x2, ld2 = iaf.transform.inverse(z)
+    assert (x2 - x).abs().max() < 1e-12 and (ld + ld2).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name,extra", NUMERICAL[:2] + NUMERICAL[3:])
+def test_numerical_sampling_evaluates_the_conditioner_once_per_dimension(name, extra):
+    dim = 4
+    flow = _flow(name, dim, **extra)
+    calls = _count_made_calls(flow)
+    flow.sample(16)
+    assert len(calls) == dim * SMALL["transforms"]
+
+
+# --------------------------------------------------------- numerical inverse
+@pytest.mark.parametrize("context_dim", [0, 2])
+@pytest.mark.parametrize("name,extra", NUMERICAL)
+def test_numerical_inverse_is_accurate_on_minus_10_to_10(name, extra, context_dim):
+    dim = 3
+    flow = _flow(name, dim, context_dim, **extra)
+    g = torch.Generator().manual_seed(4)
+    v = 20 * torch.rand(256, dim, generator=g, dtype=F64) - 10
+    c = torch.randn(256, context_dim, generator=g, dtype=F64) if context_dim else None
+    with torch.no_grad():
+        z, ld = flow.transform(v, c)
+        x, ld2 = flow.transform.inverse(z, c)
+        assert (x - v).abs().max().item() < 1e-5
+        assert (ld + ld2).abs().max().item() < 1e-5
+        # noise in [-10, 10] -> data -> noise.  DDSF's tails are so flat (plateaus of its sigmoid
+        # mixtures, compounded over two layers) that noise at +-5 already lands at |x| ~ 1e11 and
+        # at +-10 at |x| ~ 1e13, where float64 runs out of digits; it is checked on [-4, 4].
+        v = 0.4 * v if extra.get("dense") else v
+        x3, ld3 = flow.transform.inverse(v, c)
+        z3, ld4 = flow.transform(x3, c)
+    assert (z3 - v).abs().max().item() < 1e-5
+    assert (ld3 + ld4).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("context_dim", [0, 2])
+@pytest.mark.parametrize("name,extra", NUMERICAL)
+def test_samples_carry_the_density_evaluated_directly(name, extra, context_dim):
+    flow = _flow(name, 3, context_dim, **extra)
+    c = torch.randn(5, context_dim, dtype=F64) if context_dim else None
+    xs, lp = flow.rsample_and_log_prob(64, c)
+    with torch.no_grad():
+        direct = flow.log_prob(xs, c)
+    assert torch.isfinite(lp).all()
+    assert (direct - lp).abs().max().item() < 1e-8
+
+
+@pytest.mark.parametrize("name,extra", NUMERICAL)
+def test_far_roots_are_found_not_clamped(name, extra):
+    """Noise far in the tails maps to data whose density is exact (the bracket expands)."""
+    flow = _flow(name, 2, **extra)
+    z = torch.tensor([[40.0, -40.0], [-200.0, 120.0], [7.5, 0.0]], dtype=F64)
+    if extra.get("dense"):  # DDSF's flat tails send these beyond float64's range of accuracy (see above)
+        z = torch.tensor([[4.0, -4.0], [-3.5, 3.0], [2.5, 0.0]], dtype=F64)
+    with torch.no_grad():
+        x, _ = flow.transform.inverse(z)
+        z2, _ = flow.transform(x)
+    assert x.abs().max().item() > 10  # beyond a clamped bracket
+    assert (z2 - z).abs().max().item() < 1e-6 * 200
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("dense", [False, True])
+def test_naf_is_finite_on_minus_50_to_50(dense, dtype):
+    flow = _flow("naf", 3, dense=dense, std=1.0).to(dtype).train()
+    v = torch.linspace(-50, 50, 101, dtype=dtype)
+    x = torch.stack([v, v.flip(0), torch.roll(v, 17)], dim=1).requires_grad_(True)
+    z, ld = flow.transform(x)
+    lp = flow.log_prob(x)
+    assert torch.isfinite(z).all() and torch.isfinite(ld).all() and torch.isfinite(lp).all()
+    lp.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in flow.parameters() if p.grad is not None)
+    # and the transformer alone, with extreme pseudo-parameters
+    t = DeepSigmoid(8, 2 if dense else 1)
+    params = 10 * torch.randn(101, t.num_params, dtype=dtype)
+    y, logd = t.forward(v, params)
+    assert torch.isfinite(y).all() and torch.isfinite(logd).all()
+
+
+def test_inversion_errors_are_clear():
+    y = torch.tensor([0.5, 3.0], dtype=F64)
+    with pytest.raises(InversionError, match="bracket"):  # tanh is not onto R: 3 has no preimage
+        invert_monotone(lambda v: (torch.tanh(v), torch.log1p(-torch.tanh(v) ** 2)), y, max_expansions=20)
+    cube = lambda v: (v ** 3 + v, torch.log(3 * v * v + 1))  # noqa: E731
+    with pytest.raises(InversionError, match="did not converge"):
+        invert_monotone(cube, torch.tensor([1e6], dtype=F64), max_iter=2)
+    with pytest.raises(InversionError, match="non-finite"):
+        invert_monotone(cube, torch.tensor([float("nan")], dtype=F64))
+    with pytest.raises(ValueError, match="tolerance"):
+        invert_monotone(cube, y, tol=0.0)
+    x, _ = invert_monotone(cube, torch.tensor([1e6], dtype=F64))
+    assert abs(x.item() ** 3 + x.item() - 1e6) < 1e-6
+
+
+def test_implicit_gradient_of_the_inverse_is_exact():
+    """``x = f^{-1}(y; a)`` for ``f = x^3 + a x``: ``dx/dy = 1 / f'``, ``dx/da = -x / f'``."""
+    a = torch.tensor([0.5, 2.0, 1.0], dtype=F64, requires_grad=True)
+    y = torch.tensor([3.0, -1.0, 0.2], dtype=F64, requires_grad=True)
+    x, log_dx = invert_monotone(lambda v: (v ** 3 + a * v, torch.log(3 * v * v + a)), y)
+    fp = 3 * x.detach() ** 2 + a.detach()
+    gy, ga = torch.autograd.grad(x.sum(), (y, a))
+    assert torch.allclose(gy, 1 / fp, atol=1e-10) and torch.allclose(ga, -x.detach() / fp, atol=1e-10)
+    assert torch.allclose(log_dx, -torch.log(fp), atol=1e-12)
+
+
+@pytest.mark.parametrize("name,extra", NUMERICAL)
+def test_rsample_gradients_match_finite_differences(name, extra):
+    """Gradients of a sampled point w.r.t. the parameters (implicit differentiation) are exact."""
+    flow = _flow(name, 2, 1, **extra)
+    z = torch.randn(3, 2, dtype=F64)
+    c = torch.randn(3, 1, dtype=F64)
+    params = [p for p in flow.parameters() if p.requires_grad]
+    p0 = params[0]
+
+    def sample_stat():
+        x, ld = flow.transform.inverse(z, c)
+        return (x * torch.tensor([1.0, -0.7], dtype=F64)).sum() + ld.sum()
+
+    grad = torch.autograd.grad(sample_stat(), p0)[0].flatten()
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(p0.shape, generator=g, dtype=F64)
+    eps = 1e-5
+    with torch.no_grad():
+        p0.add_(eps * direction)
+        up = sample_stat()
+        p0.sub_(2 * eps * direction)
+        down = sample_stat()
+        p0.add_(eps * direction)
+    fd = (up - down) / (2 * eps)
+    assert abs(fd.item() - (grad @ direction.flatten()).item()) < 1e-5 * max(1.0, abs(fd.item()))
+
+
+# --------------------------------------------------------------- components
+def test_clenshaw_curtis_integrates_polynomials_and_smooth_functions():
+    s, w = clenshaw_curtis(16)
+    assert abs(w.sum().item() - 2) < 1e-14
+    for k in range(17):
+        exact = 0.0 if k % 2 else 2.0 / (k + 1)
+        assert abs((w * s ** k).sum().item() - exact) < 1e-13
+    assert abs((w * torch.exp(s)).sum().item() - (math.e - 1 / math.e)) < 1e-14
+    with pytest.raises(ValueError, match="even"):
+        clenshaw_curtis(7)
+
+
+def test_umnn_derivative_is_its_integrand_and_gradients_flow_through_the_quadrature():
+    torch.manual_seed(0)
+    t = UnconstrainedMonotone(signal=3, hidden_features=(16,), nodes=32).to(F64)
+    perturb(t, std=0.5)
+    x = torch.linspace(-4, 4, 9, dtype=F64, requires_grad=True)
+    params = torch.randn(9, 4, dtype=F64, requires_grad=True)
+    y, log_g = t.forward(x, params)
+    dy = torch.autograd.grad(y.sum(), x, create_graph=True)[0]
+    assert torch.allclose(dy.log(), log_g, atol=1e-7)  # quadrature error only
+    y.sum().backward()
+    assert params.grad is not None and torch.isfinite(params.grad).all()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in t.parameters())
+
+
+def test_sos_is_the_closed_form_integral_of_a_sum_of_squares():
+    t = SumOfSquaresPolynomial(polynomials=2, degree=2, bound=5.0, eps=1e-3)
+    params = torch.randn(t.num_params, dtype=F64)
+    coeffs = params[:6].reshape(2, 3) + torch.tensor([1 / math.sqrt(2), 0, 0], dtype=F64)
+    x = torch.tensor([-7.0, -2.0, 0.0, 1.5, 4.9, 9.0], dtype=F64)
+    y, logd = t.forward(x, params.expand(6, -1))
+
+    def integrand(s):  # in the polynomial's variable s = t / bound, clamped
+        s = s.clamp(-1, 1)
+        p = coeffs[:, 0:1] + coeffs[:, 1:2] * s + coeffs[:, 2:3] * s * s
+        return (p * p).sum(0) + 1e-3
+
+    for xi, yi, li in zip(x, y, logd):
+        grid = torch.linspace(0, xi.item(), 20001, dtype=F64)
+        vals = integrand(grid / 5.0)
+        integral = torch.trapezoid(vals, grid)
+        assert abs(params[-1].item() + integral.item() - yi.item()) < 1e-5
+        assert abs(math.log(vals[-1].item()) - li.item()) < 1e-12
+
+
+def test_ddsf_option_builds_dense_transformers():
+    flow = flowrl.build_flow("naf", 2, dense=True, dense_layers=3, hidden=4, transforms=1)
+    layer = flow.transform.transforms[0]
+    assert isinstance(layer, MaskedAutoregressive) and layer.bijection.layers == 3
+    assert not flow.transform.analytic_inverse
+
+
+# ------------------------------------------------------------------ fitting
+NAMED = ["maf", "iaf", "nsf-ar", "naf", "bnaf", "sos", "umnn"]
+
+
+@pytest.mark.slow
+def test_every_named_flow_fits_two_moons_within_a_tenth_of_a_nat_of_the_best():
+    train, test = two_moons(4096, seed=0), two_moons(4096, seed=1)
+    results = {}
+    for name in NAMED:
+        torch.manual_seed(0)
+        flow = flowrl.build_flow(name, 2, transforms=3, hidden_features=(64, 64))
+        opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1500)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(1500):
+            idx = torch.randint(0, len(train), (256,), generator=g)
+            loss = -flow.log_prob(train[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            results[name] = -flow.log_prob(test).mean().item()
+    best = min(results.values())
+    assert all(math.isfinite(v) for v in results.values()), results
+    assert all(v - best < 0.1 for v in results.values()), results
