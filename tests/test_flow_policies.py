@@ -1,0 +1,359 @@
+"""Flow policies in Stable-Baselines3: the squashed flow, SAC and PPO/A2C policies, save/load, the bandit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO, SAC
+
+import envs  # noqa: F401  (registers flowrl/TwoModeBandit-v0)
+import flowrl
+from agents import FlowActorCriticPolicy, FlowDistribution, FlowSACPolicy
+from agents.distributions import build_action_flow
+from agents.squash import SquashToBox, log_dtanh
+from envs.bandit import TwoModeBandit
+from flow_cases import perturb
+
+FLOWS = ["realnvp", "naf"]
+SMALL = {
+    "realnvp": dict(transforms=2, hidden_features=(16,)),
+    "naf": dict(transforms=1, hidden_features=(16,), hidden=4),
+}
+
+
+def _flow(name, dim, context_dim=3, low=None, high=None, base="normal", direction="density", seed=0):
+    torch.manual_seed(seed)
+    low = -np.ones(dim) if low is None else low
+    high = np.ones(dim) if high is None else high
+    flow = build_action_flow(name, dim, context_dim, low, high, base, direction, SMALL[name]).double()
+    perturb(flow, std=0.1, seed=seed + 1)
+    return flow
+
+
+def _ctx(rows, context_dim=3, seed=5):
+    return torch.randn(rows, context_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ------------------------------------------------------------------- squash
+def test_log_dtanh_is_exact_and_finite():
+    u = torch.linspace(-8, 8, 101, dtype=torch.float64)
+    torch.testing.assert_close(log_dtanh(u), torch.log1p(-torch.tanh(u) ** 2), rtol=1e-9, atol=1e-9)
+    big = torch.tensor([-60.0, -20.0, 20.0, 60.0])  # float32: 1 - tanh(u)^2 underflows to 0 here
+    out = log_dtanh(big)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, 2 * (math.log(2) - big.abs()), rtol=1e-6, atol=1e-4)
+
+
+def test_squash_maps_into_box_and_round_trips():
+    sq = SquashToBox([-2.0, 0.0], [3.0, 0.5]).double()
+    u = torch.randn(50, 2, dtype=torch.float64) * 2
+    a, ld_inv = sq.inverse(u)
+    assert (a[:, 0] > -2).all() and (a[:, 0] < 3).all() and (a[:, 1] > 0).all() and (a[:, 1] < 0.5).all()
+    u2, ld_fwd = sq.forward(a)
+    torch.testing.assert_close(u2, u, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(ld_fwd, -ld_inv)
+    # log-det against autograd for one row
+    row = u[:1].clone().requires_grad_(True)
+    jac = torch.autograd.functional.jacobian(lambda v: sq.inverse(v)[0], row)[0, :, 0, :]
+    torch.testing.assert_close(torch.logdet(jac), ld_inv[0])
+
+
+def test_boundary_actions_have_finite_log_prob():
+    flow = _flow("realnvp", 2, low=np.array([-2.0, -1.0]), high=np.array([2.0, 1.0])).float()
+    actions = torch.tensor([[-2.0, -1.0], [2.0, 1.0], [2.0, 0.0]])
+    lp = flow.log_prob(actions, _ctx(3).float())
+    assert torch.isfinite(lp).all()
+
+
+def test_squash_rejects_unbounded_or_empty_boxes():
+    with pytest.raises(ValueError, match="finite action bounds"):
+        SquashToBox([-np.inf], [1.0])
+    with pytest.raises(ValueError, match="high > low"):
+        SquashToBox([1.0], [1.0])
+
+
+# ------------------------------------------------------- squashed flow density
+@pytest.mark.parametrize("direction", ["density", "sample"])
+@pytest.mark.parametrize("base", ["normal", "conditional"])
+@pytest.mark.parametrize("name", FLOWS)
+def test_squashed_density_integrates_to_one_1d(name, base, direction):
+    low, high = np.array([-2.0]), np.array([3.0])
+    flow = _flow(name, 1, low=low, high=high, base=base, direction=direction)
+    n = 4000
+    edges = torch.linspace(-2.0, 3.0, n + 1, dtype=torch.float64)
+    mids = ((edges[1:] + edges[:-1]) / 2).unsqueeze(1)
+    with torch.no_grad():
+        lp = flow.log_prob(mids, _ctx(1).expand(n, -1))
+    assert torch.isfinite(lp).all()
+    total = (lp.exp() * (5.0 / n)).sum().item()
+    assert abs(total - 1.0) < 5e-3, total
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_squashed_density_integrates_to_one_2d(name):
+    flow = _flow(name, 2, low=np.array([-1.0, 0.0]), high=np.array([2.0, 1.0]), base="conditional")
+    n = 300
+    gx = torch.linspace(-1.0, 2.0, n + 1, dtype=torch.float64)
+    gy = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
+    mx, my = (gx[1:] + gx[:-1]) / 2, (gy[1:] + gy[:-1]) / 2
+    grid = torch.stack(torch.meshgrid(mx, my, indexing="ij"), dim=-1).reshape(-1, 2)
+    with torch.no_grad():
+        lp = flow.log_prob(grid, _ctx(1).expand(grid.shape[0], -1))
+    total = (lp.exp() * (3.0 / n) * (1.0 / n)).sum().item()
+    assert abs(total - 1.0) < 2e-2, total
+
+
+@pytest.mark.parametrize("direction", ["density", "sample"])
+@pytest.mark.parametrize("name", FLOWS)
+def test_log_prob_of_samples_matches_direct_density(name, direction):
+    flow = _flow(name, 2, low=np.array([-2.0, -2.0]), high=np.array([2.0, 1.0]), base="conditional", direction=direction)
+    ctx = _ctx(64)
+    x, lp = flow.rsample_and_log_prob(1, ctx)
+    direct = flow.log_prob(x[0], ctx)
+    torch.testing.assert_close(lp[0], direct, rtol=1e-6, atol=1e-6)
+    assert (x[0, :, 0] > -2).all() and (x[0, :, 1] < 1).all()
+
+
+def test_flow_distribution_entropy_matches_grid_and_has_gradient():
+    dist = FlowDistribution(1, "realnvp", SMALL["realnvp"], base="conditional", entropy_samples=20000)
+    torch.manual_seed(0)
+    flow = dist.proba_distribution_net(3).double()
+    perturb(flow, std=0.1)
+    ctx = _ctx(1)
+    n = 4000
+    mids = torch.linspace(-1, 1, n + 1, dtype=torch.float64)
+    mids = ((mids[1:] + mids[:-1]) / 2).unsqueeze(1)
+    with torch.no_grad():
+        lp = flow.log_prob(mids, ctx.expand(n, -1))
+    exact = -(lp.exp() * lp * (2.0 / n)).sum()
+    estimate = dist.proba_distribution(ctx).entropy()
+    assert estimate.shape == (1,)
+    assert abs(estimate.item() - exact.item()) < 0.03, (estimate.item(), exact.item())
+    estimate.sum().backward()
+    grads = [p.grad for p in flow.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+# ------------------------------------------------------------------- errors
+def _obs_space():
+    return spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    "action_space, match",
+    [
+        (spaces.Discrete(3), "Discrete action spaces are not supported"),
+        (spaces.MultiDiscrete([2, 3]), "MultiDiscrete action spaces are not supported"),
+        (spaces.Box(-np.inf, np.inf, (2,), np.float32), "needs a bounded Box"),
+        (spaces.Box(-1.0, np.inf, (2,), np.float32), "needs a bounded Box"),
+    ],
+)
+@pytest.mark.parametrize("policy", [FlowSACPolicy, FlowActorCriticPolicy])
+def test_unsupported_action_spaces_are_rejected(policy, action_space, match):
+    with pytest.raises(ValueError, match=match):
+        policy(_obs_space(), action_space, lambda _: 1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(flow="no_such_flow"), "unknown flow 'no_such_flow'"),
+        (dict(flow="realnvp", base="uniform"), "unknown base 'uniform'"),
+        (dict(flow="realnvp", direction="sideways"), "unknown direction 'sideways'"),
+        (dict(flow="nice"), "needs at least 2 action dimensions"),
+        (dict(flow="realnvp", flow_kwargs=dict(context_dim=4)), "may not set 'context_dim'"),
+        (dict(flow="realnvp", flow_kwargs=dict(depth=4)), "unknown keyword argument"),
+        (dict(flow="realnvp", use_sde=True), "use_sde"),
+    ],
+)
+@pytest.mark.parametrize("policy", [FlowSACPolicy, FlowActorCriticPolicy])
+def test_bad_flow_settings_are_rejected(policy, kwargs, match):
+    one_dim = spaces.Box(-2.0, 2.0, (1,), np.float32)
+    with pytest.raises(ValueError, match=match):
+        policy(_obs_space(), one_dim, lambda _: 1e-3, **kwargs)
+
+
+def test_algorithms_reject_flow_policies_on_discrete_envs():
+    with pytest.raises(ValueError, match="Discrete action spaces are not supported"):
+        PPO(FlowActorCriticPolicy, "CartPole-v1")
+
+
+# ------------------------------------------------------------------ SAC
+def _sac(env, flow, seed=0, **kw):
+    pk = dict(net_arch=[32, 32], flow=flow, flow_kwargs=SMALL[flow])
+    return SAC(FlowSACPolicy, env, policy_kwargs=pk, learning_starts=32, batch_size=32, seed=seed, **kw)
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_sac_actor_samples_and_scores_in_one_pass(name):
+    model = _sac("Pendulum-v1", name)
+    actor = model.policy.actor
+    obs = torch.randn(16, 3)
+    actions, log_prob = actor.action_log_prob(obs)
+    assert actions.shape == (16, 1) and log_prob.shape == (16,)
+    assert (actions.abs() < 1).all()  # SAC's normalised box, rescaled by SB3
+    rescored = actor.action_dist.log_prob(actions.detach())
+    torch.testing.assert_close(log_prob.detach(), rescored, rtol=1e-4, atol=1e-4)
+    log_prob.sum().backward()
+    assert all(p.grad is not None for p in actor.flow.parameters())
+    # deterministic action = base mode pushed through the flow and the squash
+    latent = actor.latent_pi(actor.extract_features(obs, actor.features_extractor))
+    zeros = torch.zeros(16, 1)
+    expected, _ = actor.flow.transform.inverse(zeros, latent)
+    torch.testing.assert_close(actor(obs, deterministic=True), expected)
+    direction = "sample" if flowrl.flow_spec(name).numerical_inverse else "density"
+    assert actor.action_dist.direction == direction
+
+
+def _same_predictions(model, loaded, obs):
+    det_a, _ = model.predict(obs, deterministic=True)
+    det_b, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(det_a, det_b)
+    torch.manual_seed(123)
+    sto_a, _ = model.predict(obs, deterministic=False)
+    torch.manual_seed(123)
+    sto_b, _ = loaded.predict(obs, deterministic=False)
+    np.testing.assert_array_equal(sto_a, sto_b)
+    assert not np.allclose(sto_a, det_a)  # the stochastic policy really is stochastic
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_sac_save_load_round_trip(name, tmp_path):
+    model = _sac("Pendulum-v1", name)
+    model.learn(48)
+    model.save(tmp_path / "sac")
+    loaded = SAC.load(tmp_path / "sac")
+    assert isinstance(loaded.policy, FlowSACPolicy)
+    assert loaded.policy_kwargs["flow"] == name
+    assert loaded.policy_kwargs["flow_kwargs"] == json.loads(json.dumps(SMALL[name]))  # tuples come back as lists
+    for key, value in model.policy.state_dict().items():
+        torch.testing.assert_close(loaded.policy.state_dict()[key], value, rtol=0, atol=0)
+    obs = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    _same_predictions(model, loaded, obs)
+    low, high = model.action_space.low, model.action_space.high
+    actions, _ = loaded.predict(obs)
+    assert (actions >= low).all() and (actions <= high).all()
+
+
+# --------------------------------------------------------------- PPO / A2C
+def _on_policy(algo, env, flow, seed=0, **kw):
+    pk = dict(net_arch=dict(pi=[32], vf=[32]), flow=flow, flow_kwargs=SMALL[flow])
+    extra = dict(n_steps=32, batch_size=32, n_epochs=1) if algo is PPO else dict(n_steps=8)
+    return algo(FlowActorCriticPolicy, env, policy_kwargs=pk, seed=seed, **extra, **kw)
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name):
+    model = _on_policy(PPO, "Pendulum-v1", name)
+    policy = model.policy
+    obs = torch.randn(16, 3)
+    with torch.no_grad():
+        actions, _, rollout_log_prob = policy(obs)
+    assert (actions.abs() <= 2).all() and not torch.allclose(actions.abs(), torch.full_like(actions, 2.0))
+    values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+    torch.testing.assert_close(log_prob.detach(), rollout_log_prob, rtol=1e-5, atol=1e-5)
+    assert values.shape == (16, 1) and entropy.shape == (16,)
+    entropy.mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.action_net.parameters())
+    # stored actions on the box boundary still get a finite log-density
+    edge = torch.tensor([[-2.0], [2.0]])
+    _, lp_edge, _ = policy.evaluate_actions(obs[:2], edge)
+    assert torch.isfinite(lp_edge).all()
+
+
+def test_entropy_samples_zero_defers_to_sb3():
+    model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1,
+                policy_kwargs=dict(flow="realnvp", flow_kwargs=SMALL["realnvp"], entropy_samples=0))
+    _, _, entropy = model.policy.evaluate_actions(torch.randn(4, 3), torch.zeros(4, 1))
+    assert entropy is None
+    model.learn(32)
+
+
+@pytest.mark.parametrize("algo", [PPO, A2C])
+@pytest.mark.parametrize("name", FLOWS)
+def test_on_policy_save_load_round_trip(algo, name, tmp_path):
+    model = _on_policy(algo, "Pendulum-v1", name)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(32)
+    changed = [k for k, v in model.policy.state_dict().items() if not torch.equal(before[k], v)]
+    assert any(k.startswith("action_net.") for k in changed), "training did not update the flow"
+    model.save(tmp_path / "m")
+    loaded = algo.load(tmp_path / "m")
+    assert isinstance(loaded.policy, FlowActorCriticPolicy)
+    assert loaded.policy_kwargs["flow"] == name
+    obs = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    _same_predictions(model, loaded, obs)
+
+
+# --------------------------------------------------------------- the bandit
+def test_bandit_rewards_and_modes():
+    env = gym.make("flowrl/TwoModeBandit-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (1,)
+    bandit = env.unwrapped
+    _, r0, terminated, _, info0 = env.step(bandit.modes[0])
+    assert r0 == pytest.approx(1.0) and terminated and info0["mode"] == 0
+    env.reset()
+    _, r_mid, _, _, info_mid = env.step(np.zeros(2, np.float32))
+    assert r_mid < 1e-3 and info_mid["mode"] == -1
+    assert bandit.mode_of(bandit.modes[1] + 0.05).item() == 1
+    with pytest.raises(ValueError, match="overlap"):
+        TwoModeBandit(dim=2, offset=0.1, width=0.2)
+
+
+def _mode_fractions(model, env, n=2000):
+    actions, _ = model.predict(np.zeros((n, 1), np.float32), deterministic=False)
+    modes = env.mode_of(actions)
+    return [float((modes == k).mean()) for k in (0, 1)]
+
+
+@pytest.mark.slow
+def test_bandit_flow_sac_keeps_both_modes_gaussian_collapses():
+    env = TwoModeBandit()
+    common = dict(learning_starts=200, batch_size=128, learning_rate=3e-3, seed=0)
+    gauss = SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=[64, 64]), **common)
+    gauss.learn(1500)
+    g0, g1 = _mode_fractions(gauss, env)
+    assert max(g0, g1) > 0.9 and min(g0, g1) < 0.05, (g0, g1)
+    pk = dict(net_arch=[64, 64], flow="realnvp", flow_kwargs=dict(transforms=4, hidden_features=(64,)))
+    flow = SAC(FlowSACPolicy, env, policy_kwargs=pk, **common)
+    flow.learn(1500)
+    f0, f1 = _mode_fractions(flow, env)
+    assert min(f0, f1) >= 0.25, (f0, f1)
+
+
+# --------------------------------------------------------------- learning
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FLOWS)
+def test_sac_flow_policy_improves_on_pendulum(name):
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    pk = dict(net_arch=[64, 64], flow=name, flow_kwargs=dict(transforms=2, hidden_features=(64,)))
+    model = SAC(FlowSACPolicy, "Pendulum-v1", policy_kwargs=pk, learning_rate=1e-3, seed=0)
+    before, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=5)
+    model.learn(4000)
+    after, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=5)
+    assert after > before + 300 and after > -700, (before, after)
+
+
+# --------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo", [SAC, PPO])
+def test_cuda_training_and_round_trip(algo, tmp_path):
+    policy = FlowSACPolicy if algo is SAC else FlowActorCriticPolicy
+    kw = dict(learning_starts=16, batch_size=16) if algo is SAC else dict(n_steps=32, batch_size=32, n_epochs=1)
+    model = algo(policy, "Pendulum-v1", device="cuda", seed=0,
+                 policy_kwargs=dict(flow="naf", flow_kwargs=SMALL["naf"]), **kw)
+    model.learn(48)
+    assert all(p.device.type == "cuda" for p in model.policy.parameters())
+    model.save(tmp_path / "m")
+    loaded = algo.load(tmp_path / "m", device="cuda")
+    obs = np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
