@@ -2,3 +2,4 @@
 
 from .distributions import FlowDistribution  # noqa: E402
 from .policies import FlowActorCriticPolicy, FlowSACPolicy  # noqa: E402
+from .novelty import NoveltyCallback, attach_novelty, novelty_callbacks, novelty_density  # noqa: E402

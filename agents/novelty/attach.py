@@ -1,0 +1,109 @@
+"""Wiring a novelty bonus into any SB3 algorithm, and reading its density model back."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from gymnasium import spaces
+
+from flowrl.novelty import OnlineDensityModel
+
+from .bonus import NoveltyBonus, observation_dim
+from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
+from .callback import NoveltyCallback
+from .options import parse_options
+
+__all__ = ["attach_novelty", "novelty_callbacks", "find_novelty", "novelty_density", "make_novelty_bonus"]
+
+
+def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict] = None) -> NoveltyBonus:
+    """A :class:`NoveltyBonus` for ``observation_space`` from a plain options dict."""
+    opts = parse_options(novelty)
+    return NoveltyBonus(opts, observation_dim(observation_space, opts.obs_key))
+
+
+def attach_novelty(algo_class: type, algo_kwargs: dict, env: Any, novelty: dict) -> tuple[dict, list[BaseCallback]]:
+    """Constructor kwargs and ``learn`` callbacks that give ``algo_class`` a novelty bonus.
+
+    Off-policy algorithms get ``replay_buffer_class``/``replay_buffer_kwargs``,
+    on-policy ones ``rollout_buffer_class``/``rollout_buffer_kwargs``; ``algo_kwargs``
+    itself is not modified.  ``novelty`` holds the options of
+    :class:`agents.novelty.options.NoveltyOptions`; unknown keys raise ``ValueError``.
+    """
+    if not isinstance(algo_class, type) or not issubclass(algo_class, BaseAlgorithm):
+        raise ValueError(f"algo_class must be an SB3 algorithm class, got {algo_class!r}")
+    space = env.observation_space
+    bonus = make_novelty_bonus(space, novelty)
+    kwargs = dict(algo_kwargs)
+    is_dict = isinstance(space, spaces.Dict)
+    if issubclass(algo_class, OffPolicyAlgorithm):
+        key, cls = "replay_buffer", (NoveltyDictReplayBuffer if is_dict else NoveltyReplayBuffer)
+    elif issubclass(algo_class, OnPolicyAlgorithm):
+        key, cls = "rollout_buffer", (NoveltyDictRolloutBuffer if is_dict else NoveltyRolloutBuffer)
+    else:
+        raise ValueError(f"{algo_class.__name__} is neither an on-policy nor an off-policy SB3 algorithm")
+    given = kwargs.get(f"{key}_class")
+    if given is not None and given is not cls:
+        raise ValueError(f"{key}_class={given.__name__} is set; the novelty bonus needs its own {cls.__name__}")
+    kwargs[f"{key}_class"] = cls
+    kwargs[f"{key}_kwargs"] = {**dict(kwargs.get(f"{key}_kwargs") or {}), "novelty": bonus}
+    return kwargs, [NoveltyCallback(bonus)]
+
+
+def find_novelty(obj: Any) -> NoveltyBonus:
+    """The :class:`NoveltyBonus` of an SB3 model, a :class:`NoveltyCallback`, a buffer or the bonus itself."""
+    if isinstance(obj, NoveltyBonus):
+        return obj
+    if isinstance(obj, NoveltyCallback):
+        return obj.bonus
+    for attr in ("novelty",):
+        if isinstance(getattr(obj, attr, None), NoveltyBonus):
+            return getattr(obj, attr)
+    if isinstance(obj, BaseAlgorithm):
+        for name in ("replay_buffer", "rollout_buffer"):
+            bonus = getattr(getattr(obj, name, None), "novelty", None)
+            if isinstance(bonus, NoveltyBonus):
+                return bonus
+        for name in ("replay_buffer_kwargs", "rollout_buffer_kwargs"):
+            bonus = (getattr(obj, name, None) or {}).get("novelty")
+            if isinstance(bonus, NoveltyBonus):
+                return bonus
+    raise ValueError(f"{type(obj).__name__} carries no novelty bonus")
+
+
+def novelty_callbacks(model: BaseAlgorithm) -> list[BaseCallback]:
+    """The callbacks to resume training a loaded model with its restored novelty bonus."""
+    return [NoveltyCallback(find_novelty(model))]
+
+
+def novelty_density(model_or_callback: Any, points: Any, kind: str = "log_density") -> np.ndarray:
+    """Evaluate the novelty model on raw observations ``points`` ``(N, obs_dim)``, shape ``(N,)``.
+
+    ``kind``: ``"log_density"`` (``log rho`` of the flow in its normalised
+    space; ``ValueError`` for RND), ``"pseudo_count"`` (flow only) or
+    ``"bonus"`` (``beta * b(x)``, any kind).  Accepts what :func:`find_novelty`
+    accepts, and also a bare :class:`flowrl.novelty.OnlineDensityModel`.
+    """
+    if isinstance(model_or_callback, OnlineDensityModel):
+        model = model_or_callback
+        x = np.asarray(points, dtype=np.float32)
+        if kind == "log_density":
+            return model.log_density(x).cpu().numpy()
+        if kind == "pseudo_count":
+            return model.pseudo_count(x).cpu().numpy()
+        if kind == "bonus":
+            return model.bonus(x).cpu().numpy()
+        raise ValueError(f"kind must be 'log_density', 'pseudo_count' or 'bonus', got {kind!r}")
+    bonus = find_novelty(model_or_callback)
+    if kind == "log_density":
+        return bonus.log_density(points)
+    if kind == "pseudo_count":
+        return bonus.pseudo_count(points)
+    if kind == "bonus":
+        return bonus.intrinsic(points).cpu().numpy()
+    raise ValueError(f"kind must be 'log_density', 'pseudo_count' or 'bonus', got {kind!r}")

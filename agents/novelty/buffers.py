@@ -1,0 +1,141 @@
+"""SB3 buffers that add the intrinsic reward with the *current* novelty model.
+
+* Off-policy (:class:`NoveltyReplayBuffer`, :class:`NoveltyDictReplayBuffer`):
+  every sampled minibatch is scored when it is drawn, so the bonus follows
+  the counts as they change instead of going stale in the buffer.  The
+  buffer holds raw observations (SB3 stores them un-normalised under
+  ``VecNormalize``), the bonus is computed on those and added *after*
+  ``VecNormalize``'s reward scaling: it is never scaled away.
+* On-policy (:class:`NoveltyRolloutBuffer`, :class:`NoveltyDictRolloutBuffer`):
+  the callback records the raw scored state of every step; the bonus is
+  added to the rewards inside ``compute_returns_and_advantage``, before the
+  advantages and returns are computed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import DictReplayBuffer, DictRolloutBuffer, ReplayBuffer, RolloutBuffer
+from stable_baselines3.common.vec_env import VecNormalize
+
+from .bonus import NoveltyBonus
+
+__all__ = ["NoveltyReplayBuffer", "NoveltyDictReplayBuffer", "NoveltyRolloutBuffer", "NoveltyDictRolloutBuffer"]
+
+_MISSING_CALLBACK = ("the novelty model has never been updated: pass the callbacks returned by "
+                     "attach_novelty (or novelty_callbacks(model)) to model.learn(callback=...)")
+
+
+def _check_bonus(novelty: Optional[NoveltyBonus]) -> NoveltyBonus:
+    if not isinstance(novelty, NoveltyBonus):
+        raise ValueError("novelty buffers need novelty=NoveltyBonus(...) in their kwargs (see attach_novelty)")
+    return novelty
+
+
+class _ReplayScoring:
+    """Adds ``beta * b(x)`` of the sampled raw states to the sampled rewards."""
+
+    novelty: NoveltyBonus
+
+    def _raw_states(self, batch_inds: np.ndarray, env_inds: np.ndarray):
+        def pick(store, inds):
+            if isinstance(store, dict):
+                return {k: v[inds, env_inds] for k, v in store.items()}
+            return store[inds, env_inds]
+
+        if self.novelty.score == "current":
+            return pick(self.observations, batch_inds)
+        if getattr(self, "optimize_memory_usage", False):
+            return pick(self.observations, (batch_inds + 1) % self.buffer_size)
+        return pick(self.next_observations, batch_inds)
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
+        if float(self.novelty.model.n_total) == 0 and self.size() > self.novelty.update_every:
+            raise RuntimeError(_MISSING_CALLBACK)
+        # SB3 draws the env column of each row first thing in _get_samples; draw the same
+        # columns here from the same RNG state so that the bonus scores exactly those rows.
+        rng_state = np.random.get_state()
+        env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        np.random.set_state(rng_state)
+        samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
+        bonus = self.novelty.intrinsic(self._raw_states(batch_inds, env_inds))
+        self.last_intrinsic = bonus
+        rewards = samples.rewards + bonus.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
+        return samples._replace(rewards=rewards)
+
+
+class NoveltyReplayBuffer(_ReplayScoring, ReplayBuffer):
+    """``ReplayBuffer`` whose sampled rewards include the current novelty bonus."""
+
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.novelty = _check_bonus(novelty)
+        self.last_intrinsic: Optional[torch.Tensor] = None
+
+
+class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
+    """``DictReplayBuffer`` whose sampled rewards include the current novelty bonus (of ``obs_key``)."""
+
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.novelty = _check_bonus(novelty)
+        self.last_intrinsic: Optional[torch.Tensor] = None
+
+
+class _RolloutScoring:
+    """Records the raw scored state of each step; adds the bonus before GAE."""
+
+    novelty: NoveltyBonus
+
+    def _init_scoring(self, novelty: Optional[NoveltyBonus]) -> None:
+        self.novelty = _check_bonus(novelty)
+        self.scored_obs = np.zeros((self.buffer_size, self.n_envs, novelty.obs_dim), dtype=np.float32)
+        self.intrinsic_rewards = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self._recorded = np.zeros(self.buffer_size, dtype=bool)
+        self._bonus_added = False
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        if hasattr(self, "_recorded"):
+            self._recorded[:] = False
+            self.intrinsic_rewards[:] = 0.0
+            self._bonus_added = False
+
+    def record_scored(self, raw_obs) -> None:
+        """Called by the callback before SB3 adds step ``pos``: the raw state to score for it."""
+        if self.pos >= self.buffer_size:
+            raise RuntimeError("rollout buffer is full; record_scored called once too often")
+        self.scored_obs[self.pos] = self.novelty.select(raw_obs).reshape(self.n_envs, -1)
+        self._recorded[self.pos] = True
+
+    def compute_returns_and_advantage(self, last_values, dones) -> None:
+        if not self._bonus_added:
+            n = self.buffer_size if self.full else self.pos
+            if n == 0 or not self._recorded[:n].all():
+                raise RuntimeError("NoveltyRolloutBuffer: the scored states were not recorded; pass the callbacks "
+                                   "returned by attach_novelty (or novelty_callbacks(model)) to model.learn")
+            flat = self.scored_obs[:n].reshape(-1, self.novelty.obs_dim)
+            bonus = self.novelty.intrinsic(flat).cpu().numpy().reshape(n, self.n_envs)
+            self.intrinsic_rewards[:n] = bonus
+            self.rewards[:n] += bonus
+            self._bonus_added = True
+        super().compute_returns_and_advantage(last_values, dones)  # type: ignore[misc]
+
+
+class NoveltyRolloutBuffer(_RolloutScoring, RolloutBuffer):
+    """``RolloutBuffer`` that adds the novelty bonus to the rewards before computing advantages."""
+
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_scoring(novelty)
+
+
+class NoveltyDictRolloutBuffer(_RolloutScoring, DictRolloutBuffer):
+    """``DictRolloutBuffer`` that adds the novelty bonus (of ``obs_key``) before computing advantages."""
+
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_scoring(novelty)

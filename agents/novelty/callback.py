@@ -1,0 +1,97 @@
+"""``NoveltyCallback``: feeds visited states to the novelty model, records the scored states,
+and keeps intrinsic and extrinsic rewards apart in ``info`` and in the logger.
+
+Per step it adds ``info["intrinsic_reward"]`` (``beta * b(x)`` under the model
+at collection time) and ``info["extrinsic_reward"]`` (the environment's raw
+reward, before ``VecNormalize``), and logs ``rollout/intrinsic_reward`` and
+``rollout/extrinsic_reward`` (step means), ``rollout/intrinsic_ep_return`` and
+``rollout/extrinsic_ep_return`` (episode sums), ``novelty/loss`` and
+``novelty/n_total``; off-policy agents also log ``train/intrinsic_reward``,
+the mean bonus of the last minibatch they trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from .bonus import NoveltyBonus
+
+__all__ = ["NoveltyCallback"]
+
+
+class NoveltyCallback(BaseCallback):
+    """Drives a :class:`NoveltyBonus` during ``learn``; pass it with the agent's other callbacks."""
+
+    def __init__(self, bonus: NoveltyBonus, verbose: int = 0):
+        super().__init__(verbose)
+        if not isinstance(bonus, NoveltyBonus):
+            raise ValueError("NoveltyCallback needs a NoveltyBonus")
+        self.bonus = bonus
+        self._last_raw: Optional[np.ndarray] = None
+        self._ep_intrinsic: Optional[np.ndarray] = None
+        self._ep_extrinsic: Optional[np.ndarray] = None
+
+    # ------------------------------------------------------------ helpers
+    def _vec_normalize(self):
+        return self.model.get_vec_normalize_env()
+
+    def _raw_current(self) -> np.ndarray:
+        venv = self._vec_normalize()
+        obs = venv.get_original_obs() if venv is not None else self.model._last_obs
+        return self.bonus.select(obs)
+
+    def _rollout_buffer(self):
+        buf = getattr(self.model, "rollout_buffer", None)
+        return buf if hasattr(buf, "record_scored") else None
+
+    def _on_training_start(self) -> None:
+        n_envs = self.training_env.num_envs
+        self._last_raw = self._raw_current()
+        if self._ep_intrinsic is None or len(self._ep_intrinsic) != n_envs:
+            self._ep_intrinsic = np.zeros(n_envs)
+            self._ep_extrinsic = np.zeros(n_envs)
+
+    # -------------------------------------------------------------- step
+    def _on_step(self) -> bool:
+        venv = self._vec_normalize()
+        new_obs = self.locals["new_obs"]
+        dones = np.asarray(self.locals["dones"])
+        infos = self.locals["infos"]
+        raw_after = self.bonus.select(venv.get_original_obs() if venv is not None else new_obs)
+        raw_next = raw_after.copy()  # the state each action led to: the terminal one at episode ends
+        for i, done in enumerate(dones):
+            term = infos[i].get("terminal_observation") if done else None
+            if term is not None:
+                if venv is not None:
+                    term = venv.unnormalize_obs(term)
+                raw_next[i] = self.bonus.select(term)[0]
+        scored = raw_next if self.bonus.score == "next" else self._last_raw
+        intrinsic = self.bonus.intrinsic(scored).cpu().numpy()
+        extrinsic = np.asarray(venv.get_original_reward() if venv is not None else self.locals["rewards"],
+                               dtype=np.float64).reshape(-1)
+        buf = self._rollout_buffer()
+        if buf is not None:
+            buf.record_scored(scored)
+        for i, info in enumerate(infos):
+            info["intrinsic_reward"] = float(intrinsic[i])
+            info["extrinsic_reward"] = float(extrinsic[i])
+        self.logger.record_mean("rollout/intrinsic_reward", float(intrinsic.mean()))
+        self.logger.record_mean("rollout/extrinsic_reward", float(extrinsic.mean()))
+        self._ep_intrinsic += intrinsic
+        self._ep_extrinsic += extrinsic
+        for i in np.flatnonzero(dones):
+            self.logger.record_mean("rollout/intrinsic_ep_return", float(self._ep_intrinsic[i]))
+            self.logger.record_mean("rollout/extrinsic_ep_return", float(self._ep_extrinsic[i]))
+            self._ep_intrinsic[i] = self._ep_extrinsic[i] = 0.0
+        stats = self.bonus.observe(raw_next, env_steps=1)
+        if stats:
+            self.logger.record("novelty/loss", stats.get("loss", float("nan")))
+            self.logger.record("novelty/n_total", float(self.bonus.model.n_total))
+        last = getattr(getattr(self.model, "replay_buffer", None), "last_intrinsic", None)
+        if last is not None:
+            self.logger.record("train/intrinsic_reward", float(last.mean()))
+        self._last_raw = raw_after
+        return True

@@ -1,0 +1,85 @@
+"""Options of the novelty bonus: a plain dict in, validated settings out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from flowrl.novelty import ESTIMATORS
+
+__all__ = ["NoveltyOptions", "parse_options"]
+
+_FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cell_samples", "smoothing", "ema"}
+_RND_ONLY = {"hidden_features", "embedding_dim"}
+
+
+@dataclass
+class NoveltyOptions:
+    """Every option of the bonus, with its default.
+
+    ``kind``: ``"flow"`` (flow pseudo-count) or ``"rnd"``; ``beta``: weight of
+    the intrinsic reward; ``score``: ``"next"`` scores the state an action
+    leads to, ``"current"`` the state it was taken in; ``update_every``:
+    environment steps (per env) between updates of the density model, each
+    taking ``steps_per_update`` Adam steps of size ``lr`` on ``batch_size``
+    observations from a buffer of the last ``buffer_size``; ``obs_key``: the
+    key of a Dict observation to model; ``device``: of the density model.
+    Flow options: ``flow``, ``flow_kwargs`` (size), ``estimator``,
+    ``resolution``, ``cell_samples``, ``smoothing``, ``ema`` (see
+    :class:`flowrl.novelty.FlowPseudoCounter`). RND options:
+    ``hidden_features``, ``embedding_dim``.
+    """
+
+    kind: str = "flow"
+    beta: float = 0.5
+    score: str = "next"
+    update_every: int = 16
+    steps_per_update: int = 8
+    lr: float = 1e-3
+    batch_size: int = 128
+    buffer_size: int = 100_000
+    obs_key: Optional[str] = None
+    device: str = "cpu"
+    seed: Optional[int] = None
+    flow: str = "realnvp"
+    flow_kwargs: dict = field(default_factory=dict)
+    estimator: str = "cell"
+    resolution: float = 0.2
+    cell_samples: int = 8
+    smoothing: float = 1.0
+    ema: float = 0.99
+    hidden_features: Any = (64, 64)
+    embedding_dim: int = 16
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_options(novelty: Optional[dict]) -> NoveltyOptions:
+    """Validate ``novelty`` (unknown or misplaced keys and bad values raise ``ValueError``)."""
+    given = dict(novelty or {})
+    known = {f.name for f in fields(NoveltyOptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"unknown novelty option(s) {unknown}; accepted: {sorted(known)}")
+    opts = NoveltyOptions(**given)
+    if opts.kind not in ("flow", "rnd"):
+        raise ValueError(f"novelty kind must be 'flow' or 'rnd', got {opts.kind!r}")
+    misplaced = sorted(set(given) & (_FLOW_ONLY if opts.kind == "rnd" else _RND_ONLY))
+    if misplaced:
+        raise ValueError(f"novelty option(s) {misplaced} do not apply to kind={opts.kind!r}")
+    if opts.score not in ("next", "current"):
+        raise ValueError(f"novelty score must be 'next' or 'current', got {opts.score!r}")
+    if opts.estimator not in ESTIMATORS:
+        raise ValueError(f"novelty estimator must be one of {ESTIMATORS}, got {opts.estimator!r}")
+    for name in ("beta",):
+        if not getattr(opts, name) >= 0:
+            raise ValueError(f"novelty {name} must be >= 0, got {getattr(opts, name)}")
+    for name in ("update_every", "batch_size", "buffer_size", "lr"):
+        if not getattr(opts, name) > 0:
+            raise ValueError(f"novelty {name} must be positive, got {getattr(opts, name)}")
+    if opts.steps_per_update < 0:
+        raise ValueError(f"novelty steps_per_update must be >= 0, got {opts.steps_per_update}")
+    if not isinstance(opts.flow_kwargs, dict):
+        raise ValueError(f"novelty flow_kwargs must be a dict, got {type(opts.flow_kwargs).__name__}")
+    return opts
