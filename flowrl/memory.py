@@ -217,6 +217,8 @@ class _MemorySavingStack(torch.autograd.Function):
         if y is x:
             y = y.clone()
         ctx.plan = plan
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(y, context)
         return y, logdet
 
@@ -229,12 +231,14 @@ class _MemorySavingStack(torch.autograd.Function):
         need_context = bool(ctx.needs_input_grad[2])
         grad_params: list[Optional[Tensor]] = [None] * (len(ctx.needs_input_grad) - 3)
         grad_context: Optional[Tensor] = None
+        device, autocast_on, autocast_dtype = ctx.autocast
         for k in reversed(range(len(plan.blocks))):
             block = plan.blocks[k]
-            with torch.no_grad():
+            # rebuild and recompute under the forward pass's autocast (mixed precision) state
+            with torch.no_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
                 x = block.reconstruct(y, context)[0]
             need_x = k > 0 or bool(ctx.needs_input_grad[1])
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
                 x_in = x.detach().requires_grad_(need_x)
                 c_in = context.detach().requires_grad_() if need_context else context
                 out, ld = block.apply(x_in, c_in)

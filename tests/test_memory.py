@@ -361,3 +361,20 @@ def _graph_names(t: Tensor, limit: int = 50) -> str:
         names.append(type(fn).__name__)
         frontier += [f for f, _ in fn.next_functions]
     return " ".join(names)
+
+
+def test_backward_recomputes_under_the_forward_autocast_state():
+    torch.manual_seed(0)
+    flow = flowrl.build_flow("realnvp", 8, 2, transforms=3, hidden_features=(16,), memory_saving=True)
+    perturb(flow, std=0.05)
+    dtypes = []
+    linear = next(m for m in flow.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    x, c = torch.randn(16, 8), torch.randn(16, 2)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = -flow.log_prob(x, c).mean()
+    n_forward = len(dtypes)
+    loss.backward()  # outside the autocast block, as in a usual AMP loop
+    assert n_forward >= 1 and len(dtypes) > n_forward
+    assert set(dtypes) == {torch.bfloat16}, dtypes
+    assert all(torch.isfinite(p.grad).all() for p in flow.parameters())
