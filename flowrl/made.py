@@ -118,6 +118,16 @@ class MADE(nn.Module):
             out = out + self.context_out(context.to(x.dtype))
         return out.reshape(x.shape[0], self.dim, self.params_per_dim)
 
+    def forward_block(self, x: Tensor, context: Optional[Tensor], i: int) -> Tensor:
+        """Outputs ``(B, P)`` of input dimension ``i`` only (what a sequential inverse needs)."""
+        h = x if context is None else torch.cat([x, context.to(x.dtype)], dim=-1)
+        h = self.hidden_layers(h)
+        last, rows = self.output_layer, slice(i * self.params_per_dim, (i + 1) * self.params_per_dim)
+        out = F.linear(h, last.weight[rows] * last.mask[rows], last.bias[rows])
+        if self.context_out is not None:
+            out = out + F.linear(context.to(x.dtype), self.context_out.weight[rows])
+        return out
+
     def jacobian_mask(self) -> Tensor:
         """``(D, D)`` boolean: ``True`` where output ``i`` may depend on input ``j`` (strictly earlier)."""
         d = self.input_degrees.cpu()

@@ -77,10 +77,13 @@ def test_made_context_mismatch_is_a_clear_error():
 
 # ------------------------------------------------------------- pass counts
 def _count_made_calls(transform):
+    """Counts MADE evaluations: full passes and single-block passes (the sequential inverse)."""
     calls = []
     for m in transform.modules():
         if isinstance(m, MADE):
             m.register_forward_hook(lambda *a: calls.append(1))
+            block = m.forward_block
+            m.forward_block = lambda *a, _block=block: calls.append(1) or _block(*a)
     return calls
 
 

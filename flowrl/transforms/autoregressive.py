@@ -71,7 +71,7 @@ class MaskedAutoregressive(Transform):
         total = z.new_zeros(z.shape[0])
         columns = torch.arange(self.dim, device=z.device)
         for i in self.made.order.tolist():
-            params = self.made(x, context)[:, i]
+            params = self.made.forward_block(x, context, i)
             x_i, ld_i = self.bijection.inverse(z[:, i], params)
             x = torch.where(columns == i, x_i.unsqueeze(1), x)
             total = total + ld_i

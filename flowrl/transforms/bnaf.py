@@ -55,9 +55,16 @@ def _gate(x: Tensor, net: Tensor, log_dnet: Tensor, gate: Tensor) -> tuple[Tenso
     return z, torch.logaddexp(F.logsigmoid(gate) + log_dnet, F.logsigmoid(-gate))
 
 
-def _log_matvec(log_w: Tensor, log_v: Tensor) -> Tensor:
-    """``log(W v)`` from ``log W`` ``(..., n, m)`` and ``log v`` ``(..., m)`` (positive entries)."""
-    return torch.logsumexp(log_w + log_v.unsqueeze(-2), dim=-1)
+def _log_matvec(w: Tensor, log_v: Tensor) -> Tensor:
+    """``log(W v)`` for a positive ``W`` ``(..., n, m)`` and ``log v`` ``(..., m)``, scaled by ``max log v``.
+
+    ``log(W v) = M + log(W exp(log v - M))`` with ``M = max_j log v_j`` is a
+    matrix product (fast) that cannot overflow; the product is clamped at the
+    dtype's smallest normal number so that it cannot underflow to ``log 0``.
+    """
+    top = log_v.amax(dim=-1, keepdim=True)
+    prod = (w @ (log_v - top).exp().unsqueeze(-1)).squeeze(-1)
+    return top + prod.clamp_min(torch.finfo(prod.dtype).tiny).log()
 
 
 class BlockNAF(Transform):
@@ -117,20 +124,28 @@ class BlockNAF(Transform):
         if (context is None) != (self.context_dim == 0):
             raise ValueError(f"Block-NAF built with context_dim={self.context_dim} got context={context is not None}")
 
-    def _run(self, x: Tensor, context: Optional[Tensor], layers) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
-        """Full pass: output, log dz_i/dx_i ``(B, D)`` and each layer's (input, pre-activation)."""
+    def _run(self, x: Tensor, context: Optional[Tensor], layers, with_logdet: bool = True):
+        """Full pass: output, log dz_i/dx_i ``(B, D)`` and each layer's (input, pre-activation).
+
+        ``with_logdet=False`` returns only the trace (what the inverse needs).
+        """
         b = x.shape[0]
         h, log_dh = x, x.new_zeros(b, self.dim, 1)
         trace = []
         for k, (weight, log_diag) in enumerate(layers):
             u = F.linear(h, weight) + self._shift(k, context, b, x)
             trace.append((h, u))
-            log_du = _log_matvec(log_diag, log_dh)  # (B, D, n_out)
+            if not with_logdet:
+                h = torch.tanh(u) + self.leak * u if k < len(layers) - 1 else u
+                continue
+            log_du = _log_matvec(log_diag.exp(), log_dh)  # (B, D, n_out)
             if k < len(layers) - 1:
                 h = torch.tanh(u) + self.leak * u
                 log_dh = log_du + _log_leaky_tanh_derivative(u, self.leak).reshape(log_du.shape)
             else:
                 h, log_dh = u, log_du
+        if not with_logdet:
+            return None, None, trace
         z, log_dz = _gate(x, h, log_dh.reshape(b, self.dim), self.gate)
         return z, log_dz, trace
 
@@ -142,13 +157,13 @@ class BlockNAF(Transform):
 
     def _scalar_map(self, i: int, layers, offsets: list[Tensor]):
         """``x_i -> (z_i, log dz_i/dx_i)`` with the contributions of ``x_{<i}`` frozen in ``offsets``."""
-        diag_blocks = [log_diag[i] for _, log_diag in layers]
+        diag_blocks = [log_diag[i].exp() for _, log_diag in layers]
 
         def fn(v: Tensor) -> tuple[Tensor, Tensor]:
             h, log_dh = v.unsqueeze(-1), torch.zeros_like(v).unsqueeze(-1)
-            for k, log_w in enumerate(diag_blocks):
-                u = F.linear(h, log_w.exp()) + offsets[k]
-                log_du = _log_matvec(log_w, log_dh)
+            for k, w in enumerate(diag_blocks):
+                u = F.linear(h, w) + offsets[k]
+                log_du = _log_matvec(w, log_dh)
                 if k < len(diag_blocks) - 1:
                     h = torch.tanh(u) + self.leak * u
                     log_dh = log_du + _log_leaky_tanh_derivative(u, self.leak)
@@ -165,7 +180,7 @@ class BlockNAF(Transform):
         total = z.new_zeros(z.shape[0])
         columns = torch.arange(self.dim, device=z.device)
         for i in range(self.dim):
-            _, _, trace = self._run(x, context, layers)
+            _, _, trace = self._run(x, context, layers, with_logdet=False)
             offsets = []
             for k, (h, u) in enumerate(trace):
                 n_in, n_out = self.widths[k], self.widths[k + 1]

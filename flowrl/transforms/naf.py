@@ -52,8 +52,9 @@ class DeepSigmoid(ElementwiseBijection):
         k = self.hidden
         self.num_params = sum((k * m if m > 1 else 0) + 2 * k + n * k for m, n in self._shapes)
 
-    def _split(self, params: Tensor):
-        k, start = self.hidden, 0
+    def _prepare(self, params: Tensor) -> list[tuple]:
+        """Per layer ``(log U or None, a, log a, b, log W)`` from raw pseudo-parameters."""
+        k, start, out = self.hidden, 0, []
         for m, n in self._shapes:
             sizes = [k * m if m > 1 else 0, k, k, n * k]
             chunks = []
@@ -64,28 +65,34 @@ class DeepSigmoid(ElementwiseBijection):
             log_u = torch.log_softmax(u_raw.unflatten(-1, (k, m)), dim=-1) if m > 1 else None
             a = F.softplus(a_raw + _SOFTPLUS_INV_1) + self.min_slope
             log_w = torch.log_softmax(w_raw.unflatten(-1, (n, k)), dim=-1)
-            yield log_u, a, b, log_w
+            out.append((log_u, a, torch.log(a), b, log_w))
+        return out
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``(y, log dy/dx)`` elementwise; ``params`` has shape ``x.shape + (num_params,)``."""
+        return self._apply(x, self._prepare(params))
+
+    def _apply(self, x: Tensor, prepared: list[tuple]) -> tuple[Tensor, Tensor]:
         h = x.unsqueeze(-1)  # (..., m)
         log_dh = torch.zeros_like(h)  # log dh/dx, all entries positive
-        for log_u, a, b, log_w in self._split(params):
+        for log_u, a, log_a, b, log_w in prepared:
             if log_u is None:
                 mixed, log_dmixed = h.expand(*h.shape[:-1], a.shape[-1]), log_dh.expand(*h.shape[:-1], a.shape[-1])
             else:
                 mixed = (log_u.exp() * h.unsqueeze(-2)).sum(-1)
                 log_dmixed = torch.logsumexp(log_u + log_dh.unsqueeze(-2), dim=-1)
             pre = a * mixed + b  # (..., k)
-            ls_pos, ls_neg = F.logsigmoid(pre), F.logsigmoid(-pre)
-            log_y = torch.logsumexp(log_w + ls_pos.unsqueeze(-2), dim=-1)  # (..., n)
-            log_1my = torch.logsumexp(log_w + ls_neg.unsqueeze(-2), dim=-1)
-            log_dsig = ls_pos + ls_neg + torch.log(a) + log_dmixed
-            log_dy = torch.logsumexp(log_w + log_dsig.unsqueeze(-2), dim=-1)
+            ls_pos = F.logsigmoid(pre)
+            ls_neg = ls_pos - pre  # log sigmoid(-u) = log sigmoid(u) - u
+            log_dsig = ls_pos + ls_neg + log_a + log_dmixed
+            # one logsumexp for log y, log(1 - y) and log dy/dx: (3, ..., n)
+            terms = torch.stack([ls_pos, ls_neg, log_dsig]).unsqueeze(-2) + log_w
+            log_y, log_1my, log_dy = torch.logsumexp(terms, dim=-1).unbind(0)
             h = log_y - log_1my
             log_dh = log_dy - log_y - log_1my
         return h.squeeze(-1), log_dh.squeeze(-1)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Numerical inverse (safeguarded Newton on an expanding bracket) with implicit gradients."""
-        return invert_monotone(lambda v: self.forward(v, params), y, tol=self.tol)
+        prepared = self._prepare(params)
+        return invert_monotone(lambda v: self._apply(v, prepared), y, tol=self.tol)

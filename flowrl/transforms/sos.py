@@ -56,7 +56,10 @@ class SumOfSquaresPolynomial(ElementwiseBijection):
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(x), log f'(x))`` elementwise; ``params`` has shape ``x.shape + (num_params,)``."""
-        q, shift = self._integrand_coefficients(params)
+        return self._apply(x, self._integrand_coefficients(params))
+
+    def _apply(self, x: Tensor, prepared: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        q, shift = prepared
         b = self.bound
         s = torch.clamp(x, -b, b) / b
         n = q.shape[-1]
@@ -71,4 +74,5 @@ class SumOfSquaresPolynomial(ElementwiseBijection):
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Numerical inverse (safeguarded Newton on an expanding bracket) with implicit gradients."""
-        return invert_monotone(lambda v: self.forward(v, params), y, tol=self.tol)
+        prepared = self._integrand_coefficients(params)
+        return invert_monotone(lambda v: self._apply(v, prepared), y, tol=self.tol)
