@@ -201,6 +201,7 @@ class FlowDistribution(Distribution):
         self.entropy_samples = int(entropy_samples)
         self.flow: Optional[Flow] = None
         self.context: Optional[Tensor] = None
+        self._last_sample: Optional[tuple[Tensor, Tensor]] = None
 
     # ------------------------------------------------------------ SB3 protocol
     def proba_distribution_net(self, latent_dim: int) -> Flow:
@@ -216,6 +217,7 @@ class FlowDistribution(Distribution):
         if self.flow is None:
             raise ValueError("call proba_distribution_net(latent_dim) before proba_distribution")
         self.context = latent
+        self._last_sample = None
         return self
 
     def _ready(self) -> tuple[Flow, Tensor]:
@@ -224,8 +226,20 @@ class FlowDistribution(Distribution):
         return self.flow, self.context
 
     def log_prob(self, actions: Tensor) -> Tensor:
-        """Exact ``log pi(a | c)``, shape ``(B,)``."""
+        """Exact ``log pi(a | c)``, shape ``(B,)``.
+
+        For the very tensor returned by the last :meth:`sample` the log-density
+        of its sampling pass is returned (no second pass), unless an action lies
+        on the box boundary: then the batch is rescored in the density
+        direction, so that the value matches what scoring the stored action
+        later gives (SB3's PPO compares the two).
+        """
         flow, ctx = self._ready()
+        last = self._last_sample
+        if last is not None and actions is last[0]:
+            squash = flow.transform.transforms[0]
+            if not bool(squash.on_boundary(actions.detach()).any()):
+                return last[1]
         return flow.log_prob(actions.reshape(-1, self.action_dim).to(ctx.dtype), ctx)
 
     def entropy(self) -> Optional[Tensor]:
@@ -237,9 +251,11 @@ class FlowDistribution(Distribution):
         return -log_prob.mean(dim=0)
 
     def sample(self) -> Tensor:
-        """One reparameterised action per context row, ``(B, D)``."""
+        """One reparameterised action per context row, ``(B, D)`` (its log-density is kept for :meth:`log_prob`)."""
         flow, ctx = self._ready()
-        return flow.rsample(1, ctx)[0]
+        actions, log_prob = flow.rsample_and_log_prob(1, ctx)
+        self._last_sample = (actions[0], log_prob[0])
+        return actions[0]
 
     def mode(self) -> Tensor:
         """Deterministic action: the base mode pushed through the flow and the squash, ``(B, D)``."""

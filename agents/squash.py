@@ -61,23 +61,26 @@ class SquashToBox(Transform):
             raise ValueError(f"action bounds need high > low, got low={low_t.tolist()}, high={high_t.tolist()}")
         self.register_buffer("low", low_t, persistent=False)
         self.register_buffer("half_width", (high_t - low_t) / 2, persistent=False)
+        self.register_buffer("log_half_width", torch.log(self.half_width).sum(), persistent=False)
         self.dim = int(low_t.numel())
 
-    def _log_half_width(self) -> Tensor:
-        return torch.log(self.half_width).sum()
+    def on_boundary(self, a: Tensor) -> Tensor:
+        """Rows with a coordinate that :meth:`forward` clamps (on or within ``BOUNDARY_EPS`` of the boundary)."""
+        y = (a - self.low) / self.half_width - 1.0
+        return (y.abs() >= 1.0 - BOUNDARY_EPS).any(dim=1)
 
     def forward(self, a: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``u = atanh(2 (a - low) / (high - low) - 1)``; log-det ``-sum(log|da/du|)``."""
         y = (a - self.low) / self.half_width - 1.0
         y = y.clamp(-1.0 + BOUNDARY_EPS, 1.0 - BOUNDARY_EPS)
         u = torch.atanh(y)
-        logdet = -(log_dtanh(u).sum(dim=1) + self._log_half_width())
+        logdet = -(log_dtanh(u).sum(dim=1) + self.log_half_width)
         return u, logdet
 
     def inverse(self, u: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``a = low + (high - low) (tanh(u) + 1) / 2``; log-det ``sum(log|da/du|)``."""
         a = self.low + self.half_width * (torch.tanh(u) + 1.0)
-        logdet = log_dtanh(u).sum(dim=1) + self._log_half_width()
+        logdet = log_dtanh(u).sum(dim=1) + self.log_half_width
         return a, logdet
 
     def jacobian_mask(self, dim: int) -> Tensor:

@@ -1,0 +1,131 @@
+"""Benchmark: Gaussian vs flow policies (RealNVP, NAF) in SB3's SAC and PPO, same hyper-parameters.
+
+Every variant of one seed trains in lock-step chunks (variant A for a chunk,
+then B, then C, then A again, ...), so that all of them see the same load on a
+shared machine; steps/s is the training wall time of the variant's own chunks
+and is reported as a ratio to the Gaussian of the same run.  Final return:
+mean over evaluation episodes after training, with the deterministic policy
+(``det``) and the stochastic one (``stoch``).
+
+    python scripts/bench_policies.py --algo sac --steps 5000 --seeds 3
+    python scripts/bench_policies.py --algo ppo --steps 16384 --seeds 3
+
+Defaults: SAC on Pendulum-v1 (lr 1e-3, SB3's other defaults, nets 256x256);
+PPO on flowrl/TwoModeBandit-v0 (a one-step task paying in two separated action
+regions; ``min mode`` is the smaller share of stochastic actions in either mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import gymnasium as gym  # noqa: E402
+from stable_baselines3 import PPO, SAC  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
+
+import envs  # noqa: E402,F401  (registers flowrl/TwoModeBandit-v0)
+from agents import FlowActorCriticPolicy, FlowSACPolicy  # noqa: E402
+
+FLOW_KWARGS = {
+    "realnvp": dict(transforms=2, hidden_features=(64,)),
+    "naf": dict(transforms=1, hidden_features=(64,), hidden=8),
+}
+
+
+def make_model(algo: str, variant: str, env_id: str, seed: int, args) -> object:
+    flow_kw = {} if variant == "gaussian" else dict(flow=variant, flow_kwargs=FLOW_KWARGS[variant])
+    if algo == "sac":
+        policy = "MlpPolicy" if variant == "gaussian" else FlowSACPolicy
+        return SAC(policy, gym.make(env_id, **args.env_kwargs), learning_rate=args.lr, seed=seed, policy_kwargs=flow_kw or None, device="cpu")
+    policy = "MlpPolicy" if variant == "gaussian" else FlowActorCriticPolicy
+    if variant != "gaussian":
+        flow_kw["entropy_samples"] = args.entropy_samples
+    env = make_vec_env(env_id, n_envs=args.n_envs, seed=seed, env_kwargs=args.env_kwargs)
+    return PPO(policy, env, n_steps=args.n_steps, batch_size=64, learning_rate=args.lr, seed=seed,
+               policy_kwargs=flow_kw or None, device="cpu")
+
+
+def min_mode_share(model, env_id: str, args) -> float:
+    bandit = gym.make(env_id, **args.env_kwargs).unwrapped
+    if not hasattr(bandit, "mode_of"):
+        return float("nan")
+    actions, _ = model.predict(np.zeros((2000, 1), np.float32), deterministic=False)
+    modes = bandit.mode_of(actions)
+    return float(min((modes == 0).mean(), (modes == 1).mean()))
+
+
+def run_seed(algo: str, env_id: str, seed: int, variants: list[str], args) -> dict[str, dict]:
+    torch.manual_seed(seed)
+    models = {v: make_model(algo, v, env_id, seed, args) for v in variants}
+    chunk = args.chunk if algo == "sac" else args.n_steps * args.n_envs
+    wall = {v: 0.0 for v in variants}
+    done = 0
+    while done < args.steps:
+        n = min(chunk, args.steps - done)
+        order = variants[done // chunk % len(variants):] + variants[: done // chunk % len(variants)]
+        for v in order:  # rotate who goes first in each chunk
+            t0 = time.perf_counter()
+            models[v].learn(n, reset_num_timesteps=(done == 0))
+            wall[v] += time.perf_counter() - t0
+        done += n
+    out = {}
+    for v, model in models.items():
+        eval_env = gym.make(env_id, **args.env_kwargs)
+        det, _ = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+        sto, _ = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=False)
+        out[v] = dict(det=det, stoch=sto, sps=model.num_timesteps / wall[v], mode=min_mode_share(model, env_id, args))
+        print(f"  seed {seed} {v:9s} det {det:9.2f}  stoch {sto:9.2f}  steps/s {out[v]['sps']:7.1f}"
+              f"  min mode {out[v]['mode']:.2f}", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algo", choices=["sac", "ppo"], default="sac")
+    p.add_argument("--env", default=None, help="default: Pendulum-v1 (sac), flowrl/TwoModeBandit-v0 (ppo)")
+    p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=FLOAT", help="e.g. width=0.3")
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (default 5000 sac, 16384 ppo)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--variants", default="gaussian,realnvp,naf")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (sac), 3e-4 (ppo)")
+    p.add_argument("--chunk", type=int, default=500, help="SAC steps per interleaving chunk")
+    p.add_argument("--n-envs", type=int, default=4, help="PPO parallel envs")
+    p.add_argument("--n-steps", type=int, default=256, help="PPO rollout length per env")
+    p.add_argument("--entropy-samples", type=int, default=1, help="flow PPO entropy estimate samples (0: none)")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.env_kwargs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.env_kwargs)}
+    env_id = args.env or ("Pendulum-v1" if args.algo == "sac" else "flowrl/TwoModeBandit-v0")
+    args.steps = args.steps or (5000 if args.algo == "sac" else 16384)
+    args.lr = args.lr or (1e-3 if args.algo == "sac" else 3e-4)
+    variants = args.variants.split(",")
+    if variants[0] != "gaussian":
+        raise SystemExit("the first variant must be 'gaussian' (the reference of the ratios)")
+    print(f"{args.algo.upper()} on {env_id}: {args.steps} steps x {args.seeds} seeds, lr {args.lr}, "
+          f"env kwargs {args.env_kwargs}, flows {FLOW_KWARGS}, torch threads {args.threads}", flush=True)
+    results = [run_seed(args.algo, env_id, seed, variants, args) for seed in range(args.seeds)]
+
+    print(f"\n| {args.algo} variant | det return (mean ± sd) | stoch return | steps/s | steps/s ratio vs gaussian | min mode share |")
+    print("|---|---|---|---|---|---|")
+    for v in variants:
+        det = np.array([r[v]["det"] for r in results])
+        sto = np.array([r[v]["stoch"] for r in results])
+        sps = np.array([r[v]["sps"] for r in results])
+        ratio = np.array([r[v]["sps"] / r["gaussian"]["sps"] for r in results])
+        mode = np.array([r[v]["mode"] for r in results])
+        print(f"| {v} | {det.mean():.1f} ± {det.std():.1f} | {sto.mean():.1f} ± {sto.std():.1f} | {sps.mean():.1f} "
+              f"| {ratio.mean():.2f} (per seed {', '.join(f'{x:.2f}' for x in ratio)}) | {np.nanmean(mode) if not np.all(np.isnan(mode)) else float('nan'):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
