@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
+_WANDB_TB_POLL_S = 6.0
 
 
 def resolve_device(device: str) -> str:
@@ -189,6 +190,11 @@ def _start_wandb(cfg: TrainConfig, run_dir: str):
 
     id_file = os.path.join(run_dir, "wandb_id.txt")
     run_id = open(id_file).read().strip() if os.path.exists(id_file) else None
+    # Name the TensorBoard root up front: without it wandb's sync waits 10 s to infer the root
+    # and a short run can finish before any scalar is read (the run then has no SB3 metrics).
+    if wandb.patched["tensorboard"]:
+        wandb.tensorboard.unpatch()
+    wandb.tensorboard.patch(root_logdir=os.path.join(run_dir, "tensorboard"))
     run = wandb.init(
         project=cfg.wandb_project, name=os.path.basename(run_dir), dir=run_dir, id=run_id, resume="allow",
         config=cfg.model_dump(mode="json"), sync_tensorboard=True,
@@ -252,6 +258,18 @@ def train(
             remaining, callback=[metrics, CheckpointCallback(checkpoint, cfg.run.checkpoint_every), *callbacks, *bar],
             reset_num_timesteps=not resume_dir,
         )
+    model.logger.dump(model.num_timesteps)  # flush the last scalars (SB3 dumps only every log_interval)
+    if wandb_run is not None:
+        # wandb's TensorBoard sync commits a step's row when it sees the next step: close the
+        # last real step with a marker row one step later.
+        model.logger.record("flowrl/finished", 1)
+        model.logger.dump(model.num_timesteps + 1)
+    model.logger.close()  # closes the TensorBoard writer, so that wandb's sync reads every event
+    if wandb_run is not None:
+        # wandb-core reads the event files on a ~5 s poll and (0.31) does not read them again at
+        # finish: give it one poll after the last write, or the last scalars (or all, in a short
+        # run) never reach the run files.  tests/test_cli.py checks the offline run's history.
+        time.sleep(_WANDB_TB_POLL_S)
     checkpoint()
     tmp = os.path.join(run_dir, f".final_model_{os.getpid()}.zip")
     model.save(tmp)
@@ -275,10 +293,15 @@ def train(
         if wandb_run is not None:
             import wandb
 
-            wandb_run.log({f"plots/{os.path.splitext(os.path.basename(p))[0]}": wandb.Image(p) for p in paths})
+            images = {f"plots/{os.path.splitext(os.path.basename(p))[0]}": wandb.Image(p) for p in paths}
+            wandb_run.log(images)
+            wandb_run.summary.update(images)
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
         wandb_run.finish()
+        import wandb
+
+        wandb.tensorboard.unpatch()
     env.close()
     return TrainResult(run_dir, model, summary)
 

@@ -1,0 +1,223 @@
+"""The training command: shipped configs train, runs resume, checkpoints are atomic, wandb logs offline."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from agents.callbacks import latest_checkpoint, save_checkpoint
+from agents.cli import main
+from agents.config import load_config
+from agents.factory import evaluate, load_run, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+def tiny(path: str, out_dir, steps: int = 256, **extra) -> list[str]:
+    """Overrides that shrink a shipped config to a few hundred steps of cheap updates."""
+    cfg = load_config(path)
+    items = [f"total_timesteps={steps}", f"run.out_dir={out_dir}", "run.progress_bar=false",
+             "run.checkpoint_every=100", "run.log_every=100", "eval.episodes=1", "run.plots=false"]
+    items += ["policy_kwargs.net_arch=[32, 32]"]
+    if cfg.env.id.startswith("flowrl/PointMaze"):
+        items += ["env.kwargs.max_episode_steps=50"]
+    if cfg.algo.name == "sac":
+        items += [f"algo.kwargs.learning_starts={max(steps - 48, 16)}", "algo.kwargs.batch_size=16",
+                  "algo.kwargs.buffer_size=2000"]
+    else:
+        items += ["algo.kwargs.n_steps=64"]
+        if cfg.algo.name == "ppo":
+            items += ["algo.kwargs.batch_size=32", "algo.kwargs.n_epochs=1"]
+    return items + [f"{k}={v}" for k, v in extra.items()]
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------- help
+def test_help_of_the_command():
+    out = subprocess.run([sys.executable, "-m", "agents.cli", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and "usage: flowrl" in out.stdout
+    assert all(cmd in out.stdout for cmd in ("train", "eval", "plot"))
+
+
+@pytest.mark.parametrize("command, text", [("train", "key=value"), ("eval", "RUN_DIR"), ("plot", "RUN_DIR")])
+def test_help_of_each_subcommand(command, text, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and f"usage: flowrl {command}" in out and text in out
+
+
+# --------------------------------------------------------------- train runs
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_shipped_config_trains(path, tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(path, tiny(path, tmp_path))
+    result = train(cfg, config_name="t")
+    files = set(os.listdir(result.run_dir))
+    assert {"config.yaml", "episodes.csv", "metrics.csv", "progress.csv", "final_model.zip", "summary.json",
+            "checkpoints"} <= files
+    assert result.summary["timesteps"] >= 256 and result.model.num_timesteps == result.summary["timesteps"]
+    assert latest_checkpoint(os.path.join(result.run_dir, "checkpoints")) is not None
+    saved = load_config(os.path.join(result.run_dir, "config.yaml"))
+    assert saved.total_timesteps == 256 and saved.env == cfg.env
+
+
+def test_train_eval_plot_through_the_cli(tmp_path, capsys):
+    demo = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    assert main(["train", demo, *tiny(demo, tmp_path, steps=200, **{"run.plots": "true", "run.name": "r"})]) == 0
+    run_dir = str(tmp_path / "r")
+    assert "run directory" in capsys.readouterr().out
+    for png in ["learning_curves.png", "coverage.png", "policy_samples.png"]:
+        assert os.path.getsize(os.path.join(run_dir, png)) > 1000
+    assert main(["eval", run_dir, "--episodes", "2"]) == 0
+    assert '"success_rate"' in capsys.readouterr().out and os.path.exists(os.path.join(run_dir, "eval.json"))
+    os.remove(os.path.join(run_dir, "coverage.png"))
+    assert main(["plot", run_dir]) == 0
+    assert os.path.exists(os.path.join(run_dir, "coverage.png"))
+
+
+def test_bad_config_fails_naming_the_key(tmp_path, capsys):
+    demo = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    assert main(["train", demo, "algo.kwargs_typo=1", f"run.out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "algo.kwargs_typo: unknown key" in err
+    assert main(["train", demo, "env.id=flowrl/NoSuchEnv-v0", f"run.out_dir={tmp_path}"]) == 2
+    assert "env.id" in capsys.readouterr().err
+    assert main(["train", demo, "algo.kwargs.not_an_arg=3", f"run.out_dir={tmp_path}"]) == 2
+    assert "algo.kwargs" in capsys.readouterr().err
+    assert main(["train", "total_timesteps=5"]) == 2 and "CONFIG" in capsys.readouterr().err
+    assert not glob.glob(str(tmp_path / "*" / "final_model.zip"))
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    first = train(load_config(path, tiny(path, tmp_path, steps=200, **{"run.name": "r"})))
+    run_dir = first.run_dir
+    n_episodes = len(read_rows(os.path.join(run_dir, "episodes.csv")))
+    seen = {}
+
+    def check(model):
+        seen["timesteps"] = model.num_timesteps
+        seen["buffer"] = model.replay_buffer.size()
+        seen["same_actor"] = all(torch.equal(a, b) for a, b in zip(
+            model.actor.state_dict().values(), first.model.actor.state_dict().values()))
+
+    assert main(["train", f"resume={run_dir}", "total_timesteps=350"]) == 0
+    resumed = train(load_config(os.path.join(run_dir, "config.yaml"), [f"resume={run_dir}", "total_timesteps=450"]),
+                    on_model=check)
+    assert seen["timesteps"] == 350 and seen["buffer"] == 350
+    assert resumed.run_dir == run_dir and resumed.model.num_timesteps == 450
+    rows = read_rows(os.path.join(run_dir, "episodes.csv"))
+    assert len(rows) > n_episodes and int(rows[-1]["episode"]) == len(rows)
+    assert [int(r["timesteps"]) for r in rows] == sorted(int(r["timesteps"]) for r in rows)
+    assert glob.glob(os.path.join(run_dir, "progress-*.csv"))
+    assert seen["same_actor"] is False  # the resumed model is the checkpoint at 350, not the first run's
+    assert load_config(os.path.join(run_dir, "config.yaml")).total_timesteps == 450
+
+
+def test_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    result = train(load_config(path, tiny(path, tmp_path, steps=100, **{"run.name": "r"})))
+    root = os.path.join(result.run_dir, "checkpoints")
+    good = latest_checkpoint(root)
+    model = result.model
+    model.num_timesteps = 999
+
+    def crash(path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"half a zip")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(model, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model, root)
+    assert latest_checkpoint(root) == good
+    _, loaded = load_run(result.run_dir, checkpoint=True)
+    assert loaded.num_timesteps == 100
+
+
+def test_cpu_runs_are_reproducible(tmp_path):
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    runs = [train(load_config(path, tiny(path, tmp_path, steps=150, **{"run.name": f"r{i}"}))) for i in range(2)]
+    a, b = (read_rows(os.path.join(r.run_dir, "episodes.csv")) for r in runs)
+    assert [r["return"] for r in a] == [r["return"] for r in b]
+    for p, q in zip(runs[0].model.policy.parameters(), runs[1].model.policy.parameters()):
+        assert torch.equal(p, q)
+    np.testing.assert_array_equal(np.load(os.path.join(runs[0].run_dir, "coverage.npz"))["counts"],
+                                  np.load(os.path.join(runs[1].run_dir, "coverage.npz"))["counts"])
+
+
+def test_eval_reports_success_on_a_trivial_maze(tmp_path):
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    result = train(load_config(path, tiny(path, tmp_path, steps=100, **{"run.name": "r"}) + [
+        "env.id=flowrl/PointMaze-v0", "env.kwargs.layout=[\"####\", \"#SG#\", \"####\"]", "eval.episodes=2"]))
+    stats = evaluate(result.run_dir, episodes=3)
+    assert stats["episodes"] == 3 and 0.0 <= stats["success_rate"] <= 1.0 and stats["length_mean"] >= 1
+
+
+# -------------------------------------------------------------------- wandb
+def _wandb_history_keys(run_file: str) -> set[str]:
+    """Keys of the history records in an offline ``.wandb`` file.
+
+    The file is a LevelDB-style log (7-byte header, 32 KiB blocks, records
+    with a 7-byte header: crc32, length, type FULL/FIRST/MIDDLE/LAST) of
+    ``wandb_internal_pb2.Record`` protobufs.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw = open(run_file, "rb").read()
+    assert raw[:4] == b":W&B"
+    block, pos, records, part = 32768, 7, [], b""
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            records.append(data)
+        elif kind == 2:
+            part = data
+        elif kind == 3:
+            part += data
+        elif kind == 4:
+            records.append(part + data)
+    keys = set()
+    for data in records:
+        rec = pb.Record()
+        rec.ParseFromString(data)
+        if rec.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
+    return keys
+
+
+def test_wandb_offline_receives_sb3_scalars(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    result = train(load_config(path, tiny(path, tmp_path, steps=300, **{
+        "run.name": "w", "wandb": "true", "env.kwargs.max_episode_steps": 50, "run.plots": "true"})))
+    files = glob.glob(os.path.join(result.run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    assert len(files) == 1
+    keys = _wandb_history_keys(files[0])
+    assert {"rollout/ep_rew_mean", "train/critic_loss", "train/actor_loss", "flowrl/coverage"} <= keys
+    media = glob.glob(os.path.join(result.run_dir, "wandb", "offline-run-*", "files", "media", "images", "plots", "*"))
+    assert {os.path.basename(m).split("_")[0] for m in media} >= {"coverage", "learning", "policy"}
