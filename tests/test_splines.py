@@ -29,8 +29,9 @@ def _params(spline, shape, scale, dtype, seed=0):
 
 
 def _knots(spline, params):
-    xk, yk, dk = spline._knots(params)
-    return xk, yk, dk
+    """Knots and knot derivatives ``(rows, K + 1)`` of ``params (rows, num_params)``."""
+    xk, yk, dk = spline._knots(params.t().contiguous())  # the splines work bins-first
+    return xk.t(), yk.t(), dk.t()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
