@@ -316,3 +316,10 @@ def test_every_named_flow_fits_two_moons_within_a_tenth_of_a_nat_of_the_best():
     best = min(results.values())
     assert all(math.isfinite(v) for v in results.values()), results
     assert all(v - best < 0.1 for v in results.values()), results
+
+
+def test_numerical_families_declare_their_inverse_numerical():
+    for name in ["naf", "bnaf", "sos", "umnn"]:
+        assert not flowrl.build_flow(name, 2, transforms=1).transform.analytic_inverse, name
+    for name in ["maf", "iaf", "nsf-ar"]:
+        assert flowrl.build_flow(name, 2, transforms=1).transform.analytic_inverse, name

@@ -70,7 +70,7 @@ class MaskedAutoregressive(Transform):
         x = torch.zeros_like(z)
         total = z.new_zeros(z.shape[0])
         columns = torch.arange(self.dim, device=z.device)
-        for i in self.made.order.tolist():
+        for i in self.made.order.tolist():  # the buffer (loaded with the state dict); one sync
             params = self.made.forward_block(x, context, i)
             x_i, ld_i = self.bijection.inverse(z[:, i], params)
             x = torch.where(columns == i, x_i.unsqueeze(1), x)

@@ -70,6 +70,8 @@ def _log_matvec(w: Tensor, log_v: Tensor) -> Tensor:
 class BlockNAF(Transform):
     """Block-NAF over ``dim`` features with ``hidden_features`` hidden units *per dimension* per layer."""
 
+    analytic_inverse = False
+
     def __init__(
         self,
         dim: int,
