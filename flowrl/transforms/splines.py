@@ -216,10 +216,13 @@ class CubicSpline(_Spline):
     offsets make zero parameters give uniform bins and unit derivatives,
     i.e. the identity.
 
-    The inverse solves the cubic in closed form (Cardano / trigonometric,
-    or the quadratic formula when the cubic term vanishes) in float64 and
-    finishes with a Newton step in the input's dtype, which removes
-    rounding error and carries the implicit-function gradient.
+    The cubic is evaluated in Bernstein form (no cancellation, see
+    :func:`_hermite`).  The inverse works from the nearer end of the bin
+    (mirroring ``t -> 1 - t`` past the middle), takes the best closed-form
+    root (quadratic formula, Cardano, trigonometric) in float64, polishes
+    it with bracketed Newton steps (:func:`_solve_hermite`), and finishes
+    with one Newton step in the input's dtype, which carries the
+    implicit-function gradient ``dt = (du - dp) / p'(t)``.
 
     Parameters per element (``num_params = 3 bins - 1``): raw widths, raw
     heights, raw interior derivative ratios.  Needs ``bins >= 2``.
