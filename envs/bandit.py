@@ -28,9 +28,9 @@ class TwoModeBandit(gym.Env):
             ``||a - m_k|| < 2 w`` (see :meth:`mode_of`).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, dim: int = 2, offset: float = 0.5, width: float = 0.15):
+    def __init__(self, dim: int = 2, offset: float = 0.5, width: float = 0.15, render_mode: Optional[str] = None):
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not 0.0 < offset < 1.0:
@@ -39,6 +39,10 @@ class TwoModeBandit(gym.Env):
             raise ValueError(f"width must be positive, got {width}")
         if 2 * width >= offset * np.sqrt(dim):
             raise ValueError(f"width={width} makes the two modes overlap (needs 2 * width < offset * sqrt(dim))")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"unsupported render_mode {render_mode!r}; use None or 'rgb_array'")
+        self.render_mode = render_mode
+        self.last_action: Optional[np.ndarray] = None
         self.dim = int(dim)
         self.width = float(width)
         self.modes = np.stack([-offset * np.ones(dim), offset * np.ones(dim)]).astype(np.float32)
@@ -67,6 +71,25 @@ class TwoModeBandit(gym.Env):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or inf: {action}")
         action = np.clip(action, -1.0, 1.0)
+        self.last_action = action
         reward = float(self.reward(action))
         info = {"mode": int(self.mode_of(action))}
         return np.zeros(1, dtype=np.float32), reward, True, False, info
+
+    def render(self) -> Optional[np.ndarray]:
+        """``rgb_array``: the reward over the first two action coordinates (green) and the last action (red)."""
+        if self.render_mode != "rgb_array":
+            return None
+        n = 64
+        axis = np.linspace(-1.0, 1.0, n)
+        grid = np.zeros((n, n, self.dim))
+        grid[..., 0] = axis[None, :]
+        if self.dim > 1:
+            grid[..., 1] = axis[::-1, None]
+        img = np.zeros((n, n, 3), dtype=np.uint8)
+        img[..., 1] = (255 * self.reward(grid)).astype(np.uint8)
+        if self.last_action is not None:
+            col = int(round((self.last_action[0] + 1) / 2 * (n - 1)))
+            row = int(round((1 - self.last_action[1]) / 2 * (n - 1))) if self.dim > 1 else n // 2
+            img[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2] = (255, 0, 0)
+        return img

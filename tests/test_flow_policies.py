@@ -305,6 +305,11 @@ def test_bandit_rewards_and_modes():
     assert bandit.mode_of(bandit.modes[1] + 0.05).item() == 1
     with pytest.raises(ValueError, match="overlap"):
         TwoModeBandit(dim=2, offset=0.1, width=0.2)
+    drawn = TwoModeBandit(render_mode="rgb_array")
+    drawn.reset(seed=0)
+    drawn.step(drawn.modes[1])
+    img = drawn.render()
+    assert img.shape == (64, 64, 3) and img[..., 1].max() > 200 and (img[..., 0] == 255).any()
 
 
 def _mode_fractions(model, env, n=2000):
