@@ -3,7 +3,10 @@
 * :class:`MetricsCallback` appends one row per finished episode to
   ``episodes.csv`` (return, length, success) and one row every
   ``log_every`` steps to ``metrics.csv`` (rolling return and success,
-  coverage, steps/s), and feeds a :class:`envs.CoverageTracker` from
+  coverage, steps/s); the episode's intrinsic return is the sum of
+  ``info["intrinsic_reward"]`` set by a novelty callback that runs before it
+  (empty without a bonus);
+  it also feeds a :class:`envs.CoverageTracker` from
   ``info["position"]`` (or a projection of the observation).
 * :class:`CheckpointCallback` writes ``checkpoints/step_<N>/`` through a
   temporary folder and ``os.replace``, then points ``checkpoints/latest``
@@ -33,7 +36,7 @@ __all__ = [
     "write_json_atomic", "EPISODE_FIELDS", "METRIC_FIELDS",
 ]
 
-EPISODE_FIELDS = ["timesteps", "episode", "return", "length", "success", "wall_time"]
+EPISODE_FIELDS = ["timesteps", "episode", "return", "intrinsic_return", "length", "success", "wall_time"]
 METRIC_FIELDS = ["timesteps", "episodes", "return_mean", "success_rate", "successes", "coverage", "steps_per_s"]
 
 
@@ -97,6 +100,7 @@ class MetricsCallback(BaseCallback):
         self.successes = int(successes_so_far)
         self.first_success: Optional[int] = None
         self._last_log = 0
+        self._intrinsic: Optional[np.ndarray] = None
         self._t0 = time.perf_counter()
         self._steps0 = 0
 
@@ -116,14 +120,21 @@ class MetricsCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         infos = self.locals.get("infos", [])
+        if self._intrinsic is None or len(self._intrinsic) != len(infos):
+            self._intrinsic = np.zeros(len(infos))
+        has_intrinsic = bool(infos) and "intrinsic_reward" in infos[0]
+        if has_intrinsic:
+            self._intrinsic += [float(i.get("intrinsic_reward", 0.0)) for i in infos]
         if self.tracker is not None:
             pts = self._points(infos, self.locals.get("new_obs"))
             if pts is not None:
                 self.tracker.update(pts)
-        for info in infos:
+        for k, info in enumerate(infos):
             ep = info.get("episode")
             if ep is None:
                 continue
+            intrinsic = float(self._intrinsic[k]) if has_intrinsic else ""
+            self._intrinsic[k] = 0.0
             self.episodes += 1
             success = bool(info.get("is_success", False))
             self.successes += int(success)
@@ -133,6 +144,7 @@ class MetricsCallback(BaseCallback):
             self.recent_success.append(float(success))
             self._episodes_csv.write(
                 dict(timesteps=self.num_timesteps, episode=self.episodes, **{"return": float(ep["r"])},
+                     intrinsic_return=intrinsic,
                      length=int(ep["l"]), success=int(success), wall_time=round(float(ep["t"]), 3))
             )
         if self.num_timesteps - self._last_log >= self.log_every:

@@ -86,12 +86,12 @@ def _eval(run_dir: str, episodes: Optional[int], stochastic: bool) -> int:
 
 
 def _plot(run_dir: str) -> int:
-    from .factory import load_run, make_env
+    from .factory import load_run, make_env, novelty_density_fn
     from .plots import plot_run
 
     cfg, model = load_run(run_dir)
     env = make_env(cfg)
-    paths = plot_run(run_dir, model=model, env=env)
+    paths = plot_run(run_dir, model=model, env=env, density=novelty_density_fn(model))
     env.close()
     for path in paths:
         print(path)

@@ -140,20 +140,18 @@ def _projection(env: VecEnv) -> Callable[[np.ndarray], np.ndarray]:
     return lambda obs: np.asarray(obs).reshape(len(obs), -1)[:, :2]
 
 
-def novelty_density_fn(model: BaseAlgorithm, callbacks: list[BaseCallback]) -> Optional[Callable]:
-    """``f(obs (N, d)) -> log-density (N,)`` of the agent's novelty model, when it has one."""
+def novelty_density_fn(model: BaseAlgorithm) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """``f(obs (N, d)) -> log-density (N,)`` of the model's novelty density (``None`` without one)."""
     try:
-        from .novelty import novelty_density
-    except ImportError:
+        from .novelty import find_novelty, novelty_density
+    except ImportError:  # pragma: no cover - only while the novelty module is missing
         return None
-    for target in [*callbacks, model]:
-        try:
-            f = (lambda t: lambda obs: np.asarray(novelty_density(t, obs), dtype=np.float64))(target)
-            f(np.zeros((1, int(np.prod(model.observation_space.shape))), dtype=np.float32))
-            return f
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return None
+    try:
+        bonus = find_novelty(model)
+        novelty_density(bonus, np.zeros((1, int(np.prod(model.observation_space.shape))), dtype=np.float32))
+    except ValueError:  # no bonus, or one without a density (RND)
+        return None
+    return lambda obs: np.asarray(novelty_density(bonus, np.asarray(obs, dtype=np.float32)), dtype=np.float64)
 
 
 @dataclass
@@ -233,7 +231,10 @@ def train(
     tracker = coverage_tracker(env)
     if resume_dir:
         model = _restore(model, ckpt, env, device, tracker)
-    callbacks = [*novelty_callbacks, *callbacks]
+        if cfg.novelty:
+            from .novelty import novelty_callbacks as restored_novelty_callbacks
+
+            novelty_callbacks = restored_novelty_callbacks(model)  # the bonus saved with the model
     csv_name = "progress.csv" if not resume_dir else f"progress-{model.num_timesteps:010d}.csv"
     model.set_logger(_logger(run_dir, cfg, csv_name))
     metrics = MetricsCallback(
@@ -255,7 +256,10 @@ def train(
         if cfg.run.progress_bar else []
     if remaining > 0:
         model.learn(
-            remaining, callback=[metrics, CheckpointCallback(checkpoint, cfg.run.checkpoint_every), *callbacks, *bar],
+            remaining,
+            # novelty first: it writes info["intrinsic_reward"], which the metrics read
+            callback=[*novelty_callbacks, metrics, CheckpointCallback(checkpoint, cfg.run.checkpoint_every),
+                      *callbacks, *bar],
             reset_num_timesteps=not resume_dir,
         )
     model.logger.dump(model.num_timesteps)  # flush the last scalars (SB3 dumps only every log_interval)
@@ -289,7 +293,7 @@ def train(
         from .plots import plot_run
 
         paths = plot_run(run_dir, model=model, env=env, tracker=tracker,
-                         density=novelty_density_fn(model, novelty_callbacks))
+                         density=novelty_density_fn(model))
         if wandb_run is not None:
             import wandb
 
@@ -318,6 +322,11 @@ def _restore(model: BaseAlgorithm, ckpt: str, env: VecEnv, device: str, tracker:
     buffer = os.path.join(ckpt, "replay_buffer.pkl")
     if isinstance(loaded, OffPolicyAlgorithm) and os.path.exists(buffer):
         loaded.load_replay_buffer(buffer)
+        # The pickled buffer carries its own copy of a novelty bonus: keep one object, the one
+        # model.save() writes (replay_buffer_kwargs), so that later checkpoints stay consistent.
+        kept = (loaded.replay_buffer_kwargs or {}).get("novelty")
+        if kept is not None and hasattr(loaded.replay_buffer, "novelty"):
+            loaded.replay_buffer.novelty = kept
     arrays = os.path.join(ckpt, "arrays.npz")
     if tracker is not None and os.path.exists(arrays):
         with np.load(arrays) as data:

@@ -1,8 +1,7 @@
 """Pictures of a run, written as PNG files into its directory.
 
-* ``learning_curves.png``: extrinsic episode return and success (from
-  ``episodes.csv``) and, when the novelty bonus logged them, intrinsic
-  statistics (``progress*.csv`` columns containing ``intrinsic``);
+* ``learning_curves.png``: extrinsic and intrinsic episode return and
+  success (from ``episodes.csv``; intrinsic only with a novelty bonus);
 * ``coverage.png``: visitation heatmap (log scale) over the maze or grid;
 * ``novelty_density.png``: the novelty model's log-density over the maze;
 * ``policy_samples.png``: for 2-D action spaces, actions sampled from the
@@ -12,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import os
 from typing import Callable, Optional
 
@@ -58,44 +56,29 @@ def _rolling(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _progress(run_dir: str) -> dict[str, np.ndarray]:
-    merged: dict[str, list] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "progress*.csv"))):
-        cols = read_csv(path)
-        n = len(next(iter(cols.values()))) if cols else 0
-        keys = set(merged) | set(cols)
-        size = len(next(iter(merged.values()))) if merged else 0
-        for key in keys:
-            merged.setdefault(key, [np.nan] * size)
-            merged[key].extend(cols.get(key, np.full(n, np.nan)).tolist())
-    return {k: np.array(v) for k, v in merged.items()}
-
-
 def plot_learning_curves(run_dir: str) -> Optional[str]:
-    """``learning_curves.png``: extrinsic return, success and intrinsic statistics against env steps."""
+    """``learning_curves.png``: extrinsic and intrinsic episode return and success against env steps."""
     path = os.path.join(run_dir, "episodes.csv")
     episodes = read_csv(path) if os.path.exists(path) else {}
-    progress = _progress(run_dir)
-    intrinsic = [k for k in progress if "intrinsic" in k and np.isfinite(progress[k]).any()]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    intrinsic = episodes.get("intrinsic_return") if episodes else None
     if episodes:
-        t, ret, succ = episodes["timesteps"], episodes["return"], episodes["success"]
-        axes[0].plot(t, ret, ".", ms=2, alpha=0.3, color="tab:blue")
-        axes[0].plot(t, _rolling(ret, 20), color="tab:blue", label="rolling mean (20)")
-        axes[0].legend(loc="best", fontsize=8)
-        axes[1].plot(t, _rolling(succ, 20), color="tab:green")
+        t = episodes["timesteps"]
+        for ax, values, color in [(axes[0], episodes["return"], "tab:blue"), (axes[2], intrinsic, "tab:purple")]:
+            if values is None or not np.isfinite(values).any():
+                continue
+            ok = np.isfinite(values)
+            ax.plot(t[ok], values[ok], ".", ms=2, alpha=0.3, color=color)
+            ax.plot(t[ok], _rolling(values[ok], 20), color=color, label="rolling mean (20)")
+            ax.legend(loc="best", fontsize=8)
+        axes[1].plot(t, _rolling(episodes["success"], 20), color="tab:green")
         axes[1].set_ylim(-0.05, 1.05)
+    if intrinsic is None or not np.isfinite(intrinsic).any():
+        axes[2].text(0.5, 0.5, "no intrinsic reward\n(no novelty bonus)", ha="center", va="center",
+                     transform=axes[2].transAxes)
     axes[0].set(title="extrinsic episode return", xlabel="env steps")
     axes[1].set(title="success rate (last 20 episodes)", xlabel="env steps")
-    if intrinsic and "time/total_timesteps" in progress:
-        for k in intrinsic:
-            ok = np.isfinite(progress[k])
-            axes[2].plot(progress["time/total_timesteps"][ok], progress[k][ok], label=k)
-        axes[2].legend(loc="best", fontsize=7)
-    else:
-        axes[2].text(0.5, 0.5, "no intrinsic reward logged\n(no novelty bonus)", ha="center", va="center",
-                     transform=axes[2].transAxes)
-    axes[2].set(title="intrinsic reward", xlabel="env steps")
+    axes[2].set(title="intrinsic episode return (novelty bonus)", xlabel="env steps")
     out = os.path.join(run_dir, "learning_curves.png")
     fig.tight_layout()
     fig.savefig(out, dpi=90)

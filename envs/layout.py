@@ -70,6 +70,10 @@ class MazeLayout:
                     return False
         return True
 
+    @staticmethod
+    def _inside_one_cell(x: float, y: float, half: float) -> bool:
+        return math.floor(x - half) == math.floor(x + half) and math.floor(y - half) == math.floor(y + half)
+
     def _sweep(self, along: float, delta: float, half: float, wall) -> float:
         """New coordinate after moving ``along`` by ``delta``; ``wall(k)`` tests line ``k`` of cells."""
         if delta > 0:
@@ -88,6 +92,9 @@ class MazeLayout:
 
     def move(self, x: float, y: float, dx: float, dy: float, half: float) -> tuple[float, float]:
         """Sweep the square along x then along y, stopping at walls; returns the new centre."""
+        if self._inside_one_cell(x + dx, y + dy, half) and self._inside_one_cell(x, y, half) \
+                and math.floor(x) == math.floor(x + dx) and math.floor(y) == math.floor(y + dy):
+            return x + dx, y + dy  # both squares inside the same (free) cell: nothing to hit
         if dx != 0.0:
             rows = range(math.floor(y - half), math.ceil(y + half))
             x = self._sweep(x, dx, half, lambda c: any(self.is_wall(r, c) for r in rows))

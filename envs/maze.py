@@ -20,6 +20,7 @@ to ``[-1, 1]^2``; ``info["position"]`` holds the position in cell units
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -132,10 +133,13 @@ class PointMaze(gym.Env):
         return self._obs(), self._info(False)
 
     def step(self, action):
-        a = np.asarray(action, dtype=np.float64).reshape(2)
-        if not np.all(np.isfinite(a)):
+        try:
+            ax, ay = float(action[0]), float(action[1])
+        except (TypeError, IndexError):
+            raise ValueError(f"action must hold 2 numbers, got {action!r}") from None
+        if not (math.isfinite(ax) and math.isfinite(ay)):
             raise ValueError(f"action must be finite, got {action}")
-        ax, ay = min(max(float(a[0]), -1.0), 1.0), min(max(float(a[1]), -1.0), 1.0)
+        ax, ay = min(max(ax, -1.0), 1.0), min(max(ay, -1.0), 1.0)
         s = self.max_speed
         if self.control == "velocity":
             dx, dy = s * ax, s * ay
