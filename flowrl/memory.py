@@ -45,18 +45,21 @@ Refusals and caveats:
   memory saving; later calls save memory.
 * Blocks must be deterministic given their input (no dropout in training mode,
   no running statistics updated by the forward pass): the backward pass runs
-  their forward a second time.
+  their forward a second time.  The random-number state is not replayed.
+* Mixed precision: the backward pass rebuilds and recomputes under the
+  autocast state the forward pass ran with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .core import Compose, Inverse, Transform
+from .transforms.multiscale import FactorOut, Squeezed, squeeze, unsqueeze
 
 __all__ = [
     "memory_saving",
@@ -76,12 +79,32 @@ DOUBLE_BACKWARD_MESSAGE = (
 )
 
 
-@dataclass(frozen=True)
 class Block:
-    """One leaf transform of a stack, used in one direction (``inverted``: apply ``inverse``)."""
+    """One step of a flattened stack: ``apply`` runs it, ``reconstruct`` undoes it."""
+
+    analytic_inverse: bool = True
+
+    def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def submodules(self) -> list[nn.Module]:
+        """The modules whose parameters and initialisation flags this step uses."""
+        return []
+
+
+@dataclass(frozen=True)
+class TransformBlock(Block):
+    """A leaf transform used in one direction (``inverted``: apply its ``inverse``)."""
 
     module: Transform
     inverted: bool
+
+    @property
+    def analytic_inverse(self) -> bool:  # type: ignore[override]
+        return bool(self.module.analytic_inverse)
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return self.module.inverse(x, context) if self.inverted else self.module(x, context)
@@ -89,15 +112,67 @@ class Block:
     def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return self.module(y, context) if self.inverted else self.module.inverse(y, context)
 
+    def submodules(self) -> list[nn.Module]:
+        return [self.module]
+
+
+@dataclass(frozen=True)
+class ConjugatedBlock(Block):
+    """``y = g^{-1}(b(g(x)))`` for a parameter-free reshuffle ``g``: a step of a ``Squeezed`` level."""
+
+    block: Block
+    fn: Callable[[Tensor], Tensor]
+    inverse_fn: Callable[[Tensor], Tensor]
+
+    @property
+    def analytic_inverse(self) -> bool:  # type: ignore[override]
+        return self.block.analytic_inverse
+
+    def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        y, ld = self.block.apply(self.fn(x), context)
+        return self.inverse_fn(y), ld
+
+    def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        x, ld = self.block.reconstruct(self.fn(y), context)
+        return self.inverse_fn(x), ld
+
+    def submodules(self) -> list[nn.Module]:
+        return self.block.submodules()
+
+
+@dataclass(frozen=True)
+class SlicedBlock(Block):
+    """``y = (b(x[:, :keep]), x[:, keep:])``: a step of a factored-out level's inner stack."""
+
+    block: Block
+    keep: int
+
+    @property
+    def analytic_inverse(self) -> bool:  # type: ignore[override]
+        return self.block.analytic_inverse
+
+    def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        y, ld = self.block.apply(x[:, : self.keep], context)
+        return torch.cat([y, x[:, self.keep:]], dim=1), ld
+
+    def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        x, ld = self.block.reconstruct(y[:, : self.keep], context)
+        return torch.cat([x, y[:, self.keep:]], dim=1), ld
+
+    def submodules(self) -> list[nn.Module]:
+        return self.block.submodules()
+
 
 def flatten_blocks(transform: Transform, inverted: bool = False) -> list[Block]:
-    """The leaf transforms of ``transform`` in the order they are applied.
+    """The steps of ``transform`` in the order they are applied (``inverted``: of its inverse).
 
-    The root's children are listed if it is a :class:`Compose`; nested plain
+    The root's children are listed if it is a :class:`Compose`.  Nested plain
     ``Compose`` and :class:`Inverse` wrappers are opened up (an inverted
-    composition applies its children's inverses in reverse order); any other
-    transform is one block (wrappers such as ``Squeezed(Compose(...))`` save
-    memory through their own inner memory-saving ``Compose``).
+    composition applies its children's inverses in reverse order), and so are
+    the multi-scale wrappers ``Squeezed`` (each inner step between a squeeze and
+    an unsqueeze) and ``FactorOut`` (each inner step on the kept channels), so
+    that a whole multi-scale Glow is one flat stack whose steps all map the
+    level's input shape to itself.  Any other transform is one step.
     """
     if isinstance(transform, Compose):
         children = list(transform.transforms)
@@ -108,11 +183,16 @@ def flatten_blocks(transform: Transform, inverted: bool = False) -> list[Block]:
 
 
 def _flatten(transform: Transform, inverted: bool) -> list[Block]:
-    if type(transform) is Compose:
+    kind = type(transform)
+    if kind is Compose:
         return flatten_blocks(transform, inverted)
-    if type(transform) is Inverse:
+    if kind is Inverse:
         return _flatten(transform.base_transform, not inverted)
-    return [Block(transform, inverted)]
+    if kind is Squeezed:  # unsqueeze o f_n o ... o f_1 o squeeze = (unsqueeze o f_n o squeeze) o ...
+        return [ConjugatedBlock(b, squeeze, unsqueeze) for b in _flatten(transform.inner, inverted)]
+    if kind is FactorOut:
+        return [SlicedBlock(b, transform.keep) for b in _flatten(transform.inner, inverted)]
+    return [TransformBlock(transform, inverted)]
 
 
 def check_invertible(transform: Transform, allow_numerical_inverse: bool = False) -> None:
@@ -166,7 +246,7 @@ def _awaits_initialisation(blocks: list[Block]) -> bool:
     """Whether a submodule has an ``initialized`` flag that is still false (one device sync at most)."""
     flags = []
     for b in blocks:
-        for m in b.module.modules():
+        for m in (m for top in b.submodules() for m in top.modules()):
             flag = getattr(m, "initialized", None)
             if isinstance(flag, Tensor):
                 flags.append(flag.reshape(-1).bool())
@@ -197,8 +277,8 @@ def _plan(blocks: list[Block]) -> tuple[_Plan, list[nn.Parameter]]:
     per_block = []
     for b in blocks:
         mine = []
-        for p in b.module.parameters():
-            if not p.requires_grad:
+        for p in (p for m in b.submodules() for p in m.parameters()):
+            if not p.requires_grad or any(q is p for _, q in mine):
                 continue
             if id(p) not in index:
                 index[id(p)] = len(params)

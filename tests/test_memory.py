@@ -116,7 +116,7 @@ def _assert_close(plain: dict, saving: dict, dtype) -> None:
 
 
 def _has_numerical_block(flow: Flow) -> bool:
-    return any(not b.module.analytic_inverse for b in flatten_blocks(flow.transform))
+    return any(not b.analytic_inverse for b in flatten_blocks(flow.transform))
 
 
 # ------------------------------------------------- gradients: the named families
