@@ -1,67 +1,101 @@
-"""Main job (placeholder until the exploration demo lands): fit a flow to two moons.
+"""Main job: does a flow policy with a flow pseudo-count bonus explore a sparse-goal maze better than plain SAC?
 
-Writes ``runs/demo/density.png`` with the data beside the learned density.
+Runs ``configs/demo.yaml`` (SAC, RealNVP flow policy, flow pseudo-count
+novelty bonus) and the same config as plain SAC (Gaussian policy, no bonus)
+with the same budget and seed, one process per core, then prints a table of
+goal successes and maze coverage and where the pictures are.
+
+    python scripts/demo.py [--steps N] [--seed S] [--out runs/demo] [--sequential]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import time
 
-import matplotlib
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from tqdm import trange  # noqa: E402
-
-
-import flowrl  # noqa: E402
+VARIANTS = {
+    "flow": ("SAC + RealNVP policy + flow bonus", []),
+    "plain": ("plain SAC (Gaussian, no bonus)", ["policy=gaussian", "novelty=null"]),
+}
 
 
-def two_moons(n: int, seed: int = 0) -> torch.Tensor:
-    """Two interleaved half circles with Gaussian noise."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * torch.pi
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
-    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
-    return (torch.stack([x - 0.5, y - 0.25], 1) * 1.5 + 0.1 * torch.randn(n, 2, generator=g))
+def _overrides(args: argparse.Namespace, variant: str) -> list[str]:
+    items = [f"run.out_dir={args.out}", f"run.name={variant}", f"seed={args.seed}", "device=cpu"]
+    if args.steps:
+        items.append(f"total_timesteps={args.steps}")
+    return items + VARIANTS[variant][1]
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """Train one variant in this process (one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from agents.config import load_config
+    from agents.factory import train
+
+    cfg = load_config(args.config, _overrides(args, args.child))
+    position = list(VARIANTS).index(args.child)
+    train(cfg, config_name="demo", progress_desc=f"{args.child:5s}", progress_position=position)
+
+
+def _row(label: str, summary: dict) -> str:
+    first = summary.get("first_success_step")
+    return (f"| {label:34s} | {summary['train_successes']:>5d} / {summary['episodes']:<4d} | "
+            f"{(f'{first:,}' if first else '-'):>13s} | {summary['eval_success_rate']:>12.0%} | "
+            f"{summary['coverage']:>8.0%} | {summary['wall_time_s']:>8.0f} s |")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--flow", default="realnvp", choices=flowrl.available_flows())
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--out", default="runs/demo")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"))
+    p.add_argument("--steps", type=int, default=None, help="env steps per agent (default: the config's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join("runs", "demo-" + time.strftime("%Y%m%d-%H%M%S")))
+    p.add_argument("--sequential", action="store_true", help="train one agent after the other (one core)")
+    p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.manual_seed(0)
-    data = two_moons(20000)
-    flow = flowrl.build_flow(args.flow, 2, transforms=6, hidden_features=(64, 64))
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
-    bar = trange(args.steps, desc=f"fitting {args.flow}")
-    for _ in bar:
-        idx = torch.randint(0, len(data), (256,))
-        loss = -flow.log_prob(data[idx]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(nll=f"{loss.item():.3f}")
-    flow.eval()
+    if args.child:
+        run_child(args)
+        return
     os.makedirs(args.out, exist_ok=True)
-    axis = torch.linspace(-3, 3, 200)
-    grid = torch.cartesian_prod(axis, axis)
-    with torch.no_grad():
-        dens = flow.log_prob(grid).exp().reshape(200, 200).T
-    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
-    ax[0].scatter(*data[:3000].T, s=1)
-    ax[0].set(title="data", xlim=(-3, 3), ylim=(-3, 3))
-    ax[1].imshow(dens, origin="lower", extent=(-3, 3, -3, 3), cmap="magma")
-    ax[1].set(title=f"learned density ({args.flow})")
-    path = os.path.join(args.out, "density.png")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    print(f"final NLL {loss.item():.3f} nats; picture written to {path}")
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmds = {v: [sys.executable, os.path.abspath(__file__), "--child", v, "--config", args.config, "--seed",
+                str(args.seed), "--out", args.out, *(["--steps", str(args.steps)] if args.steps else [])]
+            for v in VARIANTS}
+    print(f"training {len(cmds)} agents on {args.config} ({'one after the other' if args.sequential else 'in parallel'})")
+    codes = {}
+    if args.sequential:
+        for v, cmd in cmds.items():
+            codes[v] = subprocess.call(cmd, env=env)
+    else:
+        procs = {v: subprocess.Popen(cmd, env=env) for v, cmd in cmds.items()}
+        codes = {v: proc.wait() for v, proc in procs.items()}
+    if any(codes.values()):
+        sys.exit(f"a training run failed: {codes}")
+    wall = time.perf_counter() - t0
+    summaries = {v: json.load(open(os.path.join(args.out, v, "summary.json"))) for v in VARIANTS}
+    steps = summaries["flow"]["timesteps"]
+    print(f"\nsparse-goal maze, {steps:,} env steps per agent, seed {args.seed}\n")
+    print(f"| {'agent':34s} | goal reached | first success | eval success | coverage | train time |")
+    print(f"|{'-' * 36}|{'-' * 14}|{'-' * 15}|{'-' * 14}|{'-' * 10}|{'-' * 12}|")
+    for v, (label, _) in VARIANTS.items():
+        print(_row(label, summaries[v]))
+    print("\ngoal reached: training episodes that reached the goal / all; eval success: deterministic policy "
+          "over the config's eval episodes; coverage: maze cells visited during training.")
+    print(f"demo wall time: {wall:.0f} s")
+    print("pictures:")
+    for v in VARIANTS:
+        pics = sorted(f for f in os.listdir(os.path.join(args.out, v)) if f.endswith(".png"))
+        print(f"  {os.path.join(args.out, v)}/: {', '.join(pics)}")
 
 
 if __name__ == "__main__":
