@@ -65,9 +65,10 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
         self.register_buffer("_weights", w / 2, persistent=False)  # sum to 1
         self.embed = nn.Linear(self.signal, hidden[0])
         self.time = nn.Parameter(torch.randn(hidden[0]) / math.sqrt(self.signal + 1))
-        layers: list[nn.Module] = [nn.Tanh()]
+        # SiLU: smooth (so the quadrature converges fast) and several times cheaper than tanh on CPU
+        layers: list[nn.Module] = [nn.SiLU()]
         for a, b in zip(hidden[:-1], hidden[1:]):
-            layers += [nn.Linear(a, b), nn.Tanh()]
+            layers += [nn.Linear(a, b), nn.SiLU()]
         last = nn.Linear(hidden[-1], 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
