@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) scripts/demo.py
+	$(PYTHON) scripts/demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -n 2 --dist loadgroup
