@@ -94,6 +94,9 @@ def main() -> None:
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=FLOAT", help="e.g. width=0.3")
     p.add_argument("--steps", type=int, default=None, help="env steps per run (default 5000 sac, 16384 ppo)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
+    p.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",
+                   help="print the table from the per-seed lines of earlier runs' output (e.g. seeds run in parallel)")
     p.add_argument("--variants", default="gaussian,realnvp,naf")
     p.add_argument("--lr", type=float, default=None, help="default 1e-3 (sac), 3e-4 (ppo)")
     p.add_argument("--chunk", type=int, default=500, help="SAC steps per interleaving chunk")
@@ -111,11 +114,33 @@ def main() -> None:
     variants = args.variants.split(",")
     if variants[0] != "gaussian":
         raise SystemExit("the first variant must be 'gaussian' (the reference of the ratios)")
-    print(f"{args.algo.upper()} on {env_id}: {args.steps} steps x {args.seeds} seeds, lr {args.lr}, "
-          f"env kwargs {args.env_kwargs}, flows {FLOW_KWARGS}, torch threads {args.threads}", flush=True)
-    results = [run_seed(args.algo, env_id, seed, variants, args) for seed in range(args.seeds)]
+    if args.from_logs:
+        results = parse_logs(args.from_logs, variants)
+    else:
+        print(f"{args.algo.upper()} on {env_id}: {args.steps} steps x {args.seeds} seeds from seed {args.first_seed}, "
+              f"lr {args.lr}, env kwargs {args.env_kwargs}, flows {FLOW_KWARGS}, torch threads {args.threads}", flush=True)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        results = [run_seed(args.algo, env_id, seed, variants, args) for seed in seeds]
+    print_table(args.algo, variants, results)
 
-    print(f"\n| {args.algo} variant | det return (mean ± sd) | stoch return | steps/s | steps/s ratio vs gaussian | min mode share |")
+
+def parse_logs(paths: list[str], variants: list[str]) -> list[dict[str, dict]]:
+    """Per-seed results from the ``  seed S variant det ... min mode M`` lines of earlier runs."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for path in paths:
+        with open(path) as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) == 12 and f[0] == "seed" and f[2] in variants:
+                    by_seed.setdefault(int(f[1]), {})[f[2]] = dict(
+                        det=float(f[4]), stoch=float(f[6]), sps=float(f[8]), mode=float(f[11]))
+    complete = [r for _, r in sorted(by_seed.items()) if all(v in r for v in variants)]
+    print(f"{len(complete)} complete seed(s) read from {', '.join(paths)}: {sorted(by_seed)}")
+    return complete
+
+
+def print_table(algo: str, variants: list[str], results: list[dict[str, dict]]) -> None:
+    print(f"\n| {algo} variant | det return (mean ± sd) | stoch return | steps/s | steps/s ratio vs gaussian | min mode share |")
     print("|---|---|---|---|---|---|")
     for v in variants:
         det = np.array([r[v]["det"] for r in results])
@@ -123,7 +148,7 @@ def main() -> None:
         sps = np.array([r[v]["sps"] for r in results])
         ratio = np.array([r[v]["sps"] / r["gaussian"]["sps"] for r in results])
         mode = np.array([r[v]["mode"] for r in results])
-        print(f"| {v} | {det.mean():.1f} ± {det.std():.1f} | {sto.mean():.1f} ± {sto.std():.1f} | {sps.mean():.1f} "
+        print(f"| {v} | {det.mean():.2f} ± {det.std():.2f} | {sto.mean():.2f} ± {sto.std():.2f} | {sps.mean():.1f} "
               f"| {ratio.mean():.2f} (per seed {', '.join(f'{x:.2f}' for x in ratio)}) | {np.nanmean(mode) if not np.all(np.isnan(mode)) else float('nan'):.2f} |")
 
 
