@@ -54,6 +54,9 @@ class NoveltyCallback(BaseCallback):
             self._ep_intrinsic = np.zeros(n_envs)
             self._ep_extrinsic = np.zeros(n_envs)
 
+    def _on_training_end(self) -> None:
+        self.bonus.flush()  # the model has seen every visited state when learn returns
+
     # -------------------------------------------------------------- step
     def _on_step(self) -> bool:
         venv = self._vec_normalize()

@@ -1,0 +1,116 @@
+"""SAC alone vs SAC + RND vs SAC + flow pseudo-count bonus on MountainCarContinuous-v0.
+
+Same budget, same seeds, SB3's default SAC hyper-parameters, all measured in
+the same run (one process per run, ``--jobs`` at a time).  Prints, per
+method: seeds that reached the goal, environment step of the first success,
+final deterministic return, wall time per step, and env steps/s relative to
+plain SAC (the overhead of the bonus).
+
+    python scripts/bench_novelty.py --steps 50000 --seeds 0 1 2 --jobs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from multiprocessing import get_context
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+METHODS = {
+    "sac": None,
+    "sac+rnd": {"kind": "rnd"},
+    "sac+flow": {"kind": "flow"},
+}
+
+
+def run_one(job: tuple) -> dict:
+    method, seed, steps, beta, eval_episodes, novelty_extra = job
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from agents.novelty import attach_novelty
+
+    torch.set_num_threads(1)
+
+    class Successes(BaseCallback):
+        """Env step of each episode that ends at the goal (MountainCar terminates only there)."""
+
+        def __init__(self):
+            super().__init__()
+            self.steps: list[int] = []
+
+        def _on_step(self) -> bool:
+            for done, info in zip(self.locals["dones"], self.locals["infos"]):
+                if done and not info.get("TimeLimit.truncated", False):
+                    self.steps.append(int(self.num_timesteps))
+            return True
+
+    env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed)
+    kwargs: dict = {}
+    callbacks: list = []
+    if METHODS[method] is not None:
+        opts = {**METHODS[method], "beta": beta, "seed": seed, **novelty_extra.get(method, {})}
+        kwargs, callbacks = attach_novelty(SAC, kwargs, env, opts)
+    model = SAC("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
+    succ = Successes()
+    t0 = time.perf_counter()
+    model.learn(steps, callback=[*callbacks, succ])
+    wall = time.perf_counter() - t0
+    eval_env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed + 1000)
+    ret, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
+    return {
+        "method": method, "seed": seed, "steps": steps, "wall_s": wall,
+        "first_success": succ.steps[0] if succ.steps else None, "successes": len(succ.steps),
+        "final_return": float(ret),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--eval-episodes", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one core each)")
+    p.add_argument("--flow-options", type=json.loads, default={}, help="extra novelty options of sac+flow (JSON)")
+    p.add_argument("--out", default=None, help="write the per-run results as JSON lines here")
+    args = p.parse_args()
+    extra = {"sac+flow": args.flow_options}
+    jobs = [(m, s, args.steps, args.beta, args.eval_episodes, extra) for s in args.seeds for m in args.methods]
+    with get_context("spawn").Pool(args.jobs) as pool:
+        results = []
+        for r in pool.imap_unordered(run_one, jobs):
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    print(f"\nMountainCarContinuous-v0, {args.steps} steps, seeds {args.seeds}, beta {args.beta}, "
+          f"SB3 default SAC, {args.jobs} runs in parallel")
+    print(f"{'method':10s} {'reached goal':>12s} {'first success (per seed)':>26s} {'final det. return':>18s} "
+          f"{'ms/step':>8s} {'steps/s vs sac':>15s}")
+    base = [r["steps"] / r["wall_s"] for r in results if r["method"] == "sac"]
+    for m in args.methods:
+        rs = sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
+        reached = sum(r["first_success"] is not None for r in rs)
+        firsts = ",".join("-" if r["first_success"] is None else str(r["first_success"]) for r in rs)
+        rets = np.array([r["final_return"] for r in rs])
+        ms = np.mean([1e3 * r["wall_s"] / r["steps"] for r in rs])
+        sps = np.mean([r["steps"] / r["wall_s"] for r in rs])
+        ratio = f"{sps / np.mean(base):.2f}" if base else "n/a"
+        print(f"{m:10s} {reached:>5d} of {len(rs):<4d} {firsts:>26s} {rets.mean():9.1f} +- {rets.std():5.1f} "
+              f"{ms:8.1f} {ratio:>15s}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Flow pseudo-counts (flowrl.novelty) and RND (flowrl.rnd) against exact counts and by construction."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from flowrl.novelty import (
+    ESTIMATORS,
+    FlowPseudoCounter,
+    RunningNormalizer,
+    bonus_from_count,
+    cluster_stream,
+    count_agreement,
+)
+from flowrl.rnd import RNDNovelty
+
+COUNTS = np.round(np.geomspace(1, 200, 16)).astype(int)  # 16 states visited 1..200 times
+# The setting measured by scripts/bench_pseudocounts.py (see its table for every estimator).
+COUNT_SETTING = dict(lr=1e-3, steps_per_update=16, resolution=0.4,
+                     flow_kwargs=dict(transforms=8, hidden_features=(128, 128)))
+EXTRA_STEPS = 2000
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A counter fitted on a shuffled stream of 16 tight clusters fed in batches of 8."""
+    centres, stream = cluster_stream(COUNTS, dim=2, spread=0.01, seed=0)
+    counter = FlowPseudoCounter(2, seed=0, **COUNT_SETTING)
+    for chunk in stream.split(8):
+        counter.update(chunk)
+    counter.train_steps(EXTRA_STEPS)
+    return counter, centres
+
+
+def test_default_estimator_ranks_states_by_true_count(fitted):
+    counter, centres = fitted
+    n_hat = counter.pseudo_count(centres).numpy()
+    spearman, slope = count_agreement(COUNTS, n_hat)
+    assert spearman >= 0.9, (spearman, n_hat.round(1))
+    assert 0.5 <= slope <= 2.0, (slope, n_hat.round(1))
+    assert counter.n_total == COUNTS.sum()
+
+
+def test_unseen_state_gets_a_larger_bonus_than_the_most_visited(fitted):
+    counter, centres = fitted
+    most = centres[int(np.argmax(COUNTS))].unsqueeze(0)
+    unseen = torch.tensor([[2.0, -2.0]])
+    assert counter.bonus(unseen) > 5 * counter.bonus(most)
+    assert counter.bonus(np.zeros((3, 2), dtype=np.float32)).shape == (3,)
+
+
+def test_every_estimator_gives_finite_positive_counts(fitted):
+    counter, centres = fitted
+    for est in ESTIMATORS:
+        n = counter.pseudo_count(centres, est)
+        assert n.shape == (len(centres),)
+        assert torch.isfinite(n).all() and (n > 0).all(), est
+
+
+def test_bonus_decreases_as_a_state_is_revisited():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    background = torch.rand(256, 2, generator=g) * 4 - 2
+    state = torch.tensor([[0.7, -0.3]])
+    counter = FlowPseudoCounter(2, seed=0, lr=3e-3, steps_per_update=20, flow_kwargs=dict(hidden_features=(32,)))
+    counter.update(background)
+    bonuses = [float(counter.bonus(state))]
+    for _ in range(4):
+        counter.update(state.repeat(32, 1) + 0.01 * torch.randn(32, 2, generator=g))
+        bonuses.append(float(counter.bonus(state)))
+    assert all(b1 < b0 for b0, b1 in zip(bonuses, bonuses[1:])), bonuses
+
+
+def test_batched_exact_recoding_matches_a_step_on_each_state_alone():
+    torch.manual_seed(0)
+    counter = FlowPseudoCounter(2, seed=0, pg_lr=1e-2, ema=0.0, flow_kwargs=dict(hidden_features=(16,)))
+    counter.update(torch.randn(64, 2))
+    counter.train_steps(20)
+    x = torch.randn(3, 2)
+    z = counter.normalized(x)
+    pg = counter._prediction_gain(z, exact=True)
+    for i in range(3):
+        flow = copy.deepcopy(counter.flow)
+        before = flow.log_prob(z[i:i + 1]).sum()
+        flow.zero_grad()
+        before.backward()
+        with torch.no_grad():
+            for p in flow.parameters():
+                p.add_(1e-2 * p.grad)
+            after = flow.log_prob(z[i:i + 1]).sum()
+        assert torch.allclose(pg[i], after - before.detach(), rtol=1e-3, atol=1e-6)
+    # First order: PG ~ lr ||g||^2 when the step is small.
+    counter.pg_lr = 1e-5
+    exact = counter._prediction_gain(z, exact=True)
+    first = counter._prediction_gain(z, exact=False)
+    assert torch.allclose(exact, first, rtol=0.05)
+
+
+def test_cell_estimator_tends_to_the_density_estimator_for_small_cells():
+    torch.manual_seed(0)
+    counter = FlowPseudoCounter(2, seed=0, resolution=1e-3, flow_kwargs=dict(hidden_features=(16,)))
+    counter.update(torch.randn(128, 2))
+    x = torch.randn(5, 2)
+    a = counter.log_pseudo_count(x, "cell")
+    b = counter.log_pseudo_count(x, "density")
+    assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_count_agreement_on_known_relations():
+    n = np.arange(1, 20, dtype=float)
+    assert count_agreement(n, n) == pytest.approx((1.0, 1.0))
+    assert count_agreement(n, n**2)[1] == pytest.approx(2.0)
+    assert count_agreement(n, 1 / n)[0] == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        count_agreement(n, -n)
+
+
+def test_bonus_formula():
+    assert bonus_from_count(torch.tensor([0.0, 99.99]), beta=2.0).tolist() == pytest.approx([20.0, 0.2])
+
+
+def test_running_normalizer_matches_numpy():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(300, 4))
+    norm = RunningNormalizer((4,), clip=0.0)
+    for chunk in np.array_split(data, 7):
+        norm.update(torch.as_tensor(chunk))
+    assert torch.allclose(norm.mean, torch.as_tensor(data.mean(0)))
+    assert torch.allclose(norm.std, torch.as_tensor(data.std(0)), rtol=1e-6)
+    z = norm.normalize(torch.as_tensor(data))
+    assert torch.allclose(z.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-6)
+
+
+def test_state_dict_round_trip_restores_counts_and_training():
+    torch.manual_seed(0)
+    a = FlowPseudoCounter(2, seed=0, flow_kwargs=dict(hidden_features=(16,)))
+    a.update(torch.randn(50, 2) * 3 + 1)
+    b = FlowPseudoCounter(2, seed=1, flow_kwargs=dict(hidden_features=(16,)))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(6, 2)
+    assert torch.equal(a.pseudo_count(x), b.pseudo_count(x))
+    assert torch.equal(a.normalizer.mean, b.normalizer.mean) and b.n_total == 50
+    more = torch.randn(10, 2)
+    a.update(more)
+    b.update(more)
+    assert torch.allclose(a.pseudo_count(x), b.pseudo_count(x))
+
+
+def test_bad_inputs_get_clear_errors():
+    counter = FlowPseudoCounter(3, flow_kwargs=dict(hidden_features=(8,)))
+    with pytest.raises(ValueError, match="NaN"):
+        counter.update(np.array([[0.0, np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        counter.pseudo_count(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="dict"):
+        counter.bonus({"obs": np.zeros((1, 3))})
+    with pytest.raises(ValueError, match="estimator"):
+        counter.pseudo_count(torch.zeros(1, 3), "nope")
+    with pytest.raises(ValueError, match="estimator"):
+        FlowPseudoCounter(3, estimator="nope")
+    with pytest.raises(ValueError, match="obs_dim"):
+        FlowPseudoCounter(1, "realnvp")
+    with pytest.raises(ValueError, match="unknown flow"):
+        FlowPseudoCounter(2, "no-such-flow")
+    assert counter.bonus(np.zeros(3)).shape == (1,)  # a single observation is a batch of one
+
+
+def test_rnd_bonus_is_larger_off_the_visited_states_and_decreases_with_training():
+    torch.manual_seed(0)
+    rnd = RNDNovelty(2, seed=0, lr=3e-3, steps_per_update=50)
+    visited = torch.randn(256, 2) * 0.1
+    rnd.update(visited)
+    first = float(rnd.error(visited[:32]).mean())
+    for _ in range(4):
+        rnd.update(visited[:32])
+    assert float(rnd.error(visited[:32]).mean()) < first
+    far = torch.tensor([[3.0, 3.0]]) * rnd.normalizer.std.float() + rnd.normalizer.mean.float()
+    assert float(rnd.bonus(far)) > float(rnd.bonus(visited[:32]).mean())
+    with pytest.raises(ValueError, match="NaN"):
+        rnd.bonus(np.array([[np.inf, 0.0]]))

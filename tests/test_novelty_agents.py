@@ -1,0 +1,267 @@
+"""The novelty bonus in Stable-Baselines3: off- and on-policy, VecNormalize, logging, save/load, errors."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from agents.novelty import (
+    NoveltyBonus,
+    NoveltyReplayBuffer,
+    NoveltyRolloutBuffer,
+    attach_novelty,
+    find_novelty,
+    make_novelty_bonus,
+    novelty_callbacks,
+    novelty_density,
+)
+
+SMALL_FLOW = {"flow_kwargs": {"transforms": 2, "hidden_features": [16]}, "batch_size": 32, "steps_per_update": 2,
+              "update_every": 8, "cell_samples": 4}
+SMALL_SAC = dict(learning_starts=24, batch_size=16, buffer_size=2000, policy_kwargs=dict(net_arch=[16]))
+SMALL_PPO = dict(n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=dict(net_arch=[16]))
+
+
+class PointDict(gym.Env):
+    """A 2-D point pushed by its action, observed as a Dict (position and a constant tag)."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict({
+            "pos": spaces.Box(-5, 5, (2,), np.float32),
+            "tag": spaces.Box(0, 1, (1,), np.float32),
+        })
+        self.action_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.pos = np.zeros(2, np.float32)
+        self.t = 0
+
+    def _obs(self):
+        return {"pos": self.pos.copy(), "tag": np.ones(1, np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-0.1, 0.1, 2).astype(np.float32)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.pos = np.clip(self.pos + 0.1 * np.asarray(action, np.float32), -5, 5)
+        self.t += 1
+        return self._obs(), 0.0, False, self.t >= 20, {}
+
+
+def _mc(n_envs=1, seed=0):
+    return make_vec_env("MountainCarContinuous-v0", n_envs=n_envs, seed=seed)
+
+
+def test_attach_gives_buffers_and_callbacks_without_touching_the_input():
+    env = _mc()
+    given = {"buffer_size": 100}
+    kwargs, callbacks = attach_novelty(SAC, given, env, {"kind": "flow", "beta": 0.3})
+    assert given == {"buffer_size": 100}
+    assert kwargs["replay_buffer_class"] is NoveltyReplayBuffer
+    assert isinstance(kwargs["replay_buffer_kwargs"]["novelty"], NoveltyBonus)
+    assert len(callbacks) == 1 and find_novelty(callbacks[0]).beta == 0.3
+    kwargs, _ = attach_novelty(PPO, {}, env, {"kind": "rnd"})
+    assert kwargs["rollout_buffer_class"] is NoveltyRolloutBuffer
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"kind": "flow", "betta": 1.0}, "betta"),
+    ({"kind": "counts"}, "kind"),
+    ({"kind": "rnd", "flow": "nsf"}, "flow"),
+    ({"estimator": "magic"}, "estimator"),
+    ({"score": "later"}, "score"),
+    ({"flow": "no-such-flow"}, "unknown flow"),
+])
+def test_bad_options_raise_value_errors_naming_the_problem(options, match):
+    with pytest.raises(ValueError, match=match):
+        attach_novelty(SAC, {}, _mc(), options)
+
+
+def test_dict_observations_need_a_key_and_nan_observations_are_refused():
+    env = DummyVecEnv([PointDict])
+    with pytest.raises(ValueError, match="obs_key"):
+        attach_novelty(SAC, {}, env, {})
+    with pytest.raises(ValueError, match="not in the observation space"):
+        attach_novelty(SAC, {}, env, {"obs_key": "velocity"})
+    bonus = make_novelty_bonus(spaces.Box(-1, 1, (2,)), {})
+    with pytest.raises(ValueError, match="NaN"):
+        bonus.intrinsic(np.array([[np.nan, 0.0]]))
+    with pytest.raises(ValueError, match="Box"):
+        make_novelty_bonus(spaces.Discrete(4), {})
+
+
+def test_sac_scores_the_sampled_transitions_with_the_current_model():
+    env = _mc(n_envs=2)
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5, "seed": 0})
+    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model.learn(60, callback=callbacks)
+    buf, bonus = model.replay_buffer, find_novelty(model)
+    assert bonus.model.n_total == 60  # every visited state (2 envs x 30 steps) was fed to the model
+    np.random.seed(3)
+    samples = buf.sample(64)
+    np.random.seed(3)
+    inds = np.random.randint(0, buf.size(), size=64)
+    env_inds = np.random.randint(0, 2, size=64)
+    raw_next = buf.next_observations[inds, env_inds]
+    assert np.allclose(samples.next_observations.numpy(), raw_next)  # rows line up with what was scored
+    expected = buf.rewards[inds, env_inds] + 0.5 * bonus.model.bonus(raw_next).numpy()
+    assert np.allclose(samples.rewards.numpy().ravel(), expected, atol=1e-5)
+    # The bonus follows the model: after more training the same rows get other rewards.
+    bonus.model.update(raw_next, steps=20)
+    np.random.seed(3)
+    assert not np.allclose(buf.sample(64).rewards.numpy(), samples.rewards.numpy())
+    logged = model.logger.name_to_value
+    assert "train/intrinsic_reward" in logged or "rollout/intrinsic_reward" in model.logger.name_to_count
+
+
+def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs():
+    env = _mc()
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5})
+    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    seen = []
+
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Spy(BaseCallback):
+        def _on_step(self):
+            seen.extend(dict(i) for i in self.locals["infos"])
+            return True
+
+    model.learn(30, callback=[*callbacks, Spy()])
+    assert all("intrinsic_reward" in i and "extrinsic_reward" in i for i in seen)
+    assert all(i["intrinsic_reward"] > 0 for i in seen)
+    assert all(i["extrinsic_reward"] <= 0 for i in seen)  # MountainCar's action cost
+    names = set(model.logger.name_to_value) | set(model.logger.name_to_count)
+    assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward"} <= names
+
+
+def test_bonus_survives_vecnormalize():
+    venv = VecNormalize(_mc(), norm_obs=True, norm_reward=True)
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, venv, {**SMALL_FLOW, "beta": 1.0})
+    model = SAC("MlpPolicy", venv, seed=0, **kwargs)
+    model.learn(40, callback=callbacks)
+    buf, bonus = model.replay_buffer, find_novelty(model)
+    np.random.seed(1)
+    samples = buf.sample(32, env=venv)
+    np.random.seed(1)
+    inds = np.random.randint(0, buf.size(), size=32)
+    raw_next = buf.next_observations[inds, 0]
+    extrinsic = venv.normalize_reward(buf.rewards[inds, 0])
+    intrinsic = samples.rewards.numpy().ravel() - extrinsic
+    assert np.allclose(intrinsic, bonus.model.bonus(raw_next).numpy(), atol=1e-5)
+    assert (intrinsic > 0).all()
+    # The density model saw raw observations, not VecNormalize's.
+    assert np.allclose(bonus.model.normalizer.mean.numpy(), buf.next_observations[:40, 0].mean(0), atol=0.05)
+
+
+def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback():
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    venv = VecNormalize(_mc(n_envs=2))
+    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, venv, {**SMALL_FLOW, "beta": 0.5})
+    model = PPO("MlpPolicy", venv, seed=0, **kwargs)
+    snap = {}
+
+    class Snapshot(BaseCallback):  # runs after SB3 computed the advantages of the rollout
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            buf = self.model.rollout_buffer
+            for k in ("rewards", "values", "episode_starts", "advantages", "intrinsic_rewards"):
+                snap[k] = getattr(buf, k).copy()
+            snap["last_values"] = self.locals["values"].numpy().ravel()
+            snap["dones"] = np.asarray(self.locals["dones"], dtype=np.float32)
+
+    model.learn(64, callback=[*callbacks, Snapshot()])
+    buf = model.rollout_buffer
+    assert (snap["intrinsic_rewards"] > 0).all()
+    # Redo GAE by hand from the rewards (which include the bonus) and compare.
+    r, v, starts = snap["rewards"], snap["values"], snap["episode_starts"]
+    adv, last = np.zeros_like(r), np.zeros(r.shape[1], dtype=np.float32)
+    for t in reversed(range(len(r))):
+        if t == len(r) - 1:
+            nonterminal, next_v = 1.0 - snap["dones"], snap["last_values"]
+        else:
+            nonterminal, next_v = 1.0 - starts[t + 1], v[t + 1]
+        delta = r[t] + buf.gamma * next_v * nonterminal - v[t]
+        last = delta + buf.gamma * buf.gae_lambda * nonterminal * last
+        adv[t] = last
+    assert np.allclose(adv, snap["advantages"], atol=1e-4)
+    without_bonus = adv - snap["intrinsic_rewards"]  # a bonus left out would show up here
+    assert not np.allclose(without_bonus, snap["advantages"], atol=1e-3)
+    with pytest.raises(RuntimeError, match="callback"):
+        PPO("MlpPolicy", venv, seed=0, **attach_novelty(PPO, SMALL_PPO, venv, SMALL_FLOW)[0]).learn(32)
+
+
+def test_rollout_buffer_adds_the_bonus_once():
+    bonus = make_novelty_bonus(spaces.Box(-1, 1, (2,)), {**SMALL_FLOW, "beta": 2.0})
+    bonus.model.update(np.random.default_rng(0).normal(size=(64, 2)))
+    buf = NoveltyRolloutBuffer(4, spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,)), gamma=0.0, gae_lambda=1.0,
+                               novelty=bonus)
+    states = np.random.default_rng(1).normal(size=(4, 1, 2)).astype(np.float32)
+    for s in states:
+        buf.record_scored(s)
+        buf.add(s, np.zeros((1, 1)), np.zeros(1), np.zeros(1), torch.zeros(1), torch.zeros(1))
+    buf.compute_returns_and_advantage(torch.zeros(1), np.zeros(1))
+    buf.compute_returns_and_advantage(torch.zeros(1), np.zeros(1))
+    expected = 2.0 * bonus.model.bonus(states.reshape(4, 2)).numpy()
+    assert np.allclose(buf.returns.ravel(), expected, atol=1e-6)  # gamma = 0, values = 0: returns = rewards
+
+
+@pytest.mark.parametrize("algo, algo_kwargs, options", [
+    (SAC, SMALL_SAC, {**SMALL_FLOW}),
+    (PPO, SMALL_PPO, {"kind": "rnd", "update_every": 8, "batch_size": 32}),
+])
+def test_save_load_restores_the_density_model_and_its_normaliser(tmp_path, algo, algo_kwargs, options):
+    env = _mc()
+    kwargs, callbacks = attach_novelty(algo, algo_kwargs, env, options)
+    model = algo("MlpPolicy", env, seed=0, **kwargs)
+    model.learn(64, callback=callbacks)
+    model.save(tmp_path / "agent")
+    loaded = algo.load(tmp_path / "agent", env=env)
+    a, b = find_novelty(model).model, find_novelty(loaded).model
+    assert a is not b
+    sa, sb = a.state_dict(), b.state_dict()
+    for k, v in sa.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, sb[k]), k
+    assert torch.equal(a.normalizer.mean, b.normalizer.mean) and torch.equal(a.normalizer.m2, b.normalizer.m2)
+    assert b.n_total == a.n_total > 0
+    pts = np.random.default_rng(0).normal([-0.5, 0.0], [0.3, 0.02], size=(8, 2)).astype(np.float32)
+    assert np.array_equal(novelty_density(model, pts, "bonus"), novelty_density(loaded, pts, "bonus"))
+    n_before = float(b.n_total)
+    loaded.learn(32, callback=novelty_callbacks(loaded), reset_num_timesteps=False)
+    assert float(b.n_total) == n_before + 32  # training resumes from the restored counts
+
+
+def test_novelty_density_for_maps():
+    env = _mc()
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, SMALL_FLOW)
+    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model.learn(40, callback=callbacks)
+    grid = np.stack(np.meshgrid(np.linspace(-1.2, 0.6, 5), np.linspace(-0.07, 0.07, 4)), -1).reshape(-1, 2)
+    for target in (model, callbacks[0]):
+        ld = novelty_density(target, grid)
+        assert ld.shape == (20,) and np.isfinite(ld).all()
+    assert novelty_density(model, grid, "pseudo_count").shape == (20,)
+    rnd_kwargs, rnd_cbs = attach_novelty(SAC, SMALL_SAC, env, {"kind": "rnd"})
+    with pytest.raises(ValueError, match="flow"):
+        novelty_density(rnd_cbs[0], grid)
+
+
+def test_dict_observations_with_a_key_train_end_to_end():
+    env = DummyVecEnv([PointDict])
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "obs_key": "pos", "score": "current"})
+    model = SAC("MultiInputPolicy", env, seed=0, **kwargs)
+    model.learn(40, callback=callbacks)
+    assert find_novelty(model).model.n_total == 40
+    sample = model.replay_buffer.sample(8)
+    assert torch.isfinite(sample.rewards).all() and (sample.rewards > 0).all()
