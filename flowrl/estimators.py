@@ -79,13 +79,15 @@ def fixed_weights(n_terms: int) -> list[float]:
 
 
 def power_series_logdet(jvp: JVP, probes: Tensor, weights: list[float],
-                        neumann: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                        neumann: bool = False, basis: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """Series estimate ``sum_k w_k (-1)^{k+1} v^T J^k v / k`` (mean over probes), shape ``(B,)``.
 
     With ``neumann=True`` also returns ``w = sum_{k<N} (-1)^k w_{k+1} J^k v``
     (``(B, m, D)``), the vector of the Neumann-series gradient surrogate
     ``mean_m v^T J w``.  Differentiable in whatever ``jvp`` depends on; call
-    it under ``torch.no_grad()`` when only the value is needed.
+    it under ``torch.no_grad()`` when only the value is needed.  With
+    ``basis=True`` the probes are the ``D`` basis vectors and the traces are
+    exact (sum instead of mean over probes).
     """
     term = probes
     logdet = probes.new_zeros(probes.shape[0])
@@ -94,7 +96,8 @@ def power_series_logdet(jvp: JVP, probes: Tensor, weights: list[float],
         if neumann:
             w = w + ((-1) ** (k - 1) * weight) * term
         term = jvp(term)
-        logdet = logdet + ((-1) ** (k + 1) * weight / k) * (probes * term).sum(-1).mean(-1)
+        quad = (probes * term).sum(-1)
+        logdet = logdet + ((-1) ** (k + 1) * weight / k) * (quad.sum(-1) if basis else quad.mean(-1))
     return logdet, w
 
 

@@ -19,9 +19,10 @@ Log-determinant modes (``logdet=``):
 Evaluation mode is deterministic: the spectral-norm estimates are frozen
 (converged on entering eval), and a series log-det uses fixed probes and
 ``n`` terms chosen so that the truncation error is at most ``eval_tol``
-(``|error| <= D L^{n+1} / ((n+1)(1-L))``), with ``eval_probes`` Rademacher
-probes whose estimate has standard deviation at most
-``sqrt(2 D / m) (-log(1 - L))``.  With the default ``eval_exact_dim = 64`` the
+(``|error| <= D L^{n+1} / ((n+1)(1-L))``, ``L = coeff ** n_layers``).  The
+traces are exact (``D`` basis probes) when ``D <= eval_probes``; otherwise
+``m = eval_probes`` fixed Rademacher probes add an error whose standard
+deviation (over the probe draw) is at most ``sqrt(2 D / m) (-log(1 - L))``.  With the default ``eval_exact_dim = 64`` the
 eval log-det is exact (to float precision) up to 64 dimensions.
 
 The inverse solves ``x = z - g(x)`` by fixed-point iteration (tolerance,
@@ -150,10 +151,13 @@ class ResidualBlock(Transform):
         lip = self.g.lipschitz_bound
         n = terms_for_bound(self.dim, lip, self.eval_tol)
         w0 = lin.weights[0]
+        batch = lin.slopes[0].shape[0] if lin.slopes else 1
+        if self.dim <= self.eval_probes:  # basis probes: exact traces, only the truncation error remains
+            probes = torch.eye(self.dim, dtype=w0.dtype, device=w0.device).unsqueeze(0)
+            return power_series_logdet(lin.jvp, probes.expand(batch, -1, -1), fixed_weights(n), basis=True)[0]
         gen = torch.Generator(device=w0.device).manual_seed(0)
         probes = sample_probes((1, self.eval_probes, self.dim), "rademacher", dtype=w0.dtype,
                                device=w0.device, generator=gen)
-        batch = lin.slopes[0].shape[0] if lin.slopes else 1
         return power_series_logdet(lin.jvp, probes.expand(batch, -1, -1), fixed_weights(n))[0]
 
     # --------------------------------------------------------------- transform
