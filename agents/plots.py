@@ -127,7 +127,8 @@ def plot_density(run_dir: str, env, density: Callable[[np.ndarray], np.ndarray],
     walls = env.layout.walls[np.floor(pts[:, 1]).astype(int), np.floor(pts[:, 0]).astype(int)].reshape(ny, nx)
     logp[walls] = np.nan
     fig, ax = plt.subplots(figsize=(5, 5))
-    im = ax.imshow(logp, extent=(x0, x1, y1, y0), cmap="magma", interpolation="nearest")
+    lo, hi = np.nanpercentile(logp, [5, 100])  # a few far-off points can reach -1e3: clip the colour scale
+    im = ax.imshow(logp, extent=(x0, x1, y1, y0), cmap="magma", interpolation="nearest", vmin=lo, vmax=hi)
     _walls(ax, env)
     fig.colorbar(im, ax=ax, fraction=0.046, label="log density of observations")
     ax.set(title="novelty model density (low = novel)")

@@ -90,6 +90,21 @@ def test_train_eval_plot_through_the_cli(tmp_path, capsys):
     assert os.path.exists(os.path.join(run_dir, "coverage.png"))
 
 
+def test_demo_agent_has_flow_policy_novelty_and_pictures(tmp_path):
+    path = os.path.join(ROOT, "configs", "demo.yaml")
+    cfg = load_config(path, tiny(path, tmp_path, steps=150, **{"run.plots": "true", "run.name": "d"}))
+    assert cfg.policy == "flow" and cfg.novelty and cfg.novelty["kind"] == "flow"
+    result = train(cfg)
+    from agents.novelty import find_novelty
+    from agents.policies import FlowSACPolicy
+
+    assert isinstance(result.model.policy, FlowSACPolicy) and find_novelty(result.model) is not None
+    rows = read_rows(os.path.join(result.run_dir, "episodes.csv"))
+    assert rows and all(float(r["intrinsic_return"]) > 0 for r in rows)
+    for png in ["learning_curves.png", "coverage.png", "novelty_density.png", "policy_samples.png"]:
+        assert os.path.getsize(os.path.join(result.run_dir, png)) > 1000
+
+
 def test_bad_config_fails_naming_the_key(tmp_path, capsys):
     demo = os.path.join(ROOT, "configs", "maze_sac.yaml")
     assert main(["train", demo, "algo.kwargs_typo=1", f"run.out_dir={tmp_path}"]) == 2
