@@ -218,8 +218,11 @@ class LipschitzMLP(nn.Module):
         return [layer.weight_sn(update) for layer in self.layers]
 
     def apply(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None,
-              slopes: bool = False) -> tuple[Tensor, Optional[Linearisation]]:
-        """``g(x, c)`` with the given normalised weights, and its :class:`Linearisation` if ``slopes``."""
+              slopes: bool = False, slopes_grad: bool = True) -> tuple[Tensor, Optional[Linearisation]]:
+        """``g(x, c)`` with the given normalised weights, and its :class:`Linearisation` if ``slopes``.
+
+        ``slopes_grad=False`` computes the activation slopes outside autograd (nothing is saved for them).
+        """
         first = self.layers[0]
         h = x @ weights[0].t() + first.bias
         if first.context_weight is not None:
@@ -228,7 +231,12 @@ class LipschitzMLP(nn.Module):
             h = h + context.to(x.dtype) @ first.context_weight.t()
         derivs = []
         for act, w, layer in zip(self.activations, weights[1:], self.layers[1:]):
-            a, d = act.value_and_slope(h)
+            if slopes and not slopes_grad:
+                a = act(h)
+                with torch.no_grad():
+                    d = act.value_and_slope(h)[1]
+            else:
+                a, d = act.value_and_slope(h)
             derivs.append(d)
             h = a @ w.t() + layer.bias
         return h, (Linearisation(weights, derivs) if slopes else None)

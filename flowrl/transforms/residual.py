@@ -161,9 +161,13 @@ class ResidualBlock(Transform):
         return power_series_logdet(lin.jvp, probes.expand(batch, -1, -1), fixed_weights(n))[0]
 
     # --------------------------------------------------------------- transform
+    def _slopes_grad(self) -> bool:
+        """Whether the log-det differentiates through the activation slopes (not with the Neumann gradient)."""
+        return self._exact() or not self.training or not self.neumann_grad
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         self._check(x)
-        gx, lin = self.g.apply(self.g.weights(), x, context, slopes=True)
+        gx, lin = self.g.apply(self.g.weights(), x, context, slopes=True, slopes_grad=self._slopes_grad())
         return x + gx, self._logdet(x, context, lin)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -188,7 +192,7 @@ class ResidualBlock(Transform):
         with torch.no_grad():
             lin_star = self.g.apply(frozen, x_star, cd, slopes=True)[1]
         x.register_hook(lambda u: self._implicit_solve(lin_star, u))
-        _, lin = self.g.apply(weights, x, context, slopes=True)
+        _, lin = self.g.apply(weights, x, context, slopes=True, slopes_grad=self._slopes_grad())
         return x, -self._logdet(x, context, lin)
 
     def _implicit_solve(self, lin: Linearisation, u: Tensor) -> Tensor:
