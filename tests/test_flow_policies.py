@@ -179,6 +179,18 @@ def test_bad_flow_settings_are_rejected(policy, kwargs, match):
         policy(_obs_space(), one_dim, lambda _: 1e-3, **kwargs)
 
 
+def test_transforms_without_an_inverse_are_rejected():
+    from agents.distributions import _check_both_directions
+
+    class DensityOnly(flowrl.Transform):
+        def forward(self, x, context=None):
+            return x, x.new_zeros(x.shape[0])
+
+    with pytest.raises(ValueError, match="does not implement inverse"):
+        _check_both_directions("density_only", flowrl.Compose([DensityOnly()]))
+    _check_both_directions("realnvp", flowrl.build_flow("realnvp", 2).transform)  # both directions: accepted
+
+
 def test_algorithms_reject_flow_policies_on_discrete_envs():
     with pytest.raises(ValueError, match="Discrete action spaces are not supported"):
         PPO(FlowActorCriticPolicy, "CartPole-v1")
