@@ -126,11 +126,20 @@ class LipSwish(nn.Module):
     def beta(self) -> Tensor:
         return F.softplus(self.raw_beta)
 
-    def value_and_slope(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(h), f'(h))`` with ``f'(h) = (s + beta h s (1 - s)) / 1.1``, ``s = sigmoid(beta h)``."""
+    def value_and_slope(self, h: Tensor, slope_grad: bool = True) -> tuple[Tensor, Tensor]:
+        """``(f(h), f'(h))`` with ``f'(h) = (s + beta h s (1 - s)) / 1.1``, ``s = sigmoid(beta h)``.
+
+        ``slope_grad=False`` computes ``f'`` outside autograd.
+        """
         b = self.beta()
         s = torch.sigmoid(b * h)
-        return h * s / 1.1, (s + b * h * s * (1 - s)) / 1.1
+        value = h * s / 1.1
+        if not slope_grad:
+            with torch.no_grad():
+                b, s, h = b.detach(), s.detach(), h.detach()
+        with torch.set_grad_enabled(slope_grad and torch.is_grad_enabled()):
+            slope = (s + b * h * s * (1 - s)) / 1.1
+        return value, slope
 
     def forward(self, h: Tensor) -> Tensor:
         return self.value_and_slope(h)[0]
@@ -231,12 +240,7 @@ class LipschitzMLP(nn.Module):
             h = h + context.to(x.dtype) @ first.context_weight.t()
         derivs = []
         for act, w, layer in zip(self.activations, weights[1:], self.layers[1:]):
-            if slopes and not slopes_grad:
-                a = act(h)
-                with torch.no_grad():
-                    d = act.value_and_slope(h)[1]
-            else:
-                a, d = act.value_and_slope(h)
+            a, d = act.value_and_slope(h, slope_grad=not slopes or slopes_grad)
             derivs.append(d)
             h = a @ w.t() + layer.bias
         return h, (Linearisation(weights, derivs) if slopes else None)
