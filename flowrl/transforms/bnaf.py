@@ -89,13 +89,16 @@ class BlockNAF(Transform):
         self.biases = nn.ParameterList()
         self.log_norms = nn.ParameterList()
         self.contexts = nn.ModuleList()
-        self.gate = nn.Parameter(torch.zeros(dim))
+        # start with sigmoid(-1) = 73 % identity: light (Gaussian-like) tails while the network learns
+        self.gate = nn.Parameter(torch.full((dim,), -1.0))
         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]):
             v = torch.empty(dim * n_out, dim * n_in)
             nn.init.uniform_(v, -1 / math.sqrt(n_in), 1 / math.sqrt(n_in))
             self.weights.append(nn.Parameter(v))
             self.biases.append(nn.Parameter(torch.zeros(dim * n_out)))
-            self.log_norms.append(nn.Parameter(torch.zeros(dim * n_out)))
+            # e^g = n_in^-1/2: a unit-norm row of n_in similar positive entries sums to n_in^1/2,
+            # so this keeps each layer's gain near 1 at initialisation (no saturated tanh start)
+            self.log_norms.append(nn.Parameter(torch.full((dim * n_out,), -0.5 * math.log(n_in))))
             if context_dim:
                 self.contexts.append(nn.Linear(context_dim, dim * n_out, bias=False))
             blocks_out = torch.arange(dim).repeat_interleave(n_out)
