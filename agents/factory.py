@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
-_WANDB_TB_POLL_S = 6.0
+_WANDB_TB_POLL_S = 10.0
 
 
 def resolve_device(device: str) -> str:
@@ -270,9 +270,10 @@ def train(
         model.logger.dump(model.num_timesteps + 1)
     model.logger.close()  # closes the TensorBoard writer, so that wandb's sync reads every event
     if wandb_run is not None:
-        # wandb-core reads the event files on a ~5 s poll and (0.31) does not read them again at
-        # finish: give it one poll after the last write, or the last scalars (or all, in a short
-        # run) never reach the run files.  tests/test_cli.py checks the offline run's history.
+        # wandb-core reads the event files on a ~5 s poll and (0.31) does not drain them at
+        # finish: give it two polls after the last write, or the last rows (all of them, in a
+        # short run) never reach the run files.  On a heavily loaded CPU the last rows can still
+        # be missed.  tests/test_cli.py checks the offline run's history.
         time.sleep(_WANDB_TB_POLL_S)
     checkpoint()
     tmp = os.path.join(run_dir, f".final_model_{os.getpid()}.zip")
