@@ -1,6 +1,6 @@
 """Online density models of observations and the pseudo-counts they give.
 
-``FlowPseudoCounter(obs_dim, flow="realnvp")`` keeps a running normaliser of
+``FlowPseudoCounter(obs_dim, flow="nsf")`` keeps a running normaliser of
 the observations, a bounded buffer of past ones and a normalizing flow fitted
 online to that buffer.  ``update(obs)`` adds observations and takes training
 steps; ``pseudo_count(obs)`` turns the density into a count and
@@ -27,7 +27,18 @@ shrinks as a state is seen more often (a discrete mixture such as CTS).  A
 flow fitted to continuous states concentrates its capacity on the frequent
 states, whose gradients stay large, so prediction gains rank states poorly;
 ``scripts/bench_pseudocounts.py`` measures every estimator against exact
-counts and the default is the best of that table.
+counts and the defaults (``flow="nsf"``, ``estimator="cell"``,
+``resolution=0.4``) are the best of that table: on 16 tight clusters visited
+1..200 times, Spearman ~0.99 and slope ~1.2 for ``cell`` on the spline flow,
+against ~0.8-0.9 for RealNVP and negative or unstable correlations for the
+prediction gains.
+
+Two training details matter for counts: the flow is fitted to observations
+jittered uniformly within a cell (``smoothing``: a box kernel of side
+``smoothing * h``, so that the density of a cell is its mass over ``h^d``
+rather than an ever sharper peak), and counts are read from a Polyak average
+of the parameters (``ema``), which removes most minibatch noise from the
+density of rarely seen states.
 
 The shared plumbing (validation, normaliser, buffer, training loop) lives in
 :class:`OnlineDensityModel`, which :class:`flowrl.rnd.RNDNovelty` reuses.
@@ -137,6 +148,15 @@ class ObservationBuffer(nn.Module):
 class OnlineDensityModel(nn.Module):
     """Observations in, training steps taken: the plumbing shared by novelty models.
 
+    Args:
+        obs_shape: shape of one observation.
+        lr: Adam step size.  batch_size: minibatch drawn from the buffer per step.
+        steps_per_update: training steps taken by each :meth:`update`.
+        buffer_size: the last ``buffer_size`` observations are kept for training.
+        clip: normalised observations are clipped to ``[-clip, clip]`` (0: no clip).
+        normalize: keep a running mean/std normaliser (else observations are used as given).
+        seed: seeds the model's initialisation and its own generator (minibatches, jitter).
+
     Subclasses implement :meth:`loss` on a batch of *normalised* observations.
     Inputs are numpy arrays or tensors of shape ``(batch, *obs_shape)``
     (a single observation of shape ``obs_shape`` is accepted too).
@@ -170,10 +190,10 @@ class OnlineDensityModel(nn.Module):
         self.normalizer = RunningNormalizer(self.obs_shape, clip=clip)
         self.buffer = ObservationBuffer(buffer_size, self.obs_shape)
         self.register_buffer("n_total", torch.zeros((), dtype=torch.float64))
-        self.generator = torch.Generator()
+        self.seed = seed
+        self.generator = torch.Generator()  # minibatches and jitter; the global RNG is left alone
         if seed is not None:
             self.generator.manual_seed(int(seed))
-            torch.manual_seed(int(seed))
         self.optimizer: Optional[torch.optim.Optimizer] = None
 
     # ------------------------------------------------------------------ input
@@ -249,7 +269,8 @@ class OnlineDensityModel(nn.Module):
     def state_dict(self, *args, **kwargs):  # type: ignore[override]
         sd = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", "")
-        sd[prefix + "_optimizer"] = None if self.optimizer is None else self.optimizer.state_dict()
+        # A copy: Adam's state dict holds references to its live step counters.
+        sd[prefix + "_optimizer"] = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
         sd[prefix + "_generator"] = self.generator.get_state()
         return sd
 
@@ -275,6 +296,8 @@ class FlowPseudoCounter(OnlineDensityModel):
         estimator: one of :data:`ESTIMATORS` (see the module docstring).
         resolution: side ``h`` of a count cell in normalised observation space.
         cell_samples: points per cell for ``estimator="cell"``.
+        smoothing: training jitter, uniform in a cell of side ``smoothing * resolution`` (0: off).
+        ema: decay of the parameter average counts are read from (0: read the trained flow).
         pg_lr: SGD step of the prediction-gain estimators (default ``lr``).
         lr, batch_size, steps_per_update, buffer_size, clip, normalize, seed:
             see :class:`OnlineDensityModel`.
@@ -284,10 +307,10 @@ class FlowPseudoCounter(OnlineDensityModel):
     def __init__(
         self,
         obs_dim: int,
-        flow: str = "realnvp",
+        flow: str = "nsf",
         *,
         estimator: str = "cell",
-        resolution: float = 0.2,
+        resolution: float = 0.4,
         cell_samples: int = 16,
         smoothing: float = 1.0,
         ema: float = 0.99,
@@ -321,7 +344,10 @@ class FlowPseudoCounter(OnlineDensityModel):
         self.obs_dim = int(obs_dim)
         self.flow_name = flow
         self.flow_kwargs = dict(flow_kwargs or {})
-        self.flow = build_flow(flow, self.obs_dim, validate_args=False, **self.flow_kwargs)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            self.flow = build_flow(flow, self.obs_dim, validate_args=False, **self.flow_kwargs)
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         self.ema = float(ema)
@@ -350,7 +376,8 @@ class FlowPseudoCounter(OnlineDensityModel):
 
     def loss(self, z: Tensor) -> Tensor:
         if self.smoothing > 0:  # box-kernel smoothing: a uniform jitter within a cell of side s * h
-            z = z + self.smoothing * self.resolution * (torch.rand_like(z) - 0.5)
+            u = torch.rand(z.shape, generator=self.generator).to(z)
+            z = z + self.smoothing * self.resolution * (u - 0.5)
         return -self.flow.log_prob(z).mean()
 
     @torch.no_grad()

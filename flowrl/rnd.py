@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -51,21 +52,24 @@ class RNDNovelty(OnlineDensityModel):
         normalize: bool = True,
         seed: Optional[int] = None,
     ):
-        if not isinstance(obs_dim, int) or obs_dim < 1:
+        if not isinstance(obs_dim, (int, np.integer)) or obs_dim < 1:
             raise ValueError(f"obs_dim must be a positive int, got {obs_dim!r}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if not 0.0 <= error_decay < 1.0:
             raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
         super().__init__(
-            (obs_dim,), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
+            (int(obs_dim),), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
             buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,
         )
-        self.obs_dim = obs_dim
+        self.obs_dim = int(obs_dim)
         self.error_decay = float(error_decay)
-        self.target = MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            self.target = MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False)
+            self.predictor = MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False)
         self.target.requires_grad_(False)
-        self.predictor = MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False)
         self.register_buffer("error_scale", torch.ones((), dtype=torch.float32))
         self.register_buffer("scale_steps", torch.zeros((), dtype=torch.long))
 

@@ -30,7 +30,7 @@ METHODS = {
 
 
 def run_one(job: tuple) -> dict:
-    method, seed, steps, beta, eval_episodes, novelty_extra = job
+    method, seed, steps, beta, eval_episodes, novelty_extra, time_limit, progress = job
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -47,12 +47,19 @@ def run_one(job: tuple) -> dict:
         def __init__(self):
             super().__init__()
             self.steps: list[int] = []
+            self.start = time.perf_counter()
 
         def _on_step(self) -> bool:
             for done, info in zip(self.locals["dones"], self.locals["infos"]):
                 if done and not info.get("TimeLimit.truncated", False):
                     self.steps.append(int(self.num_timesteps))
-            return True
+            if progress and self.num_timesteps % 500 == 0:
+                with open(progress, "a") as f:
+                    f.write(json.dumps({"method": method, "seed": seed, "t": self.num_timesteps,
+                                        "wall_s": round(time.perf_counter() - self.start, 1),
+                                        "successes": self.steps}) + "\n")
+            # A wall-time budget: stop early (the table reports the steps actually run).
+            return time_limit is None or time.perf_counter() - self.start < time_limit
 
     env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed)
     kwargs: dict = {}
@@ -65,6 +72,7 @@ def run_one(job: tuple) -> dict:
     t0 = time.perf_counter()
     model.learn(steps, callback=[*callbacks, succ])
     wall = time.perf_counter() - t0
+    steps = int(model.num_timesteps)
     eval_env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed + 1000)
     ret, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
     return {
@@ -84,9 +92,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one core each)")
     p.add_argument("--flow-options", type=json.loads, default={}, help="extra novelty options of sac+flow (JSON)")
     p.add_argument("--out", default=None, help="write the per-run results as JSON lines here")
+    p.add_argument("--time-limit", type=float, default=None, help="wall seconds per run (stops learning early)")
+    p.add_argument("--progress", default=None, help="append progress lines (every 500 steps) to this file")
     args = p.parse_args()
     extra = {"sac+flow": args.flow_options}
-    jobs = [(m, s, args.steps, args.beta, args.eval_episodes, extra) for s in args.seeds for m in args.methods]
+    jobs = [(m, s, args.steps, args.beta, args.eval_episodes, extra, args.time_limit, args.progress)
+            for s in args.seeds for m in args.methods]
     with get_context("spawn").Pool(args.jobs) as pool:
         results = []
         for r in pool.imap_unordered(run_one, jobs):
@@ -97,7 +108,7 @@ def main() -> None:
                     f.write(json.dumps(r) + "\n")
     print(f"\nMountainCarContinuous-v0, {args.steps} steps, seeds {args.seeds}, beta {args.beta}, "
           f"SB3 default SAC, {args.jobs} runs in parallel")
-    print(f"{'method':10s} {'reached goal':>12s} {'first success (per seed)':>26s} {'final det. return':>18s} "
+    print(f"{'method':10s} {'steps run':>10s} {'reached goal':>12s} {'first success (per seed)':>26s} {'final det. return':>18s} "
           f"{'ms/step':>8s} {'steps/s vs sac':>15s}")
     base = [r["steps"] / r["wall_s"] for r in results if r["method"] == "sac"]
     for m in args.methods:
@@ -108,7 +119,8 @@ def main() -> None:
         ms = np.mean([1e3 * r["wall_s"] / r["steps"] for r in rs])
         sps = np.mean([r["steps"] / r["wall_s"] for r in rs])
         ratio = f"{sps / np.mean(base):.2f}" if base else "n/a"
-        print(f"{m:10s} {reached:>5d} of {len(rs):<4d} {firsts:>26s} {rets.mean():9.1f} +- {rets.std():5.1f} "
+        ran = ",".join(str(r["steps"]) for r in rs)
+        print(f"{m:10s} {ran:>10s} {reached:>5d} of {len(rs):<4d} {firsts:>26s} {rets.mean():9.1f} +- {rets.std():5.1f} "
               f"{ms:8.1f} {ratio:>15s}")
 
 

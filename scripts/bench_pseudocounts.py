@@ -7,7 +7,7 @@ estimator the table gives the Spearman rank correlation with the true counts,
 the slope of log N_hat against log N, the pseudo-count of an unseen state
 relative to the rarest seen one, and the time to score the K states.
 
-    python scripts/bench_pseudocounts.py --flows realnvp nsf --seeds 0 1 2
+    python scripts/bench_pseudocounts.py --flows nsf realnvp --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ def main() -> None:
     p.add_argument("--spread", type=float, default=0.01)
     p.add_argument("--batch", type=int, default=8, help="observations per update call")
     p.add_argument("--steps", type=int, default=16, help="training steps per update call")
-    p.add_argument("--extra-steps", type=int, default=0, help="training steps after the stream")
-    p.add_argument("--train-batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--resolution", type=float, default=0.2)
+    p.add_argument("--extra-steps", type=int, default=1000, help="training steps after the stream")
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--resolution", type=float, default=0.4)
     args = p.parse_args()
     torch.set_num_threads(1)
-    flows = args.flows or [f for f in ("realnvp", "nice", "nsf") if f in flowrl.available_flows()]
+    flows = args.flows or [f for f in ("nsf", "realnvp", "nice") if f in flowrl.available_flows()]
     print(f"K={args.k} clusters (std {args.spread}) in {args.dim}-D, counts 1..{args.max_count}, "
           f"batches of {args.batch}, {args.steps} steps/update, seeds {args.seeds}")
     print(f"{'flow':10s} {'estimator':15s} {'spearman':>16s} {'slope':>16s} {'N(unseen)/N(rarest)':>20s} {'score ms':>9s}")

@@ -19,30 +19,43 @@ from flowrl.novelty import (
 from flowrl.rnd import RNDNovelty
 
 COUNTS = np.round(np.geomspace(1, 200, 16)).astype(int)  # 16 states visited 1..200 times
-# The setting measured by scripts/bench_pseudocounts.py (see its table for every estimator).
-COUNT_SETTING = dict(lr=1e-3, steps_per_update=16, resolution=0.4,
-                     flow_kwargs=dict(transforms=8, hidden_features=(128, 128)))
-EXTRA_STEPS = 2000
+# Default estimator (cell), flow family (nsf) and resolution; a small flow keeps the default run fast.
+# The full-size setting of scripts/bench_pseudocounts.py is checked by the slow test below.
+FAST_SETTING = dict(lr=3e-3, steps_per_update=8, batch_size=64, flow_kwargs=dict(transforms=2, hidden_features=(32, 32)))
+FULL_SETTING = dict(lr=2e-3, steps_per_update=16, batch_size=64)
+
+
+def _fit_clusters(setting: dict, extra_steps: int, seed: int):
+    """A counter fitted on a shuffled stream of 16 tight clusters fed in batches of 8."""
+    centres, stream = cluster_stream(COUNTS, dim=2, spread=0.01, seed=seed)
+    counter = FlowPseudoCounter(2, seed=seed, **setting)
+    for chunk in stream.split(8):
+        counter.update(chunk)
+    counter.train_steps(extra_steps)
+    return counter, centres
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    """A counter fitted on a shuffled stream of 16 tight clusters fed in batches of 8."""
-    centres, stream = cluster_stream(COUNTS, dim=2, spread=0.01, seed=0)
-    counter = FlowPseudoCounter(2, seed=0, **COUNT_SETTING)
-    for chunk in stream.split(8):
-        counter.update(chunk)
-    counter.train_steps(EXTRA_STEPS)
-    return counter, centres
+    return _fit_clusters(FAST_SETTING, 500, seed=0)
 
 
-def test_default_estimator_ranks_states_by_true_count(fitted):
-    counter, centres = fitted
+def _assert_counts_track_true_counts(counter, centres):
     n_hat = counter.pseudo_count(centres).numpy()
     spearman, slope = count_agreement(COUNTS, n_hat)
     assert spearman >= 0.9, (spearman, n_hat.round(1))
     assert 0.5 <= slope <= 2.0, (slope, n_hat.round(1))
     assert counter.n_total == COUNTS.sum()
+
+
+def test_default_estimator_ranks_states_by_true_count(fitted):
+    _assert_counts_track_true_counts(*fitted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_default_estimator_ranks_states_by_true_count_full_size(seed):
+    _assert_counts_track_true_counts(*_fit_clusters(FULL_SETTING, 1000, seed=seed))
 
 
 def test_unseen_state_gets_a_larger_bonus_than_the_most_visited(fitted):
@@ -66,7 +79,8 @@ def test_bonus_decreases_as_a_state_is_revisited():
     g = torch.Generator().manual_seed(0)
     background = torch.rand(256, 2, generator=g) * 4 - 2
     state = torch.tensor([[0.7, -0.3]])
-    counter = FlowPseudoCounter(2, seed=0, lr=3e-3, steps_per_update=20, flow_kwargs=dict(hidden_features=(32,)))
+    counter = FlowPseudoCounter(2, seed=0, lr=3e-3, steps_per_update=20, batch_size=64,
+                                flow_kwargs=dict(transforms=2, hidden_features=(32,)))
     counter.update(background)
     bonuses = [float(counter.bonus(state))]
     for _ in range(4):

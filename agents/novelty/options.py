@@ -26,7 +26,11 @@ class NoveltyOptions:
     key of a Dict observation to model; ``device``: of the density model.
     Flow options: ``flow``, ``flow_kwargs`` (size), ``estimator``,
     ``resolution``, ``cell_samples``, ``smoothing``, ``ema`` (see
-    :class:`flowrl.novelty.FlowPseudoCounter`). RND options:
+    :class:`flowrl.novelty.FlowPseudoCounter`).  The agent's default flow is
+    ``realnvp``, not the counter's ``nsf``: the spline flow counts better
+    (``scripts/bench_pseudocounts.py``) but its training step costs about ten
+    times more here, which every environment step pays; pass
+    ``{"flow": "nsf", "resolution": 0.4}`` to trade speed for counts.  RND options:
     ``hidden_features``, ``embedding_dim``.
     """
 
