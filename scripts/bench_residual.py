@@ -14,7 +14,6 @@ The benchmark peers are imported here only (never by the packages).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 import weakref
@@ -22,29 +21,13 @@ import weakref
 import torch
 
 import flowrl
+from flowrl.datasets import TOY_DATASETS
 from flowrl.transforms.cnf import cnf_nfe
 
 torch.set_num_threads(1)
 
 
-# ------------------------------------------------------------------ data
-def two_moons(n: int, g: torch.Generator) -> torch.Tensor:
-    t = torch.rand(n, generator=g) * math.pi
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
-    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
-    pts = torch.stack([x - 0.5, y - 0.25], 1) * 1.5
-    return pts + 0.1 * torch.randn(n, 2, generator=g)
-
-
-def eight_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
-    k = torch.randint(0, 8, (n,), generator=g)
-    ang = k.float() * (2 * math.pi / 8)
-    centres = 2.0 * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
-    return centres + 0.25 * torch.randn(n, 2, generator=g)
-
-
-DATASETS = {"two-moons": two_moons, "8-gaussians": eight_gaussians}
+DATASETS = TOY_DATASETS
 
 
 # ---------------------------------------------------------------- models

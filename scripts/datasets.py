@@ -1,6 +1,6 @@
 """Small density-estimation data sets for the benchmark scripts.
 
-* :func:`two_moons`: scikit-learn's two moons, standardised with fixed constants.
+* :func:`two_moons`: re-exported from :mod:`flowrl.datasets`.
 * :class:`Digits`: scikit-learn's bundled 8x8 digits (pixels 0..16),
   dequantised and moved to logit space, with the log-Jacobian needed to
   report densities in pixel space.
@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
-
-def two_moons(n: int, seed: int = 0, noise: float = 0.08) -> Tensor:
-    """``n`` points of scikit-learn's two moons, centred and scaled to roughly unit variance."""
-    from sklearn.datasets import make_moons
-
-    x, _ = make_moons(n, noise=noise, random_state=seed)
-    x = (x - np.array([0.5, 0.25])) / np.array([0.87, 0.5])
-    return torch.as_tensor(x, dtype=torch.float32)
+from flowrl.datasets import two_moons  # noqa: F401  (re-exported for the benchmarks)
 
 
 class Digits:

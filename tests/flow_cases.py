@@ -14,6 +14,7 @@ import torch
 
 import flowrl
 from flowrl import Flow, StandardNormal
+from flowrl.datasets import two_moons  # noqa: F401  (re-exported for the tests)
 from flowrl.registry import available_flows, available_transforms, flow_spec, transform_spec
 
 
@@ -73,15 +74,3 @@ def perturb(module: torch.nn.Module, std: float = 0.15, seed: int = 1) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
-
-
-def two_moons(n: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
-    """Two interleaved half circles with Gaussian noise, roughly centred and unit-scaled."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g, dtype=torch.float64) * torch.pi
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
-    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
-    pts = torch.stack([x - 0.5, y - 0.25], dim=1) * 1.5
-    pts = pts + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return pts.to(dtype)
