@@ -10,19 +10,15 @@ sampling direction and ``squash`` the tanh map into the action box
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from torch import Tensor
 
 import flowrl
-from flowrl import Compose, ConditionalDiagonalNormal, Flow, Inverse, StandardNormal, Transform
-from flowrl.transforms.coupling import Coupling
-from flowrl.transforms.elementwise import Affine
+from flowrl import Compose, Flow, Inverse, Transform
 
 from .squash import SquashToBox
 
@@ -79,31 +75,6 @@ def _check_both_directions(name: str, transform: Transform) -> None:
                 )
 
 
-def _one_dim_realnvp(
-    context_dim: int,
-    base: str,
-    transforms: int = 4,
-    hidden_features: Sequence[int] | int = (64, 64),
-    scale_bound: float = 3.0,
-    permutation: str = "alternate",
-    base_hidden_features: Sequence[int] | int = (64,),
-) -> tuple[Transform, Any]:
-    """RealNVP over a single action: with nothing to split, every coupling transforms the one
-    coordinate with ``x * exp(s(c)) + t(c)`` whose parameters come from the context alone
-    (what :func:`flowrl.transforms.coupling.alternating_mask` documents for ``dim == 1``;
-    ``flowrl``'s ``realnvp`` builder itself requires ``dim >= 2``)."""
-    del permutation  # no order to permute in one dimension
-    if transforms < 1:
-        raise ValueError(f"transforms must be >= 1, got {transforms}")
-    no_split = torch.zeros(1, dtype=torch.bool)
-    layers = [Coupling(no_split, Affine(scale_bound), context_dim, hidden_features) for _ in range(transforms)]
-    if base == "conditional":
-        base_dist = ConditionalDiagonalNormal(1, context_dim, base_hidden_features)
-    else:
-        base_dist = StandardNormal(1)
-    return Compose(layers), base_dist
-
-
 def build_action_flow(
     flow: str,
     action_dim: int,
@@ -133,19 +104,9 @@ def build_action_flow(
     if not spec.vector:
         raise ValueError(f"flow {flow!r} works on images only and cannot model a vector of actions")
     if action_dim < spec.min_dim:
-        if flow == "realnvp" and action_dim == 1:
-            accepted = set(inspect.signature(_one_dim_realnvp).parameters) - {"context_dim", "base"}
-            unknown = sorted(set(kwargs) - accepted)
-            if unknown:
-                raise ValueError(f"flow 'realnvp' got unknown keyword argument(s) {unknown}; accepted: {sorted(accepted)}")
-            transform, base_dist = _one_dim_realnvp(context_dim, base, **kwargs)
-        else:
-            raise ValueError(
-                f"flow {flow!r} needs at least {spec.min_dim} action dimensions, the action space has {action_dim}"
-            )
-    else:
-        inner = flowrl.build_flow(flow, action_dim, context_dim, base=base, validate_args=False, **kwargs)
-        transform, base_dist = inner.transform, inner.base
+        raise ValueError(f"flow {flow!r} needs at least {spec.min_dim} action dimensions, the action space has {action_dim}")
+    inner = flowrl.build_flow(flow, action_dim, context_dim, base=base, validate_args=False, **kwargs)
+    transform, base_dist = inner.transform, inner.base
     _check_both_directions(flow, transform)
     if direction == "sample":
         transform = Inverse(transform)

@@ -166,7 +166,7 @@ def test_unsupported_action_spaces_are_rejected(policy, action_space, match):
         (dict(flow="no_such_flow"), "unknown flow 'no_such_flow'"),
         (dict(flow="realnvp", base="uniform"), "unknown base 'uniform'"),
         (dict(flow="realnvp", direction="sideways"), "unknown direction 'sideways'"),
-        (dict(flow="nice"), "needs at least 2 action dimensions"),
+        (dict(flow="glow"), "needs at least 2 action dimensions"),
         (dict(flow="realnvp", flow_kwargs=dict(context_dim=4)), "may not set 'context_dim'"),
         (dict(flow="realnvp", flow_kwargs=dict(depth=4)), "unknown keyword argument"),
         (dict(flow="realnvp", use_sde=True), "use_sde"),

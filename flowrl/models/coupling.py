@@ -19,7 +19,7 @@ def _check_layers(transforms: int) -> None:
         raise ValueError(f"transforms must be >= 1, got {transforms}")
 
 
-@register_flow("nice", min_dim=2, test_kwargs=_SMALL)
+@register_flow("nice", test_kwargs=_SMALL)
 def build_nice(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -37,7 +37,7 @@ def build_nice(
     return Compose(layers)
 
 
-@register_flow("realnvp", image=True, min_dim=2, test_kwargs=_SMALL)
+@register_flow("realnvp", image=True, test_kwargs=_SMALL)
 def build_realnvp(
     shape: tuple[int, ...],
     context_dim: int = 0,

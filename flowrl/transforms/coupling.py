@@ -25,9 +25,11 @@ def alternating_mask(dim: int, parity: int) -> Tensor:
     """Boolean mask of the identity half: ``True`` at positions ``i`` with ``i % 2 == parity``.
 
     For ``dim == 1`` there is nothing to split: the mask is all ``False``
-    and the coupling becomes an unconditional elementwise map (its
-    parameters then come from the context alone, or from a constant).
+    and the coupling becomes an elementwise map whose parameters come from
+    the context alone (or are learned constants without a context).
     """
+    if dim == 1:
+        return torch.zeros(1, dtype=torch.bool)
     return (torch.arange(dim) % 2) == parity
 
 
