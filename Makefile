@@ -7,10 +7,15 @@ STAMP := .make/installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0 || $(PYTHON) -m pip install --quiet "torch>=2.2"
-	$(PYTHON) -m pip install --quiet -e ".[test,bench]"
+	$(PYTHON) -m pip install --quiet -e ".[test]"
 	@mkdir -p .make && touch $(STAMP)
 
 install: $(STAMP)
+
+# Benchmarks compare against zuko, nflows and normflows: installed only here.
+bench: $(STAMP)
+	$(PYTHON) -m pip install --quiet -e ".[bench]"
+	@echo "benchmarks: python scripts/bench_<topic>.py --help"
 
 demo: $(STAMP)
 	$(PYTHON) scripts/demo.py $(DEMO_ARGS)

@@ -177,7 +177,9 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="estimator"):
         FlowPseudoCounter(3, estimator="nope")
     with pytest.raises(ValueError, match="obs_dim"):
-        FlowPseudoCounter(1, "realnvp")
+        FlowPseudoCounter(1, "glow")  # glow needs at least 2 features
+    with pytest.raises(ValueError, match="obs_dim"):
+        FlowPseudoCounter(0)
     with pytest.raises(ValueError, match="unknown flow"):
         FlowPseudoCounter(2, "no-such-flow")
     assert counter.bonus(np.zeros(3)).shape == (1,)  # a single observation is a batch of one
