@@ -17,6 +17,11 @@
 
 An :class:`InversionError` is raised when the bracket cannot be found or the
 iteration does not reach the tolerance.
+
+:func:`fixed_point` iterates ``x <- y - g(x)`` for contractive residual maps
+``y = x + g(x)``: if ``Lip(g) <= L < 1`` it converges (Banach), and after a
+step of size ``s`` the error is at most ``s L / (1 - L)``; it raises
+:class:`FixedPointError` (an :class:`InversionError`) when it does not.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["InversionError", "invert_monotone", "default_tolerance"]
+__all__ = [
+    "InversionError",
+    "invert_monotone",
+    "default_tolerance",
+    "FixedPointError",
+    "fixed_point",
+    "fixed_point_tolerance",
+]
 
 MonotoneFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -121,3 +133,46 @@ def invert_monotone(
     f_star, logd_star = fn(x_star)
     x = x_star - (f_star - y) * torch.exp(-logd_star)  # one differentiable Newton step
     return x, -fn(x)[1]
+
+
+class FixedPointError(InversionError):
+    """Raised when a fixed-point iteration does not reach its tolerance within its iteration cap."""
+
+
+def fixed_point_tolerance(dtype: torch.dtype) -> float:
+    """Relative step tolerance of :func:`fixed_point`: ``1e-12`` in float64, ``1e-6`` in float32/16."""
+    return 1e-12 if dtype == torch.float64 else 1e-6
+
+
+def fixed_point(
+    step: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    *,
+    tol: Optional[float] = None,
+    max_iter: int = 1000,
+) -> tuple[Tensor, int]:
+    """Iterate ``x <- step(x)`` from ``x0`` until every entry moves by at most ``tol * (1 + |x|)``.
+
+    Returns ``(x, iterations)``.  Raises :class:`FixedPointError` (naming the
+    remaining step size) when ``max_iter`` iterations do not suffice or the
+    iterates become non-finite.
+    """
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    tol = fixed_point_tolerance(x0.dtype) if tol is None else float(tol)
+    x = x0
+    gap = float("inf")
+    for it in range(1, max_iter + 1):
+        new = step(x)
+        diff = (new - x).abs()
+        x = new
+        if not bool(torch.isfinite(x).all()):
+            raise FixedPointError(f"fixed-point iteration diverged (non-finite values) after {it} iterations")
+        excess = diff - tol * (1.0 + x.abs())
+        if bool((excess <= 0).all()):
+            return x, it
+        gap = float(diff.max())
+    raise FixedPointError(
+        f"fixed-point iteration did not converge in {max_iter} iterations: last step {gap:.3e}, "
+        f"tolerance {tol:.1e} (relative); is the map contractive (Lip < 1)?"
+    )

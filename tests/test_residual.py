@@ -18,7 +18,7 @@ from flowrl.estimators import (
     sample_probes,
     truncation_error_bound,
 )
-from flowrl.inversion_fixed_point import FixedPointError, fixed_point
+from flowrl.inversion import FixedPointError, fixed_point
 from flowrl.spectral import LipschitzMLP, SpectralLinear
 from flowrl.transforms.residual import ResidualBlock
 

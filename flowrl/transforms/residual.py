@@ -26,7 +26,7 @@ deviation (over the probe draw) is at most ``sqrt(2 D / m) (-log(1 - L))``.  Wit
 eval log-det is exact (to float precision) up to 64 dimensions.
 
 The inverse solves ``x = z - g(x)`` by fixed-point iteration (tolerance,
-iteration cap, :class:`~flowrl.inversion_fixed_point.FixedPointError`); it is
+iteration cap, :class:`~flowrl.inversion.FixedPointError`); it is
 differentiable by implicit differentiation: ``dx = (I + J_g)^{-1}(dz - dg)``.
 """
 
@@ -46,7 +46,7 @@ from ..estimators import (
     sample_probes,
     terms_for_bound,
 )
-from ..inversion_fixed_point import fixed_point
+from ..inversion import fixed_point
 from ..spectral import Linearisation, LipschitzMLP
 
 __all__ = ["ResidualBlock"]
