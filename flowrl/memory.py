@@ -72,6 +72,9 @@ __all__ = [
     "memory_saving",
     "memory_saving_call",
     "flatten_blocks",
+    "merge_blocks",
+    "segment_blocks",
+    "SEGMENT_STEPS",
     "check_invertible",
     "enable",
     "reconstruction_drift",
@@ -90,6 +93,11 @@ class Block:
     """One step of a flattened stack: ``apply`` runs it, ``reconstruct`` undoes it."""
 
     analytic_inverse: bool = True
+
+    @property
+    def keeps_input(self) -> bool:
+        """Whether rebuilding this step's input costs far more than running it (then it is stored)."""
+        return False
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -113,6 +121,11 @@ class TransformBlock(Block):
     def analytic_inverse(self) -> bool:  # type: ignore[override]
         return bool(self.module.analytic_inverse)
 
+    @property
+    def keeps_input(self) -> bool:  # type: ignore[override]
+        # reconstruct runs the module's other direction: forward when inverted, else inverse
+        return bool(getattr(self.module, "sequential_forward" if self.inverted else "sequential_inverse", False))
+
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return self.module.inverse(x, context) if self.inverted else self.module(x, context)
 
@@ -134,6 +147,10 @@ class ConjugatedBlock(Block):
     @property
     def analytic_inverse(self) -> bool:  # type: ignore[override]
         return self.block.analytic_inverse
+
+    @property
+    def keeps_input(self) -> bool:  # type: ignore[override]
+        return self.block.keeps_input
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         y, ld = self.block.apply(self.fn(x), context)
@@ -158,6 +175,10 @@ class SlicedBlock(Block):
     def analytic_inverse(self) -> bool:  # type: ignore[override]
         return self.block.analytic_inverse
 
+    @property
+    def keeps_input(self) -> bool:  # type: ignore[override]
+        return self.block.keeps_input
+
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         y, ld = self.block.apply(x[:, : self.keep], context)
         return torch.cat([y, x[:, self.keep:]], dim=1), ld
@@ -168,6 +189,89 @@ class SlicedBlock(Block):
 
     def submodules(self) -> list[nn.Module]:
         return self.block.submodules()
+
+
+@dataclass(frozen=True)
+class SegmentBlock(Block):
+    """Consecutive steps recomputed as one unit: ``y = b_n o ... o b_1 (x)``, one autograd graph in backward."""
+
+    blocks: tuple[Block, ...]
+
+    @property
+    def analytic_inverse(self) -> bool:  # type: ignore[override]
+        return all(b.analytic_inverse for b in self.blocks)
+
+    @property
+    def keeps_input(self) -> bool:  # type: ignore[override]
+        return any(b.keeps_input for b in self.blocks)
+
+    def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        return _run_plain(list(self.blocks), x, context)
+
+    def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        total = y.new_zeros(y.shape[0])
+        for b in reversed(self.blocks):
+            y, ld = b.reconstruct(y, context)
+            total = total + ld
+        return y, total
+
+    def submodules(self) -> list[nn.Module]:
+        return [m for b in self.blocks for m in b.submodules()]
+
+
+#: steps per recompute segment: one autograd graph per segment in backward (peak memory is one
+#: segment's activations, still independent of depth); amortises the per-step Python/autograd overhead
+SEGMENT_STEPS = 4
+
+
+def _same_wrapper(a: Block, b: Block) -> bool:
+    if isinstance(a, ConjugatedBlock) and isinstance(b, ConjugatedBlock):
+        return a.fn is b.fn and a.inverse_fn is b.inverse_fn
+    return isinstance(a, SlicedBlock) and isinstance(b, SlicedBlock) and a.keep == b.keep
+
+
+def merge_blocks(blocks: list[Block]) -> Block:
+    """One block running ``blocks`` in order, with shared reshuffles done once.
+
+    Consecutive steps of one ``Squeezed`` level (``unsqueeze o b o squeeze``) become
+    ``unsqueeze o (b_n o ... o b_1) o squeeze`` and consecutive steps on the same
+    kept channels of a ``FactorOut`` slice and concatenate once; recursively.
+    """
+    runs: list[list[Block]] = []
+    for b in blocks:
+        if runs and _same_wrapper(runs[-1][-1], b):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    merged: list[Block] = []
+    for run in runs:
+        first = run[0]
+        if len(run) == 1:
+            merged.append(first)
+        elif isinstance(first, ConjugatedBlock):
+            merged.append(ConjugatedBlock(merge_blocks([b.block for b in run]), first.fn, first.inverse_fn))
+        else:
+            merged.append(SlicedBlock(merge_blocks([b.block for b in run]), first.keep))  # type: ignore[attr-defined]
+    return merged[0] if len(merged) == 1 else SegmentBlock(tuple(merged))
+
+
+def segment_blocks(blocks: list[Block], steps: Optional[int] = None) -> list[Block]:
+    """Cut the flat stack into recompute segments of at most ``steps`` steps (merged with :func:`merge_blocks`).
+
+    ``steps`` defaults to :data:`SEGMENT_STEPS`.  A step that keeps its input (its
+    reconstruction is sequential: ``keeps_input``) starts a new segment, whose
+    stored input then serves the whole segment.
+    """
+    steps = SEGMENT_STEPS if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"a recompute segment needs at least 1 step, got {steps}")
+    segments: list[list[Block]] = []
+    for b in blocks:
+        if not segments or b.keeps_input or len(segments[-1]) >= steps:
+            segments.append([b])
+        else:
+            segments[-1].append(b)
+    return [merge_blocks(seg) for seg in segments]
 
 
 def flatten_blocks(transform: Transform, inverted: bool = False) -> list[Block]:
@@ -300,13 +404,23 @@ class _MemorySavingStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: _Plan, x: Tensor, context: Optional[Tensor], *params: Tensor):  # type: ignore[override]
-        y, logdet = _run_plain(plan.blocks, x, context)
+        # the stack's input and the inputs of steps whose reconstruction is sequential are kept
+        kept: list[Tensor] = []
+        kept_at: list[int] = []
+        y, logdet = x, x.new_zeros(x.shape[0])
+        for k, block in enumerate(plan.blocks):
+            if k == 0 or block.keeps_input:
+                kept.append(y)
+                kept_at.append(k)
+            y, ld = block.apply(y, context)
+            logdet = logdet + ld
         if y is x:
             y = y.clone()
         ctx.plan = plan
+        ctx.kept_at = kept_at
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.save_for_backward(y, context)
+        ctx.save_for_backward(y, context, *kept)
         return y, logdet
 
     @staticmethod
@@ -314,7 +428,8 @@ class _MemorySavingStack(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
         plan: _Plan = ctx.plan
-        y, context = ctx.saved_tensors
+        y, context, *kept_tensors = ctx.saved_tensors
+        kept = dict(zip(ctx.kept_at, kept_tensors))
         need_context = bool(ctx.needs_input_grad[2])
         grad_params: list[Optional[Tensor]] = [None] * (len(ctx.needs_input_grad) - 3)
         grad_context: Optional[Tensor] = None
@@ -322,8 +437,11 @@ class _MemorySavingStack(torch.autograd.Function):
         for k in reversed(range(len(plan.blocks))):
             block = plan.blocks[k]
             # rebuild and recompute under the forward pass's autocast (mixed precision) state
-            with torch.no_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
-                x = block.reconstruct(y, context)[0]
+            if k in kept:
+                x = kept[k]
+            else:
+                with torch.no_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
+                    x = block.reconstruct(y, context)[0]
             need_x = k > 0 or bool(ctx.needs_input_grad[1])
             with torch.enable_grad(), torch.autocast(device, autocast_dtype, enabled=autocast_on):
                 x_in = x.detach().requires_grad_(need_x)
@@ -361,7 +479,7 @@ def memory_saving_call(
 ) -> tuple[Tensor, Tensor]:
     """Apply ``transform`` (or its inverse) to ``x``, storing only the output for backward."""
     blocks = flatten_blocks(transform, inverted=inverse)
-    plan, params = _plan(blocks)
+    plan, params = _plan(segment_blocks(blocks))
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or (context is not None and context.requires_grad) or len(params) > 0
     )

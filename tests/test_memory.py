@@ -394,3 +394,107 @@ def test_memory_saving_on_cuda_matches_the_cpu_plain_stack(name, shape):
     for (n, p), q in zip(plain.named_parameters(), saving.parameters()):
         assert q.grad.device.type == "cuda"
         assert torch.allclose(p.grad, q.grad.cpu(), atol=1e-8, rtol=1e-6), n
+
+
+# ------------------------------------------------- mixed strategy: sequential reconstructions are not run
+def _count_calls(monkeypatch, cls, name: str) -> dict:
+    calls = {"n": 0}
+    original = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("name,direction", [("maf", "density"), ("iaf", "sampling")])
+def test_sequential_direction_is_never_run_to_rebuild_inputs(monkeypatch, name, direction):
+    from flowrl.transforms.autoregressive import MaskedAutoregressive
+
+    plain, saving = _pair(name, (4,), 2, torch.float64)
+    assert any(b.keeps_input for b in flatten_blocks(saving.transform, inverted=direction == "sampling"))
+    calls = _count_calls(monkeypatch, MaskedAutoregressive, "inverse")
+    grads = _gradients(saving, direction, 2, torch.float64)
+    assert calls["n"] == 0, "the D-pass inverse was run although the layer's input is stored"
+    _assert_close(_gradients(plain, direction, 2, torch.float64), grads, torch.float64)
+
+
+def _maf_saved_bytes(name: str, depth: int, saving: bool, direction: str, batch: int = 64, dim: int = 8) -> int:
+    torch.manual_seed(0)
+    flow = flowrl.build_flow(name, dim, 2, transforms=depth, hidden_features=(16,), memory_saving=saving)
+    c = torch.randn(batch, 2)
+    with SavedTensorMeter() as meter:
+        if direction == "density":
+            loss = -flow.log_prob(torch.randn(batch, dim), c).mean()
+        else:
+            xs, lp = flow.rsample_and_log_prob(1, c)
+            loss = (xs ** 2).sum() + lp.sum()
+    loss.backward()
+    return meter.bytes
+
+
+@pytest.mark.parametrize("name,direction", [("maf", "density"), ("iaf", "sampling")])
+def test_kept_inputs_are_the_only_memory_that_grows_with_depth(name, direction):
+    """Memory grows by one (batch, D) input per autoregressive layer, far below the plain stack's growth."""
+    batch, dim = 64, 8
+    saving = {d: _maf_saved_bytes(name, d, True, direction, batch, dim) for d in (2, 10)}
+    plain = {d: _maf_saved_bytes(name, d, False, direction, batch, dim) for d in (2, 10)}
+    per_layer = batch * dim * 4
+    growth = (saving[10] - saving[2]) / 8
+    assert abs(growth - per_layer) <= 0.1 * per_layer, (saving, per_layer)
+    assert (plain[10] - plain[2]) / 8 > 5 * per_layer, plain
+
+
+# ------------------------------------------------- recompute segments
+class _ChannelAffine(Transform):
+    """``y = x * exp(s_c) + t_c`` per channel of an image; ``log|det| = H W sum_c s_c``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(0.3 * torch.randn(channels))
+        self.shift = torch.nn.Parameter(torch.randn(channels))
+
+    def forward(self, x, context=None):
+        s, t = self.log_scale.view(1, -1, 1, 1), self.shift.view(1, -1, 1, 1)
+        return x * s.exp() + t, (self.log_scale.sum() * x.shape[2] * x.shape[3]).expand(x.shape[0])
+
+    def inverse(self, z, context=None):
+        s, t = self.log_scale.view(1, -1, 1, 1), self.shift.view(1, -1, 1, 1)
+        return (z - t) * (-s).exp(), (-self.log_scale.sum() * z.shape[2] * z.shape[3]).expand(z.shape[0])
+
+
+def test_segments_merge_shared_squeezes_and_slices():
+    from flowrl.memory import ConjugatedBlock, SegmentBlock, SlicedBlock, merge_blocks, segment_blocks
+    from flowrl.transforms.multiscale import squeeze, unsqueeze
+
+    torch.manual_seed(0)
+    layers = [_ChannelAffine(8) for _ in range(4)]
+    inner = [flowrl.memory.TransformBlock(t, False) for t in layers]
+    sliced = [SlicedBlock(b, 8) for b in inner]
+    merged = merge_blocks([ConjugatedBlock(b, squeeze, unsqueeze) for b in sliced])
+    assert isinstance(merged, ConjugatedBlock) and isinstance(merged.block, SlicedBlock)
+    assert isinstance(merged.block.block, SegmentBlock) and len(merged.block.block.blocks) == 4
+    x = torch.randn(5, 4, 4, 4)  # squeezed to (16, 2, 2); the first 8 channels go through the couplings
+    y_ref, ld_ref = x, torch.zeros(5)
+    for b in sliced:
+        y_ref, ld = ConjugatedBlock(b, squeeze, unsqueeze).apply(y_ref, None)
+        ld_ref = ld_ref + ld
+    with torch.no_grad():
+        y, ld = merged.apply(x, None)
+        x_back, _ = merged.reconstruct(y, None)
+    assert torch.allclose(y, y_ref, atol=1e-6) and torch.allclose(ld, ld_ref, atol=1e-5)
+    assert torch.allclose(x_back, x, atol=1e-5)
+    assert [len(s.blocks) if isinstance(s, SegmentBlock) else 1 for s in segment_blocks(inner * 3, 5)] == [5, 5, 2]
+    with pytest.raises(ValueError, match="at least 1 step"):
+        segment_blocks(inner, 0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 100])
+def test_glow_gradients_match_for_every_segment_length(monkeypatch, steps):
+    monkeypatch.setattr(flowrl.memory, "SEGMENT_STEPS", steps)
+    plain, saving = _pair("glow", IMAGE_SHAPE, 0, torch.float64)
+    for direction in ("density", "sampling"):
+        _assert_close(_gradients(plain, direction, 0, torch.float64, batch=3),
+                      _gradients(saving, direction, 0, torch.float64, batch=3), torch.float64)

@@ -37,6 +37,9 @@ class MaskedAutoregressive(Transform):
         numerical_inverse: whether ``tau``'s inverse is numerical.
     """
 
+    #: cost hint: ``inverse`` takes ``D`` sequential passes (memory-saving backprop stores this layer's input)
+    sequential_inverse = True
+
     def __init__(
         self,
         dim: int,
