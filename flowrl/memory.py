@@ -7,21 +7,40 @@ output: for ``k = K .. 1``, ``x_{k-1} = f_k^{-1}(x_k)`` (no grad), then the loca
 graph ``(x_k, ld_k) = f_k(x_{k-1})`` is recomputed with grad enabled and
 ``autograd.grad`` carries ``dL/dx_k`` and ``dL/d ld_k`` to ``dL/dx_{k-1}``, the
 context and the block's parameters.  Only the stack's output (and the
-context) are saved for backward, so saved memory is independent of depth; one
-block's graph is alive at a time during backward.
+context, and the stack's input) are saved for backward, so saved memory is
+independent of depth; one block's (segment's, below) graph is alive at a time
+during backward.
 
 The sampling direction works the same way with the roles swapped (apply
 ``f_k^{-1}``, reconstruct with ``f_k``), which is what
 :meth:`flowrl.Flow.rsample_and_log_prob` uses.
 
-Cost: one forward without grad, then per block one reconstruction (the other
-direction, no grad) plus the usual forward-with-grad and backward, i.e. about
-two extra passes per block compared with plain backprop (measured on CPU:
-1.5-1.7x the plain training step for RealNVP and NSF, 1.9-2.7x for multi-scale
-Glow, whose steps are small and whose squeezes are redone per step).  Where
-the reconstruction direction is the expensive one (training a MAF by density
-rebuilds inputs with its ``D``-pass inverse, an IAF by sampling likewise) the
-overhead is that direction's cost (about 5x for ``D = 16``).
+Recompute segments: the flat stack is cut into segments of
+:data:`SEGMENT_STEPS` consecutive steps (e.g. a Glow step's ActNorm, 1x1
+convolution and coupling plus the next step's ActNorm); backward rebuilds and
+recomputes a whole segment at once, with one ``autograd.grad`` call, and the
+reshuffles shared by its steps (a ``Squeezed`` level's squeeze/unsqueeze, a
+``FactorOut``'s slice and concatenation) are done once per segment instead of
+once per step.  Peak memory in backward is one segment's graph, which does not
+depend on depth.
+
+Mixed strategy for sequential reconstructions: a step whose reconstruction
+direction takes ``D`` sequential passes (a transform with the cost hint
+``sequential_inverse = True``, e.g. ``MaskedAutoregressive`` in density
+training; ``sequential_forward = True`` for the sampling direction; an IAF is
+``Inverse`` of such layers, so its sampling training rebuilds with their
+inverse too) keeps its input instead: the forward pass stores it and backward
+starts that segment from it.  Saved memory then grows with depth by those
+steps' inputs only (one ``(batch, D)`` tensor per autoregressive layer, not its
+conditioner's activations); the stack's input is kept too (one tensor,
+independent of depth), which spares rebuilding the first segment.
+
+Cost: one forward without grad, then per segment one reconstruction (the
+other direction, no grad; skipped for kept inputs) plus the usual
+forward-with-grad and backward, i.e. at most two extra passes compared with
+plain backprop.  Measured on CPU with ``scripts/bench_memory.py`` (process CPU
+time, memory-saving / plain, depths 1-64): RealNVP 1.3-1.5x, Glow 3x8x8 and
+3x16x16 1.7-1.8x, MAF density and IAF sampling 1.1-1.4x (mixed strategy).
 
 Numerical drift: a reconstructed input differs from the true activation by the
 round-off of the inverse, and that error is carried (and amplified by each
@@ -495,8 +514,10 @@ def reconstruction_drift(
     """Max-abs error of each reconstructed activation, from the last block's input back to ``x``.
 
     Runs the stack storing every activation ``x_0 .. x_K``, then rebuilds
-    ``x_{K-1} .. x_0`` from ``x_K`` exactly as the memory-saving backward does;
-    entry ``j`` is ``max |x_rebuilt - x_true|`` after ``j + 1`` reconstructions.
+    ``x_{K-1} .. x_0`` from ``x_K`` step by step with each step's reconstruction;
+    entry ``j`` is ``max |x_rebuilt - x_true|`` after ``j + 1`` reconstructions.  Every
+    step is rebuilt here; the memory-saving backward restarts from the stored input
+    at the stack's first step and at steps that keep their input, so its error is at most this.
     """
     blocks = flatten_blocks(transform, inverted=inverse)
     acts = [x]
