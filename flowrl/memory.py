@@ -39,8 +39,9 @@ Cost: one forward without grad, then per segment one reconstruction (the
 other direction, no grad; skipped for kept inputs) plus the usual
 forward-with-grad and backward, i.e. at most two extra passes compared with
 plain backprop.  Measured on CPU with ``scripts/bench_memory.py`` (process CPU
-time, memory-saving / plain, depths 1-64): RealNVP 1.3-1.5x, Glow 3x8x8 and
-3x16x16 1.7-1.8x, MAF density and IAF sampling 1.1-1.4x (mixed strategy).
+time, memory-saving / plain, depths 1-64): RealNVP 1.4-1.6x, Glow 3x8x8 and
+3x16x16 1.5-1.7x, MAF density and IAF sampling 1.1-1.5x (mixed strategy; before
+it, 5x: the rebuild ran the ``D``-pass inverse).
 
 Numerical drift: a reconstructed input differs from the true activation by the
 round-off of the inverse, and that error is carried (and amplified by each
