@@ -44,6 +44,7 @@ class PointMaze(gym.Env):
         max_speed: largest displacement per axis and step, in cells.
         max_episode_steps: episode length before truncation.
         goal_radius: success distance to the goal centre, in cells.
+        goal_reward: reward of the step that reaches the goal (every other step gives 0).
         agent_radius: half-size of the agent's square, in cells (< 0.5).
         start_noise: the start is drawn uniformly within this distance (per
             axis) of ``S``'s centre; 0 gives a fixed start.
@@ -60,6 +61,7 @@ class PointMaze(gym.Env):
         max_speed: float = 0.25,
         max_episode_steps: int = 200,
         goal_radius: float = 0.5,
+        goal_reward: float = 1.0,
         agent_radius: float = 0.1,
         start_noise: float = 0.0,
         render_mode: Optional[str] = None,
@@ -84,6 +86,7 @@ class PointMaze(gym.Env):
         self.max_speed = float(max_speed)
         self.max_episode_steps = int(max_episode_steps)
         self.goal_radius = float(goal_radius)
+        self.goal_reward = float(goal_reward)
         self.agent_radius = float(agent_radius)
         self.start_noise = float(start_noise)
         self.render_mode = render_mode
@@ -150,7 +153,7 @@ class PointMaze(gym.Env):
         self._t += 1
         success = self._at_goal()
         truncated = self._t >= self.max_episode_steps and not success
-        return self._obs(), float(success), success, truncated, self._info(success)
+        return self._obs(), self.goal_reward if success else 0.0, success, truncated, self._info(success)
 
     def render(self) -> Optional[np.ndarray]:
         if self.render_mode != "rgb_array":

@@ -106,8 +106,9 @@ def test_diagonal_gap_cannot_be_cut():
     assert np.all(env.position < 2.0)
 
 
-def test_goal_ends_the_episode_with_reward_one():
-    env = PointMaze(["#####", "#S.G#", "#####"], max_speed=0.5)
+@pytest.mark.parametrize("goal_reward", [1.0, 10.0])
+def test_goal_ends_the_episode_with_the_goal_reward(goal_reward):
+    env = PointMaze(["#####", "#S.G#", "#####"], max_speed=0.5, goal_reward=goal_reward)
     env.reset(seed=0)
     rewards, terminated = [], False
     for _ in range(10):
@@ -115,7 +116,7 @@ def test_goal_ends_the_episode_with_reward_one():
         rewards.append(r)
         if terminated:
             break
-    assert terminated and info["is_success"] and rewards[-1] == 1.0 and sum(rewards) == 1.0
+    assert terminated and info["is_success"] and rewards[-1] == goal_reward and sum(rewards) == goal_reward
 
 
 def test_truncation_and_fixed_start():
