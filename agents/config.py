@@ -56,7 +56,7 @@ class RunConfig(_Strict):
     log_every: int = Field(1000, ge=1, description="env steps between rows of metrics.csv")
     progress_bar: bool = True
     plots: bool = True
-    tensorboard: bool = Field(False, description="write TensorBoard logs (forced on with wandb)")
+    tensorboard: bool = Field(False, description="write TensorBoard logs (wandb gets the scalars directly either way)")
     verbose: int = Field(0, ge=0, le=2)
 
 

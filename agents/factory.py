@@ -37,7 +37,13 @@ from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.logger import (
+    CSVOutputFormat,
+    HumanOutputFormat,
+    KVWriter,
+    Logger,
+    TensorBoardOutputFormat,
+)
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
@@ -54,7 +60,6 @@ __all__ = [
 ]
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
-_WANDB_TB_POLL_S = 10.0
 
 
 def resolve_device(device: str) -> str:
@@ -173,10 +178,35 @@ def _new_run_dir(cfg: TrainConfig, config_name: str) -> str:
     return path
 
 
-def _logger(run_dir: str, cfg: TrainConfig, csv_name: str) -> Logger:
-    formats = [CSVOutputFormat(os.path.join(run_dir, csv_name))]
-    if cfg.run.tensorboard or cfg.wandb:
+class WandbOutputFormat(KVWriter):
+    """SB3 logger output that sends every numeric scalar to a wandb run at SB3's step.
+
+    wandb's SB3 integration forwards SB3's scalars only by syncing TensorBoard
+    event files, which wandb-core polls in the background and (0.31) does not
+    drain when the run finishes, so the last rows of a run, or all rows of a
+    short one, can be lost.  Logging through the SB3 logger itself is
+    synchronous: every dumped row reaches the run.
+    """
+
+    def __init__(self, run: Any):
+        self.run = run
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        row = {k: float(v) for k, v in key_values.items()
+               if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
+        if row:
+            self.run.log(row, step=int(step))
+
+    def close(self) -> None:
+        pass
+
+
+def _logger(run_dir: str, cfg: TrainConfig, csv_name: str, wandb_run: Any = None) -> Logger:
+    formats: list[KVWriter] = [CSVOutputFormat(os.path.join(run_dir, csv_name))]
+    if cfg.run.tensorboard:
         formats.append(TensorBoardOutputFormat(os.path.join(run_dir, "tensorboard")))
+    if wandb_run is not None:
+        formats.append(WandbOutputFormat(wandb_run))
     if cfg.run.verbose:
         formats.append(HumanOutputFormat(sys.stdout))
     return Logger(run_dir, formats)
@@ -188,14 +218,11 @@ def _start_wandb(cfg: TrainConfig, run_dir: str):
 
     id_file = os.path.join(run_dir, "wandb_id.txt")
     run_id = open(id_file).read().strip() if os.path.exists(id_file) else None
-    # Name the TensorBoard root up front: without it wandb's sync waits 10 s to infer the root
-    # and a short run can finish before any scalar is read (the run then has no SB3 metrics).
-    if wandb.patched["tensorboard"]:
-        wandb.tensorboard.unpatch()
-    wandb.tensorboard.patch(root_logdir=os.path.join(run_dir, "tensorboard"))
+    # SB3's scalars go to the run through WandbOutputFormat (synchronous), not through
+    # sync_tensorboard, whose background reader can miss the last rows of a run.
     run = wandb.init(
         project=cfg.wandb_project, name=os.path.basename(run_dir), dir=run_dir, id=run_id, resume="allow",
-        config=cfg.model_dump(mode="json"), sync_tensorboard=True,
+        config=cfg.model_dump(mode="json"),
     )
     with open(id_file, "w") as f:
         f.write(run.id)
@@ -236,7 +263,7 @@ def train(
 
             novelty_callbacks = restored_novelty_callbacks(model)  # the bonus saved with the model
     csv_name = "progress.csv" if not resume_dir else f"progress-{model.num_timesteps:010d}.csv"
-    model.set_logger(_logger(run_dir, cfg, csv_name))
+    model.set_logger(_logger(run_dir, cfg, csv_name, wandb_run))
     metrics = MetricsCallback(
         run_dir, tracker, _projection(env), cfg.run.log_every,
         episodes_so_far=state.get("episodes", 0), successes_so_far=state.get("successes", 0),
@@ -263,18 +290,7 @@ def train(
             reset_num_timesteps=not resume_dir,
         )
     model.logger.dump(model.num_timesteps)  # flush the last scalars (SB3 dumps only every log_interval)
-    if wandb_run is not None:
-        # wandb's TensorBoard sync commits a step's row when it sees the next step: close the
-        # last real step with a marker row one step later.
-        model.logger.record("flowrl/finished", 1)
-        model.logger.dump(model.num_timesteps + 1)
-    model.logger.close()  # closes the TensorBoard writer, so that wandb's sync reads every event
-    if wandb_run is not None:
-        # wandb-core reads the event files on a ~5 s poll and (0.31) does not drain them at
-        # finish: give it two polls after the last write, or the last rows (all of them, in a
-        # short run) never reach the run files.  On a heavily loaded CPU the last rows can still
-        # be missed.  tests/test_cli.py checks the offline run's history.
-        time.sleep(_WANDB_TB_POLL_S)
+    model.logger.close()
     checkpoint()
     tmp = os.path.join(run_dir, f".final_model_{os.getpid()}.zip")
     model.save(tmp)
@@ -304,9 +320,6 @@ def train(
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
         wandb_run.finish()
-        import wandb
-
-        wandb.tensorboard.unpatch()
     env.close()
     return TrainResult(run_dir, model, summary)
 

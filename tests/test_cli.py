@@ -229,8 +229,8 @@ def test_wandb_offline_receives_sb3_scalars(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     path = os.path.join(ROOT, "configs", "maze_sac.yaml")
     # Episodes of 25 steps: SB3 dumps its scalars every 4 episodes (steps 100, 200, 300), and the
-    # losses start at step 30, so every row carries them (wandb-core reads the event files
-    # asynchronously; on a heavily loaded machine it may not reach the last rows before finish).
+    # losses start at step 30, so every row carries them; they reach the run synchronously
+    # through agents.factory.WandbOutputFormat.
     result = train(load_config(path, tiny(path, tmp_path, steps=300, **{
         "run.name": "w", "wandb": "true", "env.kwargs.max_episode_steps": 25, "run.plots": "true",
         "algo.kwargs.learning_starts": 30})))
