@@ -36,9 +36,9 @@ def _spline_couplings(
         raise ValueError(f"unknown permutation {permutation!r}; use 'alternate' or 'random'")
     layers: list[Transform] = []
     for i in range(transforms):
-        # In 1-D there is no half to condition on: each layer is a spline whose
-        # parameters come from the context (or are learned constants).
-        parity = 1 if dim == 1 else (i % 2 if permutation == "alternate" else 0)
+        # In 1-D alternating_mask leaves no half to condition on: each layer is a
+        # spline whose parameters come from the context (or are learned constants).
+        parity = i % 2 if permutation == "alternate" else 0
         layers.append(Coupling(alternating_mask(dim, parity), make_spline(), context_dim, hidden_features))
         if permutation == "random" and i < transforms - 1 and dim > 1:
             layers.append(RandomPermutation(dim, seed=None if seed is None else seed + i))

@@ -89,6 +89,12 @@ def _ones_row(t: Tensor) -> Tensor:
 class _Spline(ElementwiseBijection):
     """Shared checks and tail handling; subclasses implement the inside map."""
 
+    def _bin(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, ...]:
+        """Knots ``(x0, x1, y0, y1)`` and end derivatives ``(d0, d1)`` of the bin holding ``v``."""
+        xk, yk, dk = self._knots(params)
+        idx = _locate(yk if inverse else xk, v)
+        return (*_pair(xk, idx), *_pair(yk, idx), *_pair(dk, idx))
+
     def __init__(self, bins: int, bound: float, min_width: float, min_height: float, min_derivative: float):
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
@@ -163,11 +169,7 @@ class RationalQuadraticSpline(_Spline):
         return xk, yk, torch.cat([one, d, one], dim=0)
 
     def _inside(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        xk, yk, dk = self._knots(params)
-        idx = _locate(yk if inverse else xk, v)
-        x0, x1 = _pair(xk, idx)
-        y0, y1 = _pair(yk, idx)
-        d0, d1 = _pair(dk, idx)
+        x0, x1, y0, y1, d0, d1 = self._bin(v, params, inverse)
         w, h = x1 - x0, y1 - y0
         s = h / w
         two_s = 2.0 * s
@@ -271,11 +273,7 @@ class CubicSpline(_Spline):
         return spline_knots(widths, self.bound), spline_knots(heights, self.bound), torch.cat([one, d, one], dim=0)
 
     def _inside(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        xk, yk, dk = self._knots(params)
-        idx = _locate(yk if inverse else xk, v)
-        x0, x1 = _pair(xk, idx)
-        y0, y1 = _pair(yk, idx)
-        d0, d1 = _pair(dk, idx)
+        x0, x1, y0, y1, d0, d1 = self._bin(v, params, inverse)
         w, h = x1 - x0, y1 - y0
         s = h / w
         a, b = d0 / s, d1 / s
