@@ -215,8 +215,10 @@ class FlowDistribution(Distribution):
         """One reparameterised action per context row, ``(B, D)`` (its log-density is kept for :meth:`log_prob`)."""
         flow, ctx = self._ready()
         actions, log_prob = flow.rsample_and_log_prob(1, ctx)
+        # Keep the very tensor handed out: log_prob() recognises it by identity
+        # (``actions[0]`` makes a new view object at every indexing).
         self._last_sample = (actions[0], log_prob[0])
-        return actions[0]
+        return self._last_sample[0]
 
     def mode(self) -> Tensor:
         """Deterministic action: the base mode pushed through the flow and the squash, ``(B, D)``."""

@@ -7,12 +7,23 @@ and is reported as a ratio to the Gaussian of the same run.  Final return:
 mean over evaluation episodes after training, with the deterministic policy
 (``det``) and the stochastic one (``stoch``).
 
-    python scripts/bench_policies.py --algo sac --steps 5000 --seeds 3
-    python scripts/bench_policies.py --algo ppo --steps 16384 --seeds 3
+    python scripts/bench_policies.py --algo sac --steps 10000 --seeds 3
+    python scripts/bench_policies.py --algo ppo --steps 200000 --seeds 3
+    python scripts/bench_policies.py --algo ppo --env flowrl/TwoModeBandit-v0 --steps 16384
 
-Defaults: SAC on Pendulum-v1 (lr 1e-3, SB3's other defaults, nets 256x256);
-PPO on flowrl/TwoModeBandit-v0 (a one-step task paying in two separated action
-regions; ``min mode`` is the smaller share of stochastic actions in either mode).
+Defaults: Pendulum-v1 for both.  SAC: lr 1e-3, SB3's other defaults, nets
+256x256.  PPO on Pendulum-v1: RL-Zoo-like settings without gSDE (flows are their
+own exploration noise): 4 envs, n_steps 1024, batch 64, 10 epochs, gamma 0.9,
+gae_lambda 0.95, clip 0.2, lr 1e-3, ent_coef 0.  PPO on the two-mode bandit
+(a one-step task paying in two separated action regions; ``min mode`` is the
+smaller share of stochastic actions in either mode): n_steps 256, lr 3e-4,
+SB3's other defaults.  Any of these can be overridden on the command line.
+
+Flow PPO entropy: with ``ent_coef == 0`` the entropy term is multiplied by zero,
+so the flows default to ``entropy_samples=0`` (no Monte-Carlo entropy pass; SB3
+then logs ``-log_prob`` of the stored actions as the entropy); with
+``ent_coef > 0`` they default to one reparameterised sample per state.  Pass
+``--entropy-samples`` to choose.
 """
 
 from __future__ import annotations
@@ -34,6 +45,17 @@ from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 import envs  # noqa: E402,F401  (registers flowrl/TwoModeBandit-v0)
 from agents import FlowActorCriticPolicy, FlowSACPolicy  # noqa: E402
 
+BANDIT = "flowrl/TwoModeBandit-v0"
+
+#: PPO settings per env (RL Zoo's Pendulum-v1 settings without gSDE; the bandit's earlier ones).
+PPO_PRESETS = {
+    "Pendulum-v1": dict(n_envs=4, n_steps=1024, batch_size=64, n_epochs=10, gamma=0.9, gae_lambda=0.95,
+                        clip_range=0.2, ent_coef=0.0, lr=1e-3),
+    BANDIT: dict(n_envs=4, n_steps=256, batch_size=64, n_epochs=10, gamma=0.99, gae_lambda=0.95,
+                 clip_range=0.2, ent_coef=0.0, lr=3e-4),
+}
+PPO_KEYS = ("n_envs", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "ent_coef")
+
 FLOW_KWARGS = {
     "realnvp": dict(transforms=2, hidden_features=(64,)),
     "naf": dict(transforms=1, hidden_features=(64,), hidden=8),
@@ -49,8 +71,9 @@ def make_model(algo: str, variant: str, env_id: str, seed: int, args) -> object:
     if variant != "gaussian":
         flow_kw["entropy_samples"] = args.entropy_samples
     env = make_vec_env(env_id, n_envs=args.n_envs, seed=seed, env_kwargs=args.env_kwargs)
-    return PPO(policy, env, n_steps=args.n_steps, batch_size=64, learning_rate=args.lr, seed=seed,
-               policy_kwargs=flow_kw or None, device="cpu")
+    return PPO(policy, env, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
+               gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range, ent_coef=args.ent_coef,
+               learning_rate=args.lr, seed=seed, policy_kwargs=flow_kw or None, device="cpu")
 
 
 def min_mode_share(model, env_id: str, args) -> float:
@@ -90,27 +113,36 @@ def run_seed(algo: str, env_id: str, seed: int, variants: list[str], args) -> di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", choices=["sac", "ppo"], default="sac")
-    p.add_argument("--env", default=None, help="default: Pendulum-v1 (sac), flowrl/TwoModeBandit-v0 (ppo)")
+    p.add_argument("--env", default="Pendulum-v1", help=f"default Pendulum-v1; PPO presets: {', '.join(PPO_PRESETS)}")
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=FLOAT", help="e.g. width=0.3")
-    p.add_argument("--steps", type=int, default=None, help="env steps per run (default 5000 sac, 16384 ppo)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (default 10000 sac, 200000 ppo)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
     p.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",
                    help="print the table from the per-seed lines of earlier runs' output (e.g. seeds run in parallel)")
     p.add_argument("--variants", default="gaussian,realnvp,naf")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (sac), 3e-4 (ppo)")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (sac), the env's preset (ppo)")
     p.add_argument("--chunk", type=int, default=500, help="SAC steps per interleaving chunk")
-    p.add_argument("--n-envs", type=int, default=4, help="PPO parallel envs")
-    p.add_argument("--n-steps", type=int, default=256, help="PPO rollout length per env")
-    p.add_argument("--entropy-samples", type=int, default=1, help="flow PPO entropy estimate samples (0: none)")
+    for key in PPO_KEYS:
+        kind = int if key in ("n_envs", "n_steps", "batch_size", "n_epochs") else float
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"PPO {key} (default: the env's preset)")
+    p.add_argument("--entropy-samples", type=int, default=None,
+                   help="flow PPO entropy estimate samples (default: 0 if ent_coef == 0 else 1)")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.env_kwargs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.env_kwargs)}
-    env_id = args.env or ("Pendulum-v1" if args.algo == "sac" else "flowrl/TwoModeBandit-v0")
-    args.steps = args.steps or (5000 if args.algo == "sac" else 16384)
-    args.lr = args.lr or (1e-3 if args.algo == "sac" else 3e-4)
+    env_id = args.env
+    args.steps = args.steps or (10000 if args.algo == "sac" else 200000)
+    preset = PPO_PRESETS.get(env_id, PPO_PRESETS["Pendulum-v1"])
+    for key in PPO_KEYS:
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    args.lr = args.lr or (1e-3 if args.algo == "sac" else preset["lr"])
+    if args.entropy_samples is None:
+        args.entropy_samples = 0 if args.ent_coef == 0 else 1
+    ppo_settings = {k: getattr(args, k) for k in PPO_KEYS} | dict(entropy_samples=args.entropy_samples)
     variants = args.variants.split(",")
     if variants[0] != "gaussian":
         raise SystemExit("the first variant must be 'gaussian' (the reference of the ratios)")
@@ -118,7 +150,8 @@ def main() -> None:
         results = parse_logs(args.from_logs, variants)
     else:
         print(f"{args.algo.upper()} on {env_id}: {args.steps} steps x {args.seeds} seeds from seed {args.first_seed}, "
-              f"lr {args.lr}, env kwargs {args.env_kwargs}, flows {FLOW_KWARGS}, torch threads {args.threads}", flush=True)
+              f"lr {args.lr}, env kwargs {args.env_kwargs}, flows {FLOW_KWARGS}, torch threads {args.threads}"
+              + (f", PPO {ppo_settings}" if args.algo == "ppo" else ""), flush=True)
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         results = [run_seed(args.algo, env_id, seed, variants, args) for seed in seeds]
     print_table(args.algo, variants, results)

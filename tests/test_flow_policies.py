@@ -279,6 +279,31 @@ def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name):
     assert torch.isfinite(lp_edge).all()
 
 
+@pytest.mark.parametrize("name", FLOWS)
+def test_rollout_scores_its_own_sample_without_a_second_pass(name, monkeypatch):
+    model = _on_policy(PPO, "Pendulum-v1", name)
+    policy = model.policy
+    flow = policy.action_dist.flow
+    calls = []
+    density = flow.log_prob
+    monkeypatch.setattr(flow, "log_prob", lambda *a, **k: calls.append(1) or density(*a, **k))
+    obs = torch.randn(8, 3)
+    with torch.no_grad():
+        actions, _, rollout_log_prob = policy(obs)
+    assert calls == [], "the rollout rescored its own sample"
+    with torch.no_grad():
+        _, stored_log_prob, _ = policy.evaluate_actions(obs, actions)
+    assert calls == [1]  # stored actions are scored in the density direction
+    torch.testing.assert_close(rollout_log_prob, stored_log_prob, rtol=1e-5, atol=1e-5)
+    # a sample on the box boundary is rescored, so that the rollout agrees with evaluate_actions
+    dist = policy.get_distribution(obs)
+    edge = dist.sample()
+    with torch.no_grad():
+        edge[0, 0] = 2.0
+    dist.log_prob(edge)
+    assert calls == [1, 1]
+
+
 def test_entropy_samples_zero_defers_to_sb3():
     model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1,
                 policy_kwargs=dict(flow="realnvp", flow_kwargs=SMALL["realnvp"], entropy_samples=0))
