@@ -51,3 +51,4 @@ _register(
     kwargs={"env_id": "MountainCarContinuous-v0", "threshold": 50.0, "mode": "step"},
 )
 _register("flowrl/TwoModeBandit-v0", "envs.bandit:TwoModeBandit", kwargs={"dim": 2})
+_register("flowrl/PixelPoint-v0", "envs.pixel_point:PixelPoint")  # image observations

@@ -16,6 +16,15 @@ dimensions, with ``N_total`` observations seen so far:
   probability mass estimated by averaging ``rho`` over ``cell_samples`` fixed
   quasi-random points of the cell.  Right also when the model has peaks
   sharper than ``h`` (then ``"density"`` over-counts the peak's centre).
+* ``"cell_bound"``: ``N(x) = N_total * h^d * exp(mean_j log rho(z_j))`` over the
+  same points ``z_j`` of the cell: the geometric instead of the arithmetic
+  mean, a lower bound of the cell's mass (Jensen) and exactly the quantity
+  that training with ``smoothing=1`` maximises (the dequantisation bound).
+  A model that maximises ``sum_x n_x * log bound(x)`` under ``sum_x bound(x) <= 1``
+  has ``bound(x) = n_x / N_total``: right when the jitter fills the cell
+  (``smoothing=1``), the default of image counters, where the arithmetic
+  mean over a few points of a 64-dimensional cell is dominated by its
+  largest term.
 * ``"pg_exact"``: prediction gain ``PG = log rho'(x) - log rho(x)`` after one
   SGD step of size ``pg_lr`` on ``x`` alone (exact recoding, batched with
   per-sample gradients through ``torch.func``), ``N(x) = 1 / (exp(PG) - 1)``
@@ -41,7 +50,9 @@ of the parameters (``ema``), which removes most minibatch noise from the
 density of rarely seen states.
 
 The shared plumbing (validation, normaliser, buffer, training loop) lives in
-:class:`OnlineDensityModel`, which :class:`flowrl.rnd.RNDNovelty` reuses.
+:class:`OnlineDensityModel`, which :class:`flowrl.rnd.RNDNovelty` reuses;
+:class:`flowrl.novelty_image.ImagePseudoCounter` reuses the whole counter on
+downsampled, quantised frames (the ``encode`` and ``_to_flow_space`` hooks).
 """
 
 from __future__ import annotations
@@ -68,7 +79,7 @@ __all__ = [
     "cluster_stream",
 ]
 
-ESTIMATORS = ("density", "cell", "pg_exact", "pg_first_order")
+ESTIMATORS = ("density", "cell", "cell_bound", "pg_exact", "pg_first_order")
 _LOG_COUNT_BOUND = 60.0  # |log N| is clamped here so that N stays finite in float32
 
 
@@ -156,10 +167,13 @@ class OnlineDensityModel(nn.Module):
         clip: normalised observations are clipped to ``[-clip, clip]`` (0: no clip).
         normalize: keep a running mean/std normaliser (else observations are used as given).
         seed: seeds the model's initialisation and its own generator (minibatches, jitter).
+        model_shape: shape of what :meth:`encode` returns, which the normaliser
+            and the buffer hold (default ``obs_shape``: ``encode`` is the identity).
 
     Subclasses implement :meth:`loss` on a batch of *normalised* observations.
     Inputs are numpy arrays or tensors of shape ``(batch, *obs_shape)``
-    (a single observation of shape ``obs_shape`` is accepted too).
+    (a single observation of shape ``obs_shape`` is accepted too); the model
+    sees ``model_input(obs) = normalized(encode(as_batch(obs)))``.
     """
 
     def __init__(
@@ -173,9 +187,11 @@ class OnlineDensityModel(nn.Module):
         clip: float = 5.0,
         normalize: bool = True,
         seed: Optional[int] = None,
+        model_shape: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         self.obs_shape = tuple(int(s) for s in obs_shape)
+        self.model_shape = self.obs_shape if model_shape is None else tuple(int(s) for s in model_shape)
         if any(s <= 0 for s in self.obs_shape):
             raise ValueError(f"observation shape must be positive, got {self.obs_shape}")
         for name, v in dict(lr=lr, batch_size=batch_size, buffer_size=buffer_size).items():
@@ -187,8 +203,8 @@ class OnlineDensityModel(nn.Module):
         self.batch_size = int(batch_size)
         self.steps_per_update = int(steps_per_update)
         self.use_normalizer = bool(normalize)
-        self.normalizer = RunningNormalizer(self.obs_shape, clip=clip)
-        self.buffer = ObservationBuffer(buffer_size, self.obs_shape)
+        self.normalizer = RunningNormalizer(self.model_shape, clip=clip)
+        self.buffer = ObservationBuffer(buffer_size, self.model_shape)
         self.register_buffer("n_total", torch.zeros((), dtype=torch.float64))
         self.seed = seed
         self.generator = torch.Generator()  # minibatches and jitter; the global RNG is left alone
@@ -219,8 +235,16 @@ class OnlineDensityModel(nn.Module):
             raise ValueError("observations contain NaN or inf values")
         return x
 
+    def encode(self, x: Tensor) -> Tensor:
+        """Validated observations ``(batch, *obs_shape)`` -> what the model holds ``(batch, *model_shape)``."""
+        return x
+
     def normalized(self, x: Tensor) -> Tensor:
         return self.normalizer.normalize(x) if self.use_normalizer else x
+
+    def model_input(self, obs: Any) -> Tensor:
+        """``normalized(encode(as_batch(obs)))``: raw observations in the model's space."""
+        return self.normalized(self.encode(self.as_batch(obs)))
 
     # --------------------------------------------------------------- training
     def loss(self, z: Tensor) -> Tensor:
@@ -238,7 +262,7 @@ class OnlineDensityModel(nn.Module):
 
     def update(self, obs: Any, steps: Optional[int] = None) -> dict[str, float]:
         """Add ``obs`` to the model's experience, then take ``steps`` (default ``steps_per_update``) steps."""
-        x = self.as_batch(obs)
+        x = self.encode(self.as_batch(obs))
         if self.use_normalizer:
             self.normalizer.update(x)
         self.buffer.add(x)
@@ -330,24 +354,36 @@ class FlowPseudoCounter(OnlineDensityModel):
             (int(obs_dim),), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
             buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,
         )
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-        if not resolution > 0:
-            raise ValueError(f"resolution must be positive, got {resolution}")
-        if cell_samples < 1:
-            raise ValueError(f"cell_samples must be >= 1, got {cell_samples}")
         spec = flow_spec(flow)
         if not spec.vector:
             raise ValueError(f"flow {flow!r} does not model vectors")
         if obs_dim < spec.min_dim:
             raise ValueError(f"flow {flow!r} needs obs_dim >= {spec.min_dim}, got {obs_dim}; choose another flow")
         self.obs_dim = int(obs_dim)
+        self._init_counter(
+            flow, estimator=estimator, resolution=resolution, cell_samples=cell_samples, smoothing=smoothing,
+            ema=ema, pg_lr=pg_lr, seed=seed, flow_kwargs=flow_kwargs,
+        )
+
+    def _init_counter(
+        self, flow: str, *, estimator: str, resolution: float, cell_samples: int, smoothing: float,
+        ema: float, pg_lr: Optional[float], seed: Optional[int], flow_kwargs: Optional[dict],
+    ) -> None:
+        """Build the flow over ``model_shape`` and the estimators' settings (shared with image counters)."""
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        if not resolution > 0:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if cell_samples < 1:
+            raise ValueError(f"cell_samples must be >= 1, got {cell_samples}")
+        self.event_numel = math.prod(self.model_shape)
         self.flow_name = flow
         self.flow_kwargs = dict(flow_kwargs or {})
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            self.flow = build_flow(flow, self.obs_dim, validate_args=False, **self.flow_kwargs)
+            dim = self.model_shape[0] if len(self.model_shape) == 1 else self.model_shape
+            self.flow = build_flow(flow, dim, validate_args=False, **self.flow_kwargs)
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         self.ema = float(ema)
@@ -359,9 +395,9 @@ class FlowPseudoCounter(OnlineDensityModel):
         if smoothing < 0:
             raise ValueError(f"smoothing must be >= 0, got {smoothing}")
         self.smoothing = float(smoothing)
-        self.pg_lr = float(lr if pg_lr is None else pg_lr)
-        offsets = torch.quasirandom.SobolEngine(self.obs_dim, scramble=True, seed=0).draw(int(cell_samples))
-        self.register_buffer("cell_offsets", (offsets - 0.5).to(torch.float32))
+        self.pg_lr = float(self.lr if pg_lr is None else pg_lr)
+        offsets = torch.quasirandom.SobolEngine(self.event_numel, scramble=True, seed=0).draw(int(cell_samples))
+        self.register_buffer("cell_offsets", (offsets - 0.5).to(torch.float32).reshape(-1, *self.model_shape))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.flow.parameters())
@@ -371,14 +407,23 @@ class FlowPseudoCounter(OnlineDensityModel):
         """The flow counts are read from: the parameter average when ``ema > 0``."""
         return self.flow if self.ema_flow is None else self.ema_flow
 
+    def _to_flow_space(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Fixed map from the model space to the flow's input and its ``log|det|`` (here the identity)."""
+        return z, z.new_zeros(z.shape[0])
+
+    def _model_log_prob(self, flow: nn.Module, z: Tensor) -> Tensor:
+        """``log rho(z)`` in the model space: ``log rho_flow(s(z)) + log|ds/dz|``."""
+        s, logdet = self._to_flow_space(z)
+        return flow.log_prob(s) + logdet
+
     def _flow_log_prob(self, z: Tensor) -> Tensor:
-        return self.scoring_flow.log_prob(z)
+        return self._model_log_prob(self.scoring_flow, z)
 
     def loss(self, z: Tensor) -> Tensor:
         if self.smoothing > 0:  # box-kernel smoothing: a uniform jitter within a cell of side s * h
             u = torch.rand(z.shape, generator=self.generator).to(z)
             z = z + self.smoothing * self.resolution * (u - 0.5)
-        return -self.flow.log_prob(z).mean()
+        return -self._model_log_prob(self.flow, z).mean()
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -392,12 +437,12 @@ class FlowPseudoCounter(OnlineDensityModel):
     # ----------------------------------------------------------------- density
     def log_density(self, obs: Any) -> Tensor:
         """``log rho(x)`` of the model in normalised observation space, shape ``(batch,)``."""
-        z = self.normalized(self.as_batch(obs))
+        z = self.model_input(obs)
         with torch.no_grad():
             return self._flow_log_prob(z)
 
     def _log_cell_volume(self) -> float:
-        return self.obs_dim * math.log(self.resolution)
+        return self.event_numel * math.log(self.resolution)
 
     def _log_n_total(self) -> float:
         return math.log(max(float(self.n_total), 1.0))
@@ -407,16 +452,17 @@ class FlowPseudoCounter(OnlineDensityModel):
         est = self.estimator if estimator is None else estimator
         if est not in ESTIMATORS:
             raise ValueError(f"unknown estimator {est!r}; choose one of {ESTIMATORS}")
-        z = self.normalized(self.as_batch(obs))
+        z = self.model_input(obs)
         was_training = self.training
         self.eval()
         try:
             if est == "density":
                 with torch.no_grad():
                     log_n = self._log_n_total() + self._flow_log_prob(z) + self._log_cell_volume()
-            elif est == "cell":
+            elif est in ("cell", "cell_bound"):
                 with torch.no_grad():
-                    log_n = self._log_n_total() + self._log_cell_volume() + self._log_cell_mean_density(z)
+                    mean_log = self._log_cell_mean_density(z, geometric=(est == "cell_bound"))
+                    log_n = self._log_n_total() + self._log_cell_volume() + mean_log
             else:
                 pg = self._prediction_gain(z, exact=(est == "pg_exact"))
                 # N = 1 / (exp(PG) - 1); PG <= 0 means the step did not help: count it as very large.
@@ -434,16 +480,22 @@ class FlowPseudoCounter(OnlineDensityModel):
         """Intrinsic reward ``beta / sqrt(N(x) + 0.01)``, shape ``(batch,)``."""
         return bonus_from_count(self.pseudo_count(obs, estimator), beta)
 
-    def _log_cell_mean_density(self, z: Tensor) -> Tensor:
-        """``log mean_j rho(z + h * u_j)`` over the fixed offsets ``u_j`` in ``[-1/2, 1/2]^d``."""
+    def _log_cell_mean_density(self, z: Tensor, geometric: bool = False) -> Tensor:
+        """``log mean_j rho(z + h * u_j)`` over the fixed offsets ``u_j`` in ``[-1/2, 1/2]^d``.
+
+        ``geometric=True``: ``mean_j log rho(z + h * u_j)`` instead.
+        """
         k = self.cell_offsets.shape[0]
         pts = z.unsqueeze(1) + self.resolution * self.cell_offsets.to(z.dtype).unsqueeze(0)
-        lp = self._flow_log_prob(pts.reshape(-1, self.obs_dim)).reshape(z.shape[0], k)
+        lp = self._flow_log_prob(pts.reshape(-1, *self.model_shape)).reshape(z.shape[0], k)
+        if geometric:
+            return lp.mean(dim=1)
         return torch.logsumexp(lp, dim=1) - math.log(k)
 
     # -------------------------------------------------------- prediction gain
     def _prediction_gain(self, z: Tensor, exact: bool) -> Tensor:
         """``log rho'(x) - log rho(x)`` after one SGD step of size ``pg_lr`` on each ``x`` alone."""
+        z = self._to_flow_space(z)[0]  # a fixed map: its log-det cancels in the gain
         flow = self.scoring_flow
         params = {k: v.detach() for k, v in flow.named_parameters()}
         buffers = {k: v.detach() for k, v in flow.named_buffers()}
@@ -465,7 +517,7 @@ class FlowPseudoCounter(OnlineDensityModel):
 
     def extra_repr(self) -> str:
         return (
-            f"obs_dim={self.obs_dim}, flow={self.flow_name!r}, estimator={self.estimator!r}, "
+            f"model_shape={self.model_shape}, flow={self.flow_name!r}, estimator={self.estimator!r}, "
             f"resolution={self.resolution}"
         )
 

@@ -91,7 +91,7 @@ class RNDNovelty(OnlineDensityModel):
 
     def error(self, obs: Any) -> Tensor:
         """Prediction error ``e(x)``, shape ``(batch,)``."""
-        z = self.normalized(self.as_batch(obs))
+        z = self.model_input(obs)
         with torch.no_grad():
             return self._error(z)
 

@@ -1,0 +1,288 @@
+"""Pseudo-counts of image observations: downsample, quantise, dequantise, an image flow.
+
+``ImagePseudoCounter((C, H, W), flow="glow")`` has the interface of
+:class:`flowrl.novelty.FlowPseudoCounter` (``update``, ``pseudo_count``,
+``bonus``, ``log_density``, ``state_dict``) and shares its buffer, training
+loop, parameter average and estimators; only the way a frame enters the
+model differs.  A frame ``x`` (uint8 or float, values in ``[0, max_value]``,
+``(C, H, W)`` or ``(H, W, C)``) becomes:
+
+1. area average to ``size = (h, w)`` (:func:`downsample`; exact block means
+   when ``H, W`` are multiples of ``h, w``), then the channel mean if ``grey``;
+2. quantised to ``L = levels`` levels, ``q = min(floor(L x / max_value), L - 1)``
+   (:func:`quantize`; Bellemare et al. 2016 and Ostrovski et al. 2017 used
+   42x42 frames at 3 bits, ``L = 8``; the default here is 1 bit, ``L = 2``, see below);
+3. the model space ``y = (q + 1/2) / L``, the centre of the frame's cell of
+   side ``1 / L`` in ``[0, 1]^D``, ``D = c h w``; training adds uniform noise
+   within the cell, ``y = (q + u) / L`` (dequantisation: the counter's
+   ``smoothing`` jitter with ``resolution = 1 / L``);
+4. a fixed map to the flow's input with its log-det:
+   ``preprocessing="affine"`` (default): ``s = 2 y - 1``, ``log|ds/dy| = D log 2``;
+   ``"logit"``: ``s = logit(t)``, ``t = a + (1 - 2a) y``,
+   ``log|ds/dy| = sum log((1 - 2a) / (t (1 - t)))`` (``a = alpha`` keeps
+   ``s`` finite; ``y`` is clamped to ``[0, 1]``, which only moves points that
+   the noise cannot reach);
+5. a learnable monotone spline per pixel (:class:`PixelSpline`, ``pixel_bins``
+   bins, aligned with the cells), then a registered image flow (``glow`` or
+   ``realnvp`` multi-scale) over ``(c, h, w)``.  Affine couplings alone give
+   each pixel a nearly Gaussian marginal, which cannot hold a rare bright
+   level of a pixel dark in most frames: measured without the spline, the
+   counts of rare frames fell many nats short (log-log slope 3 to 5).
+
+Counts.  A flow fitted to dequantised frames is a model of the discrete
+frames, ``P(q) = integral of rho(y) over the cell of q`` (Theis et al. 2016),
+so the pseudo-count of a frame is ``N(q) = N_total * P(q)``:
+``estimator="density"`` reads ``P(q) ~ rho(y_centre) * L^-D`` (the density
+estimator of ``FlowPseudoCounter`` with cell side ``1 / L``), ``"cell"``
+averages ``rho`` over ``cell_samples`` fixed quasi-random points of the cell.
+``"cell_bound"`` uses the geometric mean (the dequantisation bound).
+``scripts/bench_pseudocounts.py --images`` measures them against exact counts
+on frames of a point at K positions; the defaults are the best of that
+measurement within a CPU-friendly training budget: ``"cell"`` with 1-bit
+levels ranks the frames (Spearman >= 0.93) with a slope near 1, while at
+3 bits (``levels=8``) every estimator ranks them perfectly but the slope is
+2 to 4 (rare frames under-counted) after the same training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .core import Compose, Transform
+from .flow import Flow
+from .novelty import FlowPseudoCounter
+from .registry import flow_spec
+from .transforms.splines import RationalQuadraticSpline
+
+__all__ = ["ImagePseudoCounter", "PixelSpline", "downsample", "quantize", "PREPROCESSING", "point_image_stream"]
+
+PREPROCESSING = ("logit", "affine")
+
+
+def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Area average of ``(B, C, H, W)`` to ``(B, C, h, w)``: each output pixel is the mean of its input block."""
+    return F.adaptive_avg_pool2d(x, tuple(int(s) for s in size))
+
+
+def quantize(x: Tensor, levels: int, max_value: float) -> Tensor:
+    """Level index ``min(floor(L x / max_value), L - 1)`` in ``{0, ..., L - 1}`` (as floats)."""
+    return torch.floor(x * (levels / max_value)).clamp_(0, levels - 1)
+
+
+class PixelSpline(Transform):
+    """A learnable monotone rational-quadratic spline per pixel: ``z[c, i, j] = g_cij(x[c, i, j])``.
+
+    ``log|det| = sum_cij log g_cij'(x)``.  It maps ``[-bound, bound]`` onto
+    itself (identity outside) and starts at the identity.  Before an affine
+    coupling flow it gives each pixel a free marginal (a smoothed histogram
+    over its levels): affine couplings alone give nearly Gaussian marginals,
+    which cannot hold a rare bright level of a pixel that is dark in most frames.
+    """
+
+    def __init__(self, shape: Sequence[int], bins: int = 8, bound: float = 1.0):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.spline = RationalQuadraticSpline(bins=bins, bound=bound)
+        self.params = torch.nn.Parameter(torch.zeros(*self.shape, self.spline.num_params))
+
+    def _run(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"PixelSpline over {self.shape} got input of shape {tuple(x.shape)}")
+        params = self.params.unsqueeze(0).expand(x.shape[0], *self.params.shape)
+        y, logd = (self.spline.inverse if inverse else self.spline.forward)(x, params)
+        return y, logd.reshape(x.shape[0], -1).sum(1)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._run(x, inverse=False)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._run(z, inverse=True)
+
+
+class ImagePseudoCounter(FlowPseudoCounter):
+    """Pseudo-counts of frames from an image flow fitted online to downsampled, quantised frames.
+
+    Args:
+        image_shape: ``(C, H, W)`` of one frame.
+        flow: a registered image flow (``"glow"``, ``"realnvp"``).
+        size: ``(h, w)`` after area averaging (an int means ``(s, s)``).
+        grey: average the channels into one before quantising.
+        levels: quantisation levels ``L``; a count cell has side ``1 / L``.
+        max_value: the largest pixel value (255 for uint8 frames, 1 for float frames in ``[0, 1]``).
+        channels_last: ``False``: frames ``(B, C, H, W)``; ``True``: ``(B, H, W, C)``;
+            ``None`` (default): whichever layout the batch's shape matches (``(C, H, W)`` first).
+        preprocessing: ``"affine"`` or ``"logit"`` (with ``alpha``; see the module docstring).
+        pixel_bins: bins of a learnable spline per pixel before the image flow
+            (:class:`PixelSpline`; default ``levels``, aligned with the cells under
+            ``"affine"``; 0: none).
+        estimator: ``"cell"``, ``"density"`` or ``"cell_bound"`` (or a prediction
+            gain; see :mod:`flowrl.novelty`).
+        cell_samples, ema, pg_lr, lr, batch_size, steps_per_update, buffer_size, seed,
+        flow_kwargs: as for :class:`flowrl.novelty.FlowPseudoCounter`.
+
+    Frames are validated (shape, finite, values in ``[0, max_value]``) and
+    ``ValueError`` names the problem.  The buffer holds the downsampled
+    frames (``c * h * w`` floats each).
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        flow: str = "glow",
+        *,
+        size: int | Sequence[int] = 8,
+        grey: bool = True,
+        levels: int = 2,
+        max_value: float = 255.0,
+        channels_last: Optional[bool] = None,
+        preprocessing: str = "affine",
+        alpha: float = 0.05,
+        pixel_bins: Optional[int] = None,
+        estimator: str = "cell",
+        cell_samples: int = 16,
+        ema: float = 0.99,
+        pg_lr: Optional[float] = None,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        steps_per_update: int = 1,
+        buffer_size: int = 100_000,
+        seed: Optional[int] = None,
+        flow_kwargs: Optional[dict] = None,
+    ):
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
+        size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+        if len(size_hw) != 2 or min(size_hw) < 1:
+            raise ValueError(f"size must be an int or (h, w) with positive sizes, got {size!r}")
+        if size_hw[0] > shape[1] or size_hw[1] > shape[2]:
+            raise ValueError(f"size {size_hw} is larger than the frames' (H, W) = {shape[1:]}: downsampling only")
+        if not isinstance(levels, (int, np.integer)) or levels < 2:
+            raise ValueError(f"levels must be an int >= 2, got {levels!r}")
+        if not max_value > 0:
+            raise ValueError(f"max_value must be positive, got {max_value}")
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
+        if not 0.0 < alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+        if channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+        if not flow_spec(flow).image:
+            raise ValueError(f"flow {flow!r} does not model images; choose 'glow' or 'realnvp'")
+        model_shape = (1 if grey else shape[0], *size_hw)
+        super(FlowPseudoCounter, self).__init__(
+            shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
+            buffer_size=buffer_size, normalize=False, seed=seed, model_shape=model_shape,
+        )
+        self.image_shape = shape
+        self.size = size_hw
+        self.grey = bool(grey)
+        self.levels = int(levels)
+        self.max_value = float(max_value)
+        self.channels_last = channels_last
+        self.preprocessing = preprocessing
+        self.alpha = float(alpha)
+        self._init_counter(
+            flow, estimator=estimator, resolution=1.0 / self.levels, cell_samples=cell_samples, smoothing=1.0,
+            ema=ema, pg_lr=pg_lr, seed=seed, flow_kwargs=flow_kwargs,
+        )
+        pixel_bins = self.levels if pixel_bins is None else pixel_bins
+        if not isinstance(pixel_bins, (int, np.integer)) or pixel_bins < 0:
+            raise ValueError(f"pixel_bins must be an int >= 0, got {pixel_bins!r}")
+        self.pixel_bins = int(pixel_bins)
+        if self.pixel_bins:
+            bound = 1.0 if preprocessing == "affine" else -math.log(self.alpha / (1.0 - self.alpha))
+            first = PixelSpline(self.model_shape, self.pixel_bins, bound)
+            self.flow = Flow(Compose([first, self.flow.transform]), self.flow.base, validate_args=False)
+            self.ema_flow = copy.deepcopy(self.flow).requires_grad_(False) if self.ema > 0 else None
+
+    # ------------------------------------------------------------------ input
+    def _as_nchw(self, x: Tensor) -> Tensor:
+        c, h, w = self.image_shape
+        chw, hwc = (c, h, w), (h, w, c)
+        if x.dim() == 3:  # a single frame
+            x = x.unsqueeze(0)
+        trailing = tuple(x.shape[1:]) if x.dim() == 4 else None
+        if self.channels_last is not True and trailing == chw:
+            return x
+        if self.channels_last is not False and trailing == hwc:
+            return x.permute(0, 3, 1, 2)
+        layouts = {None: f"(batch, {c}, {h}, {w}) or (batch, {h}, {w}, {c})",
+                   False: f"(batch, {c}, {h}, {w})", True: f"(batch, {h}, {w}, {c})"}
+        raise ValueError(f"images have shape {tuple(x.shape)}, expected {layouts[self.channels_last]}")
+
+    def as_batch(self, obs: Any) -> Tensor:
+        """Validated frames as float32 ``(batch, C, H, W)`` on the model's device."""
+        if isinstance(obs, dict):
+            raise ValueError("dict observations are not supported: choose one key (obs_key) first")
+        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs)
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"images must hold real numbers, got dtype {x.dtype}")
+        x = self._as_nchw(x.to(device=self.device, dtype=torch.float32))
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("images contain NaN or inf values")
+        if bool((x < 0).any()) or bool((x > self.max_value).any()):
+            raise ValueError(f"pixel values must lie in [0, max_value={self.max_value:g}], "
+                             f"got [{float(x.min()):g}, {float(x.max()):g}]")
+        return x.contiguous()
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Frames ``(B, C, H, W)`` -> cell centres ``y = (q + 1/2) / L`` of shape ``(B, c, h, w)``."""
+        small = downsample(x, self.size)
+        if self.grey:
+            small = small.mean(dim=1, keepdim=True)
+        return (quantize(small, self.levels, self.max_value) + 0.5) / self.levels
+
+    def levels_of(self, obs: Any) -> Tensor:
+        """The quantised frames ``q`` (integers as floats), shape ``(B, c, h, w)``: what is counted."""
+        return torch.round(self.encode(self.as_batch(obs)) * self.levels - 0.5)
+
+    # ------------------------------------------------------------- flow space
+    def _to_flow_space(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``s(y)`` and ``log|ds/dy|`` (logit or affine; see the module docstring)."""
+        d = self.event_numel
+        if self.preprocessing == "affine":
+            return 2.0 * y - 1.0, y.new_full((y.shape[0],), d * math.log(2.0))
+        t = self.alpha + (1.0 - 2.0 * self.alpha) * y.clamp(0.0, 1.0)
+        s = torch.log(t) - torch.log1p(-t)
+        logdet = (math.log1p(-2.0 * self.alpha) - torch.log(t) - torch.log1p(-t)).reshape(y.shape[0], -1).sum(1)
+        return s, logdet
+
+    def extra_repr(self) -> str:
+        return (f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}, levels={self.levels}, "
+                f"flow={self.flow_name!r}, estimator={self.estimator!r}, preprocessing={self.preprocessing!r}")
+
+
+def point_image_stream(
+    counts: Sequence[int], side: int = 16, channels: int = 1, block: int = 2, seed: int = 0,
+    noise: float = 8.0,
+) -> tuple[Tensor, Tensor]:
+    """Exact-count benchmark for images: ``(frames (K, C, side, side), shuffled uint8 stream)``.
+
+    Frame ``k`` is a dark background with a bright ``block x block`` square at
+    one of ``K = len(counts)`` distinct grid positions; the stream holds it
+    ``counts[k]`` times, with uniform pixel noise of amplitude ``noise`` (in
+    ``[0, 255]``, small enough to stay in the same quantisation cell at 8
+    levels), shuffled.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cells = side // block
+    k = len(counts)
+    if k > cells * cells:
+        raise ValueError(f"{k} positions do not fit in a {side}x{side} frame with {block}x{block} blocks")
+    pos = torch.randperm(cells * cells, generator=g)[:k]
+    frames = torch.full((k, channels, side, side), 40.0)
+    for i, p in enumerate(pos.tolist()):
+        r, c = divmod(p, cells)
+        frames[i, :, r * block:(r + 1) * block, c * block:(c + 1) * block] = 200.0
+    idx = torch.repeat_interleave(torch.arange(k), torch.as_tensor(list(counts)))
+    idx = idx[torch.randperm(idx.numel(), generator=g)]
+    stream = frames[idx] + noise * (torch.rand(idx.numel(), channels, side, side, generator=g) - 0.5)
+    return frames.to(torch.uint8), stream.round().clamp(0, 255).to(torch.uint8)
