@@ -40,6 +40,7 @@ from ..nn import as_hidden
 __all__ = ["BlockNAF"]
 
 _LOG2 = math.log(2.0)
+_BIAS_SPREAD = 2.0  # initial hidden biases span [-2, 2] (the bulk of standardised data)
 
 
 def _log_leaky_tanh_derivative(u: Tensor, leak: float) -> Tensor:
@@ -95,7 +96,12 @@ class BlockNAF(Transform):
             v = torch.empty(dim * n_out, dim * n_in)
             nn.init.uniform_(v, -1 / math.sqrt(n_in), 1 / math.sqrt(n_in))
             self.weights.append(nn.Parameter(v))
-            self.biases.append(nn.Parameter(torch.zeros(dim * n_out)))
+            # hidden biases spread over [-2, 2] in every block: with zero biases all first-layer units of
+            # a block start as the same tanh(x_i) (a one-input row is normalised to weight 1), and the
+            # network starts with one kink at 0 instead of a basis of steps across the data
+            last = len(self.weights) == len(self.widths) - 1
+            spread = torch.zeros(n_out) if last or n_out == 1 else _BIAS_SPREAD * torch.linspace(-1.0, 1.0, n_out)
+            self.biases.append(nn.Parameter(spread.repeat(dim)))
             # e^g = n_in^-1/2: a unit-norm row of n_in similar positive entries sums to n_in^1/2,
             # so this keeps each layer's gain near 1 at initialisation (no saturated tanh start)
             self.log_norms.append(nn.Parameter(torch.full((dim * n_out,), -0.5 * math.log(n_in))))

