@@ -8,6 +8,14 @@ the slope of log N_hat against log N, the pseudo-count of an unseen state
 relative to the rarest seen one, and the time to score the K states.
 
     python scripts/bench_pseudocounts.py --flows nsf realnvp --seeds 0 1 2
+
+``--images``: the same for :class:`flowrl.novelty_image.ImagePseudoCounter`
+on ``--k`` frames (``--side`` x ``--side`` uint8, a bright square at K
+positions, :func:`flowrl.novelty_image.point_image_stream`) visited 1 to
+``--max-count`` times, with the cost of an ``update`` call (``--batch``
+frames, ``--steps`` training steps) and of a ``bonus`` call on 64 frames.
+
+    python scripts/bench_pseudocounts.py --images --k 8 --max-count 100 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flowrl  # noqa: E402
 from flowrl.novelty import ESTIMATORS, FlowPseudoCounter, cluster_stream, count_agreement  # noqa: E402
+from flowrl.novelty_image import ImagePseudoCounter, point_image_stream  # noqa: E402
+
+IMAGE_ESTIMATORS = ("density", "cell", "cell_bound")
 
 
 def run(flow: str, seed: int, args) -> dict[str, tuple[float, float, float, float]]:
@@ -48,6 +59,58 @@ def run(flow: str, seed: int, args) -> dict[str, tuple[float, float, float, floa
     return out
 
 
+def run_images(seed: int, args) -> dict:
+    counts = np.round(np.geomspace(1, args.max_count, args.k)).astype(int)
+    frames, stream = point_image_stream(counts, side=args.side, seed=seed, unseen=1)
+    frames, unseen = frames[:-1], frames[-1:]  # a square at a position never visited
+    torch.manual_seed(seed)
+    counter = ImagePseudoCounter(
+        frames.shape[1:], args.image_flow, levels=args.levels, size=args.size, lr=args.lr,
+        batch_size=args.train_batch, steps_per_update=args.steps, seed=seed, cell_samples=args.cell_samples,
+        flow_kwargs=dict(transforms=args.transforms, hidden_features=tuple(args.hidden)),
+    )
+    t0 = time.perf_counter()
+    chunks = stream.split(args.batch)
+    for chunk in chunks:
+        counter.update(chunk)
+    update_ms = 1e3 * (time.perf_counter() - t0) / len(chunks)
+    counter.train_steps(args.extra_steps)
+    batch64 = stream[:64]
+    counter.bonus(batch64)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        counter.bonus(batch64)
+    bonus_ms = 1e3 * (time.perf_counter() - t0) / 5
+    out = {"update_ms": update_ms, "bonus_ms": bonus_ms}
+    for est in IMAGE_ESTIMATORS:
+        n_hat = counter.pseudo_count(frames, est).cpu().numpy()
+        rho, slope = count_agreement(counts, n_hat)
+        n_unseen = float(counter.pseudo_count(unseen, est))
+        out[est] = (rho, slope, n_unseen / float(n_hat[np.argmin(counts)]))
+    out["table"] = (counts, counter.pseudo_count(frames).cpu().numpy())
+    return out
+
+
+def main_images(args) -> None:
+    print(f"images: K={args.k} frames {args.side}x{args.side} -> {args.size}x{args.size} at {args.levels} levels, "
+          f"{args.image_flow} (transforms={args.transforms}, hidden={args.hidden}), counts 1..{args.max_count}, "
+          f"batches of {args.batch}, {args.steps} steps/update, +{args.extra_steps} steps, seeds {args.seeds}")
+    t0 = time.perf_counter()
+    results = [run_images(s, args) for s in args.seeds]
+    print(f"{'estimator':12s} {'spearman':>16s} {'slope':>16s} {'N(unseen)/N(rarest)':>20s}")
+    for est in IMAGE_ESTIMATORS:
+        vals = np.array([r[est] for r in results])
+        m, sd = vals.mean(0), vals.std(0)
+        print(f"{est:12s} {m[0]:8.3f} +- {sd[0]:5.3f} {m[1]:8.3f} +- {sd[1]:5.3f} {np.median(vals[:, 2]):20.3g}")
+    counts, n_hat = results[0]["table"]
+    print(f"seed {args.seeds[0]}, default estimator: true count -> pseudo-count")
+    print("  " + "  ".join(f"{c:d}->{n:.3g}" for c, n in zip(counts, n_hat)))
+    upd = np.mean([r["update_ms"] for r in results])
+    bon = np.mean([r["bonus_ms"] for r in results])
+    print(f"cost: update({args.batch} frames, {args.steps} steps) {upd:.1f} ms; bonus(64 frames) {bon:.1f} ms; "
+          f"total {time.perf_counter() - t0:.1f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flows", nargs="+", default=None, help="default: realnvp, nice and nsf when available")
@@ -62,8 +125,19 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--resolution", type=float, default=0.4)
+    p.add_argument("--images", action="store_true", help="benchmark the image counter instead")
+    p.add_argument("--image-flow", default="glow")
+    p.add_argument("--side", type=int, default=16, help="raw frame side (images)")
+    p.add_argument("--size", type=int, default=8, help="downsampled side (images)")
+    p.add_argument("--levels", type=int, default=2, help="quantisation levels (images)")
+    p.add_argument("--transforms", type=int, default=2, help="flow steps per level (images)")
+    p.add_argument("--cell-samples", type=int, default=16, help="points per cell (images)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[16], help="conditioner widths (images)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.images:
+        main_images(args)
+        return
     flows = args.flows or [f for f in ("nsf", "realnvp", "nice") if f in flowrl.available_flows()]
     print(f"K={args.k} clusters (std {args.spread}) in {args.dim}-D, counts 1..{args.max_count}, "
           f"batches of {args.batch}, {args.steps} steps/update, seeds {args.seeds}")

@@ -198,3 +198,125 @@ def test_rnd_bonus_is_larger_off_the_visited_states_and_decreases_with_training(
     assert float(rnd.bonus(far)) > float(rnd.bonus(visited[:32]).mean())
     with pytest.raises(ValueError, match="NaN"):
         rnd.bonus(np.array([[np.inf, 0.0]]))
+
+
+# ------------------------------------------------------------------ images
+from flowrl.novelty_image import ImagePseudoCounter, downsample, point_image_stream, quantize  # noqa: E402
+
+IMAGE_COUNTS = np.round(np.geomspace(1, 100, 8)).astype(int)  # 8 frames visited 1..100 times
+IMAGE_SETTING = dict(lr=3e-3, batch_size=32, steps_per_update=8, flow_kwargs=dict(transforms=2, hidden_features=(16,)))
+
+
+def _fit_frames(seed: int, extra_steps: int = 300):
+    """An image counter fitted on a shuffled uint8 stream of 8 frames (a square at 8 positions), batches of 8."""
+    frames, stream = point_image_stream(IMAGE_COUNTS, side=16, seed=seed, unseen=1)
+    counter = ImagePseudoCounter((1, 16, 16), seed=seed, **IMAGE_SETTING)
+    for chunk in stream.split(8):
+        counter.update(chunk)
+    counter.train_steps(extra_steps)
+    return counter, frames[:-1], frames[-1:]
+
+
+@pytest.fixture(scope="module")
+def fitted_frames():
+    return _fit_frames(seed=0)
+
+
+def _assert_frame_counts_track_true_counts(counter, frames):
+    n_hat = counter.pseudo_count(frames).numpy()
+    spearman, slope = count_agreement(IMAGE_COUNTS, n_hat)
+    assert spearman >= 0.9, (spearman, n_hat)
+    assert 0.5 <= slope <= 2.0, (slope, n_hat)
+    assert counter.n_total == IMAGE_COUNTS.sum()
+
+
+def test_image_counts_track_true_counts(fitted_frames):
+    counter, frames, _ = fitted_frames
+    _assert_frame_counts_track_true_counts(counter, frames)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_image_counts_track_true_counts_other_seeds(seed):
+    counter, frames, unseen = _fit_frames(seed)
+    _assert_frame_counts_track_true_counts(counter, frames)
+    assert counter.bonus(unseen) > counter.bonus(frames[int(np.argmax(IMAGE_COUNTS))])
+
+
+def test_unseen_frame_gets_a_larger_bonus_than_the_most_visited(fitted_frames):
+    counter, frames, unseen = fitted_frames
+    most = frames[int(np.argmax(IMAGE_COUNTS))]
+    assert counter.bonus(unseen) > 2 * counter.bonus(most)
+    rarest = frames[int(np.argmin(IMAGE_COUNTS))]
+    assert counter.pseudo_count(unseen) < counter.pseudo_count(rarest)
+
+
+def test_image_layouts_and_dtypes_give_the_same_counts(fitted_frames):
+    counter, frames, _ = fitted_frames
+    nchw = counter.pseudo_count(frames)
+    assert torch.equal(counter.pseudo_count(frames.permute(0, 2, 3, 1).numpy()), nchw)  # NHWC, numpy
+    assert torch.equal(counter.pseudo_count(frames.float()), nchw)  # float frames in [0, 255]
+    assert torch.equal(counter.log_density(frames[0]), counter.log_density(frames[:1]))  # a single frame
+    unit = ImagePseudoCounter((1, 16, 16), max_value=1.0, **IMAGE_SETTING)
+    unit.load_state_dict(counter.state_dict())
+    assert torch.allclose(unit.pseudo_count(frames.float() / 255.0), nchw)
+
+
+def test_downsample_is_an_area_average_and_quantize_bins_levels():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert downsample(x, (2, 2)).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    q = quantize(torch.tensor([0.0, 31.0, 32.0, 127.0, 128.0, 255.0]), levels=8, max_value=256.0)
+    assert q.tolist() == [0, 0, 1, 3, 4, 7]
+    counter = ImagePseudoCounter((3, 4, 4), size=2, grey=False, levels=4, **IMAGE_SETTING)
+    frame = torch.zeros(1, 3, 4, 4)
+    frame[0, 1] = 255.0  # green channel at full brightness
+    frame[0, 2, :2, :2] = 100.0  # blue, one 2x2 block
+    levels = counter.levels_of(frame)
+    assert levels.shape == (1, 3, 2, 2)
+    assert levels[0, 0].eq(0).all() and levels[0, 1].eq(3).all()
+    assert levels[0, 2].tolist() == [[1, 0], [0, 0]]
+    grey = ImagePseudoCounter((3, 4, 4), size=2, levels=4, **IMAGE_SETTING)
+    assert grey.levels_of(frame).shape == (1, 1, 2, 2)
+
+
+def test_image_counter_state_dict_round_trip(fitted_frames):
+    counter, frames, _ = fitted_frames
+    other = ImagePseudoCounter((1, 16, 16), seed=5, **IMAGE_SETTING)
+    assert not torch.allclose(other.pseudo_count(frames), counter.pseudo_count(frames))
+    other.load_state_dict(copy.deepcopy(counter.state_dict()))
+    assert torch.equal(other.pseudo_count(frames), counter.pseudo_count(frames))
+    assert other.n_total == counter.n_total and torch.equal(other.buffer.data, counter.buffer.data)
+    a, b = copy.deepcopy(counter), other
+    a.update(frames[:4])
+    b.update(frames[:4])
+    assert torch.allclose(a.pseudo_count(frames), b.pseudo_count(frames))  # training resumes identically
+
+
+def test_image_counter_bad_inputs_get_clear_errors():
+    counter = ImagePseudoCounter((1, 16, 16), **IMAGE_SETTING)
+    frame = torch.zeros(2, 1, 16, 16)
+    with pytest.raises(ValueError, match="shape"):
+        counter.update(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        counter.bonus(torch.zeros(2, 256))
+    nan = frame.clone()
+    nan[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        counter.update(nan)
+    with pytest.raises(ValueError, match="max_value"):
+        counter.update(frame + 300.0)
+    with pytest.raises(ValueError, match="max_value"):
+        counter.bonus(frame - 1.0)
+    with pytest.raises(ValueError, match="dict"):
+        counter.bonus({"pixels": frame})
+    with pytest.raises(ValueError, match=r"\(batch, 16, 16, 1\)"):
+        ImagePseudoCounter((1, 16, 16), channels_last=True, **IMAGE_SETTING).bonus(frame)
+    with pytest.raises(ValueError, match="image_shape"):
+        ImagePseudoCounter((16, 16))
+    with pytest.raises(ValueError, match="does not model images"):
+        ImagePseudoCounter((1, 16, 16), "nsf")
+    with pytest.raises(ValueError, match="levels"):
+        ImagePseudoCounter((1, 16, 16), levels=1)
+    with pytest.raises(ValueError, match="size"):
+        ImagePseudoCounter((1, 16, 16), size=32)
+    assert counter.n_total == 0  # nothing bad got in

@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from flowrl.novelty import OnlineDensityModel
 
-from .bonus import NoveltyBonus, observation_dim
+from .bonus import NoveltyBonus, _max_pixel_value, observation_shape
 from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
 from .callback import NoveltyCallback
 from .options import parse_options
@@ -22,9 +22,16 @@ __all__ = ["attach_novelty", "novelty_callbacks", "find_novelty", "novelty_densi
 
 
 def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict] = None) -> NoveltyBonus:
-    """A :class:`NoveltyBonus` for ``observation_space`` from a plain options dict."""
+    """A :class:`NoveltyBonus` for ``observation_space`` from a plain options dict.
+
+    A 3-D ``Box`` (HWC or CHW frames, e.g. uint8 images) gets the image
+    pseudo-counter (``kind="flow"`` only); its pixel range is ``[0, high]``.
+    """
     opts = parse_options(novelty)
-    return NoveltyBonus(opts, observation_dim(observation_space, opts.obs_key))
+    shape = observation_shape(observation_space, opts.obs_key)
+    if len(shape) == 3:
+        return NoveltyBonus(opts, shape, max_value=_max_pixel_value(observation_space, opts.obs_key))
+    return NoveltyBonus(opts, shape)
 
 
 def attach_novelty(algo_class: type, algo_kwargs: dict, env: Any, novelty: dict) -> tuple[dict, list[BaseCallback]]:
@@ -82,7 +89,7 @@ def novelty_callbacks(model: BaseAlgorithm) -> list[BaseCallback]:
 
 
 def novelty_density(model_or_callback: Any, points: Any, kind: str = "log_density") -> np.ndarray:
-    """Evaluate the novelty model on raw observations ``points`` ``(N, obs_dim)``, shape ``(N,)``.
+    """Evaluate the novelty model on raw observations ``points`` ``(N, obs_dim)`` or frames, shape ``(N,)``.
 
     ``kind``: ``"log_density"`` (``log rho`` of the flow in its normalised
     space; ``ValueError`` for RND), ``"pseudo_count"`` (flow only) or

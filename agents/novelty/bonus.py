@@ -6,6 +6,12 @@ visits and updates the model every ``update_every`` environment steps.  It
 pickles to its options plus a CPU state dict, so an SB3 ``model.save`` that
 pickles the buffer's kwargs carries the density model, its normaliser, its
 buffer and its optimiser along.
+
+Image observations (a 3-D ``Box``, e.g. uint8 frames) are modelled by
+:class:`flowrl.novelty_image.ImagePseudoCounter`: the bonus keeps them as
+frames ``(C, H, W)`` (channels first, as SB3 stores them after
+``VecTransposeImage``; channels-last frames are transposed on the way in)
+and the counter downsamples and quantises them.
 """
 
 from __future__ import annotations
@@ -17,15 +23,16 @@ import torch
 from gymnasium import spaces
 
 from flowrl.novelty import FlowPseudoCounter, OnlineDensityModel
+from flowrl.novelty_image import ImagePseudoCounter
 from flowrl.rnd import RNDNovelty
 
 from .options import NoveltyOptions, parse_options
 
-__all__ = ["NoveltyBonus", "observation_dim"]
+__all__ = ["NoveltyBonus", "observation_dim", "observation_shape"]
 
 
-def observation_dim(space: spaces.Space, obs_key: Optional[str]) -> int:
-    """Size of the vector the density model sees, or a ``ValueError`` for spaces it cannot model."""
+def _modelled_space(space: spaces.Space, obs_key: Optional[str]) -> spaces.Box:
+    """The ``Box`` the density model sees, or a ``ValueError`` for spaces it cannot model."""
     if isinstance(space, spaces.Dict):
         if obs_key is None:
             raise ValueError(
@@ -38,31 +45,75 @@ def observation_dim(space: spaces.Space, obs_key: Optional[str]) -> int:
         raise ValueError(f"obs_key={obs_key!r} given but the observation space is not a Dict")
     if not isinstance(space, spaces.Box):
         raise ValueError(f"the novelty bonus models Box observations; got {type(space).__name__}")
-    if len(space.shape) == 3 and space.dtype == np.uint8:
-        raise ValueError("image observations are not supported by the novelty bonus yet; "
-                         "give it a vector key (obs_key) or a feature wrapper")
-    return int(np.prod(space.shape))
+    return space
+
+
+def _channels_first(shape: tuple[int, ...]) -> bool:
+    """SB3's rule (``is_image_space_channels_first``): the smallest dimension holds the channels."""
+    return int(np.argmin(shape)) == 0
+
+
+def observation_shape(space: spaces.Space, obs_key: Optional[str]) -> tuple[int, ...]:
+    """``(obs_dim,)`` for vector observations, ``(C, H, W)`` (channels first) for image ones (3-D ``Box``)."""
+    box = _modelled_space(space, obs_key)
+    shape = tuple(int(s) for s in box.shape)
+    if len(shape) == 3:
+        return shape if _channels_first(shape) else (shape[2], shape[0], shape[1])
+    return (int(np.prod(shape)),)
+
+
+def observation_dim(space: spaces.Space, obs_key: Optional[str]) -> int:
+    """Number of values the density model sees per observation (``ValueError`` for spaces it cannot model)."""
+    return int(np.prod(observation_shape(space, obs_key)))
+
+
+def _max_pixel_value(space: spaces.Space, obs_key: Optional[str]) -> float:
+    box = _modelled_space(space, obs_key)
+    if not (np.all(np.isfinite(box.low)) and np.all(np.isfinite(box.high)) and float(box.low.min()) >= 0):
+        raise ValueError(f"image observations need finite bounds with low >= 0, got [{box.low.min()}, {box.high.max()}]")
+    return float(box.high.max())
 
 
 class NoveltyBonus:
-    """Intrinsic reward ``beta * b(x)`` from an online novelty model, shared by buffer and callback."""
+    """Intrinsic reward ``beta * b(x)`` from an online novelty model, shared by buffer and callback.
 
-    def __init__(self, options: NoveltyOptions | dict, obs_dim: int):
+    ``obs_shape``: an int or ``(obs_dim,)`` for vectors, ``(C, H, W)`` for
+    frames whose pixel values lie in ``[0, max_value]`` (see :func:`observation_shape`).
+    """
+
+    def __init__(self, options: NoveltyOptions | dict, obs_shape: int | tuple, max_value: float = 255.0):
         self.options = options if isinstance(options, NoveltyOptions) else parse_options(options)
-        self.obs_dim = int(obs_dim)
+        self.obs_shape = (int(obs_shape),) if isinstance(obs_shape, (int, np.integer)) else tuple(obs_shape)
+        if len(self.obs_shape) not in (1, 3):
+            raise ValueError(f"obs_shape must be (obs_dim,) or (C, H, W), got {self.obs_shape}")
+        self.obs_dim = int(np.prod(self.obs_shape))
+        self.max_value = float(max_value)
         self.model = self._build_model()
         self._pending: list[np.ndarray] = []
         self._pending_steps = 0
 
     # ---------------------------------------------------------------- model
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
     def _build_model(self) -> OnlineDensityModel:
         o = self.options
         common = dict(lr=o.lr, batch_size=o.batch_size, steps_per_update=o.steps_per_update,
                       buffer_size=o.buffer_size, seed=o.seed)
-        if o.kind == "flow":
+        if self.is_image:
+            if o.kind != "flow":
+                raise ValueError("image observations need kind='flow' (RND on frames is not implemented); "
+                                 "or model a vector key (obs_key) with RND")
+            model = ImagePseudoCounter(
+                self.obs_shape, o.flow or "glow", size=tuple(o.image_size), grey=o.image_grey,
+                levels=o.image_levels, max_value=self.max_value, channels_last=False, estimator=o.estimator,
+                cell_samples=o.cell_samples or 64, ema=o.ema, flow_kwargs=o.flow_kwargs, **common,
+            )
+        elif o.kind == "flow":
             model = FlowPseudoCounter(
-                self.obs_dim, o.flow, estimator=o.estimator, resolution=o.resolution,
-                cell_samples=o.cell_samples, smoothing=o.smoothing, ema=o.ema,
+                self.obs_dim, o.flow or "realnvp", estimator=o.estimator, resolution=o.resolution,
+                cell_samples=o.cell_samples or 8, smoothing=o.smoothing, ema=o.ema,
                 flow_kwargs=o.flow_kwargs, **common,
             )
         else:
@@ -83,7 +134,11 @@ class NoveltyBonus:
         return self.options.update_every
 
     def select(self, obs: Any) -> np.ndarray:
-        """The modelled part of raw observations, as ``(batch, obs_dim)`` float32."""
+        """The modelled part of raw observations, as float32 ``(batch, *obs_shape)``.
+
+        Frames may come channels first ``(batch, C, H, W)`` or channels last
+        ``(batch, H, W, C)`` (a single frame without the batch too).
+        """
         if isinstance(obs, dict):
             key = self.options.obs_key
             if key is None or key not in obs:
@@ -92,12 +147,26 @@ class NoveltyBonus:
         if isinstance(obs, torch.Tensor):
             obs = obs.detach().cpu().numpy()
         arr = np.asarray(obs, dtype=np.float32)
-        if arr.size % self.obs_dim != 0:
+        if self.is_image:
+            arr = self._frames_first(arr)
+        elif arr.size % self.obs_dim != 0:
             raise ValueError(f"observations of shape {arr.shape} do not hold vectors of size {self.obs_dim}")
-        arr = arr.reshape(-1, self.obs_dim)
+        else:
+            arr = arr.reshape(-1, self.obs_dim)
         if not np.isfinite(arr).all():
             raise ValueError("observations contain NaN or inf values")
         return arr
+
+    def _frames_first(self, arr: np.ndarray) -> np.ndarray:
+        c, h, w = self.obs_shape
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim == 4 and arr.shape[1:] == (c, h, w):
+            return arr
+        if arr.ndim == 4 and arr.shape[1:] == (h, w, c):
+            return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+        raise ValueError(f"image observations have shape {arr.shape}, expected (batch, {c}, {h}, {w}) "
+                         f"or (batch, {h}, {w}, {c})")
 
     # ------------------------------------------------------------ rewards
     def intrinsic(self, obs: Any) -> torch.Tensor:
@@ -140,6 +209,8 @@ class NoveltyBonus:
         return {
             "options": self.options.as_dict(),
             "obs_dim": self.obs_dim,
+            "obs_shape": self.obs_shape,
+            "max_value": self.max_value,
             "model_state": state,
             "pending": list(self._pending),
             "pending_steps": self._pending_steps,
@@ -148,6 +219,8 @@ class NoveltyBonus:
     def __setstate__(self, state: dict) -> None:
         self.options = NoveltyOptions(**state["options"])
         self.obs_dim = state["obs_dim"]
+        self.obs_shape = tuple(state.get("obs_shape", (self.obs_dim,)))
+        self.max_value = float(state.get("max_value", 255.0))
         self.model = self._build_model()
         device = self.model.device
         self.model.load_state_dict({k: _to_device(v, device) for k, v in state["model_state"].items()})

@@ -92,7 +92,10 @@ class _RolloutScoring:
 
     def _init_scoring(self, novelty: Optional[NoveltyBonus]) -> None:
         self.novelty = _check_bonus(novelty)
-        self.scored_obs = np.zeros((self.buffer_size, self.n_envs, novelty.obs_dim), dtype=np.float32)
+        # Frames keep the observation space's dtype (uint8 frames stay uint8 here).
+        dtype = self.observation_space.dtype if novelty.is_image and self.observation_space.dtype == np.uint8 \
+            else np.float32
+        self.scored_obs = np.zeros((self.buffer_size, self.n_envs, *novelty.obs_shape), dtype=dtype)
         self.intrinsic_rewards = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         self._recorded = np.zeros(self.buffer_size, dtype=bool)
         self._bonus_added = False
@@ -108,7 +111,7 @@ class _RolloutScoring:
         """Called by the callback before SB3 adds step ``pos``: the raw state to score for it."""
         if self.pos >= self.buffer_size:
             raise RuntimeError("rollout buffer is full; record_scored called once too often")
-        self.scored_obs[self.pos] = self.novelty.select(raw_obs).reshape(self.n_envs, -1)
+        self.scored_obs[self.pos] = self.novelty.select(raw_obs).reshape(self.n_envs, *self.novelty.obs_shape)
         self._recorded[self.pos] = True
 
     def compute_returns_and_advantage(self, last_values, dones) -> None:
@@ -117,7 +120,7 @@ class _RolloutScoring:
             if n == 0 or not self._recorded[:n].all():
                 raise RuntimeError("NoveltyRolloutBuffer: the scored states were not recorded; pass the callbacks "
                                    "returned by attach_novelty (or novelty_callbacks(model)) to model.learn")
-            flat = self.scored_obs[:n].reshape(-1, self.novelty.obs_dim)
+            flat = self.scored_obs[:n].reshape(-1, *self.novelty.obs_shape)
             bonus = self.novelty.intrinsic(flat).cpu().numpy().reshape(n, self.n_envs)
             self.intrinsic_rewards[:n] = bonus
             self.rewards[:n] += bonus

@@ -9,7 +9,8 @@ from flowrl.novelty import ESTIMATORS
 
 __all__ = ["NoveltyOptions", "parse_options"]
 
-_FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cell_samples", "smoothing", "ema"}
+_FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cell_samples", "smoothing", "ema",
+              "image_size", "image_levels", "image_grey"}
 _RND_ONLY = {"hidden_features", "embedding_dim"}
 
 
@@ -32,6 +33,12 @@ class NoveltyOptions:
     times more here, which every environment step pays; pass
     ``{"flow": "nsf", "resolution": 0.4}`` to trade speed for counts.  RND options:
     ``hidden_features``, ``embedding_dim``.
+
+    Image observations (a 3-D ``Box``): ``flow`` defaults to ``"glow"``
+    (``"realnvp"`` also models images); frames are area-averaged to
+    ``image_size`` ``(h, w)``, made grey if ``image_grey`` and quantised to
+    ``image_levels`` levels (see :class:`flowrl.novelty_image.ImagePseudoCounter`);
+    ``resolution`` and ``smoothing`` do not apply (the cell is a quantisation level).
     """
 
     kind: str = "flow"
@@ -45,13 +52,16 @@ class NoveltyOptions:
     obs_key: Optional[str] = None
     device: str = "cpu"
     seed: Optional[int] = None
-    flow: str = "realnvp"
+    flow: Optional[str] = None  # "realnvp" for vectors, "glow" for images
     flow_kwargs: dict = field(default_factory=dict)
     estimator: str = "cell"
     resolution: float = 0.2
-    cell_samples: int = 8
+    cell_samples: Optional[int] = None  # 8 for vectors, 64 for images
     smoothing: float = 1.0
     ema: float = 0.99
+    image_size: Any = (8, 8)
+    image_levels: int = 2
+    image_grey: bool = True
     hidden_features: Any = (64, 64)
     embedding_dim: int = 16
 
@@ -84,6 +94,14 @@ def parse_options(novelty: Optional[dict]) -> NoveltyOptions:
             raise ValueError(f"novelty {name} must be positive, got {getattr(opts, name)}")
     if opts.steps_per_update < 0:
         raise ValueError(f"novelty steps_per_update must be >= 0, got {opts.steps_per_update}")
+    size = (opts.image_size,) * 2 if isinstance(opts.image_size, int) else tuple(opts.image_size)
+    if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
+        raise ValueError(f"novelty image_size must be an int or (h, w) of positive ints, got {opts.image_size!r}")
+    opts.image_size = size
+    if opts.cell_samples is not None and not (isinstance(opts.cell_samples, int) and opts.cell_samples >= 1):
+        raise ValueError(f"novelty cell_samples must be a positive int, got {opts.cell_samples!r}")
+    if not isinstance(opts.image_levels, int) or opts.image_levels < 2:
+        raise ValueError(f"novelty image_levels must be an int >= 2, got {opts.image_levels!r}")
     if not isinstance(opts.flow_kwargs, dict):
         raise ValueError(f"novelty flow_kwargs must be a dict, got {type(opts.flow_kwargs).__name__}")
     return opts
