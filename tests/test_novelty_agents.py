@@ -265,3 +265,86 @@ def test_dict_observations_with_a_key_train_end_to_end():
     assert find_novelty(model).model.n_total == 40
     sample = model.replay_buffer.sample(8)
     assert torch.isfinite(sample.rewards).all() and (sample.rewards > 0).all()
+
+
+# ------------------------------------------------------------------ images
+SMALL_IMAGE = {"flow_kwargs": {"transforms": 1, "hidden_features": [8]}, "batch_size": 16, "steps_per_update": 1,
+               "update_every": 16, "cell_samples": 8}
+
+
+def _pixel_env(n_envs=1):
+    import envs  # noqa: F401  (registers flowrl/PixelPoint-v0)
+
+    return make_vec_env("flowrl/PixelPoint-v0", n_envs=n_envs, seed=0, env_kwargs={"max_steps": 50})
+
+
+def test_image_observation_space_gets_the_image_counter_in_channels_first_form():
+    from flowrl.novelty_image import ImagePseudoCounter
+
+    hwc = spaces.Box(0, 255, (16, 16, 1), np.uint8)
+    bonus = make_novelty_bonus(hwc, SMALL_IMAGE)
+    assert isinstance(bonus.model, ImagePseudoCounter) and bonus.obs_shape == (1, 16, 16)
+    assert bonus.model.flow_name == "glow" and bonus.model.max_value == 255.0
+    assert make_novelty_bonus(spaces.Box(0, 255, (1, 16, 16), np.uint8), SMALL_IMAGE).obs_shape == (1, 16, 16)
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 1), dtype=np.uint8)
+    chw = frames.transpose(0, 3, 1, 2)
+    bonus.model.update(chw)
+    assert np.array_equal(bonus.intrinsic(frames).numpy(), bonus.intrinsic(chw).numpy())  # HWC as SB3 before transpose
+    unit = make_novelty_bonus(spaces.Box(0.0, 1.0, (3, 16, 16), np.float32), SMALL_IMAGE)
+    assert unit.model.max_value == 1.0
+    with pytest.raises(ValueError, match="image observations have shape"):
+        bonus.intrinsic(np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        unit.intrinsic(np.full((1, 3, 16, 16), np.nan, np.float32))
+    with pytest.raises(ValueError, match="kind='flow'"):
+        make_novelty_bonus(hwc, {"kind": "rnd"})
+    with pytest.raises(ValueError, match="image_levels"):
+        make_novelty_bonus(hwc, {"image_levels": 1})
+
+
+def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    env = _pixel_env()
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_IMAGE, "beta": 0.5, "seed": 0})
+    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    assert model.observation_space.shape == (1, 16, 16)  # SB3 moved the channels first (VecTransposeImage)
+    seen = []
+
+    class Spy(BaseCallback):
+        def _on_step(self):
+            seen.extend(i["intrinsic_reward"] for i in self.locals["infos"])
+            return True
+
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    dumped: dict = {}
+
+    class Record(KVWriter):  # every value the logger writes out
+        def write(self, key_values, key_excluded, step=0):
+            dumped.update(key_values)
+
+    model.set_logger(Logger(None, [Record()]))
+    model.learn(200, callback=[*callbacks, Spy()], log_interval=1)
+    bonus = find_novelty(model)
+    assert bonus.model.n_total == 200 and len(seen) == 200
+    assert all(np.isfinite(seen)) and min(seen) > 0
+    assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward", "rollout/intrinsic_ep_return"} <= set(dumped)
+    assert dumped["rollout/intrinsic_reward"] > 0 and np.isfinite(dumped["novelty/loss"])
+    samples = model.replay_buffer.sample(16)
+    assert torch.isfinite(samples.rewards).all() and (samples.rewards > 0).all()  # bonus > 0, extrinsic >= 0
+    model.save(tmp_path / "agent")
+    loaded = SAC.load(tmp_path / "agent", env=env)
+    frames = model.replay_buffer.observations[:32, 0]
+    assert np.array_equal(novelty_density(model, frames, "bonus"), novelty_density(loaded, frames, "bonus"))
+    assert find_novelty(loaded).model.n_total == 200
+
+
+def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout():
+    env = _pixel_env(n_envs=2)
+    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, env, {**SMALL_IMAGE, "beta": 0.5})
+    model = PPO("MlpPolicy", env, seed=0, **kwargs)
+    model.learn(64, callback=callbacks)
+    buf = model.rollout_buffer
+    assert buf.scored_obs.dtype == np.uint8 and buf.scored_obs.shape == (32, 2, 1, 16, 16)
+    assert (buf.intrinsic_rewards > 0).all() and find_novelty(model).model.n_total == 64
