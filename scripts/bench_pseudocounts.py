@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=8, help="downsampled side (images)")
     p.add_argument("--levels", type=int, default=2, help="quantisation levels (images)")
     p.add_argument("--transforms", type=int, default=2, help="flow steps per level (images)")
-    p.add_argument("--cell-samples", type=int, default=16, help="points per cell (images)")
+    p.add_argument("--cell-samples", type=int, default=64, help="points per cell (images)")
     p.add_argument("--hidden", type=int, nargs="+", default=[16], help="conditioner widths (images)")
     args = p.parse_args()
     torch.set_num_threads(1)
