@@ -156,6 +156,14 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
     Monte-Carlo estimate with ``entropy_samples`` samples per state (``0``:
     return ``None`` and let SB3 use ``-log_prob`` of the stored actions).
 
+    Speed: a rollout step is one sampling pass (its log-density is reused, not
+    recomputed); a minibatch is one density pass over the stored actions plus,
+    with ``entropy_samples=K > 0``, a sampling pass over ``K`` actions per state
+    and its backward.  SB3's PPO computes ``ent_coef * entropy_loss`` even when
+    ``ent_coef == 0``, so with ``ent_coef=0`` pass ``entropy_samples=0``: the
+    loss and its gradient are unchanged and that pass is skipped (the logged
+    ``entropy_loss`` then is SB3's ``-log_prob`` estimate).
+
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
     (see the module doc), ``entropy_samples``.
     """

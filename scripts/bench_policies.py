@@ -8,7 +8,7 @@ mean over evaluation episodes after training, with the deterministic policy
 (``det``) and the stochastic one (``stoch``).
 
     python scripts/bench_policies.py --algo sac --steps 10000 --seeds 3
-    python scripts/bench_policies.py --algo ppo --steps 200000 --seeds 3
+    python scripts/bench_policies.py --algo ppo --steps 102400 --seeds 3
     python scripts/bench_policies.py --algo ppo --env flowrl/TwoModeBandit-v0 --steps 16384
 
 Defaults: Pendulum-v1 for both.  SAC: lr 1e-3, SB3's other defaults, nets
@@ -29,6 +29,7 @@ then logs ``-log_prob`` of the stored actions as the entropy); with
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -115,7 +116,7 @@ def main() -> None:
     p.add_argument("--algo", choices=["sac", "ppo"], default="sac")
     p.add_argument("--env", default="Pendulum-v1", help=f"default Pendulum-v1; PPO presets: {', '.join(PPO_PRESETS)}")
     p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=FLOAT", help="e.g. width=0.3")
-    p.add_argument("--steps", type=int, default=None, help="env steps per run (default 10000 sac, 200000 ppo)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (default 10000 sac, 102400 ppo)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
     p.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",
@@ -126,6 +127,8 @@ def main() -> None:
     for key in PPO_KEYS:
         kind = int if key in ("n_envs", "n_steps", "batch_size", "n_epochs") else float
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"PPO {key} (default: the env's preset)")
+    p.add_argument("--flow-kwargs", nargs="*", default=[], metavar="FLOW.KEY=VALUE",
+                   help="override a flow setting, e.g. realnvp.transforms=1 naf.hidden=4 (Python literals)")
     p.add_argument("--entropy-samples", type=int, default=None,
                    help="flow PPO entropy estimate samples (default: 0 if ent_coef == 0 else 1)")
     p.add_argument("--eval-episodes", type=int, default=10)
@@ -133,8 +136,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.env_kwargs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.env_kwargs)}
+    for item in args.flow_kwargs:
+        key, value = item.split("=", 1)
+        flow, name = key.split(".", 1)
+        if flow not in FLOW_KWARGS:
+            raise SystemExit(f"--flow-kwargs: unknown flow {flow!r}; use one of {', '.join(FLOW_KWARGS)}")
+        FLOW_KWARGS[flow][name] = ast.literal_eval(value)
     env_id = args.env
-    args.steps = args.steps or (10000 if args.algo == "sac" else 200000)
+    args.steps = args.steps or (10000 if args.algo == "sac" else 102400)
     preset = PPO_PRESETS.get(env_id, PPO_PRESETS["Pendulum-v1"])
     for key in PPO_KEYS:
         if getattr(args, key) is None:
