@@ -86,12 +86,18 @@ class Flow(nn.Module):
         if self._validating() and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or inf values")
         nd = len(self.shape)
-        batch = x.shape[: x.dim() - nd]
+        x_batch = batch = x.shape[: x.dim() - nd]
         ctx_flat = None
         if context is not None:
-            batch = torch.broadcast_shapes(batch, context.shape[:-1])
-            ctx_flat = context.expand(*batch, self.context_dim).reshape(-1, self.context_dim)
-        x_flat = x.expand(*batch, *self.shape).reshape(-1, *self.shape)
+            # Fast path: one context row per x row (what a policy passes) needs no
+            # broadcast_shapes (a slow Python helper) and no expand.
+            if context.shape[:-1] != batch:
+                batch = torch.broadcast_shapes(batch, context.shape[:-1])
+                context = context.expand(*batch, self.context_dim)
+            ctx_flat = context.reshape(-1, self.context_dim)
+        if x_batch != batch:
+            x = x.expand(*batch, *self.shape)
+        x_flat = x.reshape(-1, *self.shape)
         z, logdet = self.transform(x_flat, ctx_flat)
         lp = self.base.log_prob(z, ctx_flat) + logdet
         return lp.reshape(batch)

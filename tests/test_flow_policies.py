@@ -120,6 +120,18 @@ def test_log_prob_of_samples_matches_direct_density(name, direction):
     assert (x[0, :, 0] > -2).all() and (x[0, :, 1] < 1).all()
 
 
+def test_log_prob_with_one_context_per_row_matches_broadcast_context():
+    flow = _flow("realnvp", 2, base="conditional")
+    x = flow.sample(5, _ctx(3)).reshape(15, 2)
+    ctx = _ctx(3).repeat(5, 1)  # one row per x row: the fast path
+    per_row = flow.log_prob(x, ctx)
+    broadcast = flow.log_prob(x.reshape(5, 3, 2), _ctx(3))  # (5, 3) against (3,): broadcast path
+    assert per_row.shape == (15,) and broadcast.shape == (5, 3)
+    torch.testing.assert_close(per_row, broadcast.reshape(15), rtol=0, atol=1e-12)
+    one_x = flow.log_prob(x[:1], ctx[:4])  # x broadcast against 4 context rows
+    torch.testing.assert_close(one_x, flow.log_prob(x[:1].expand(4, 2), ctx[:4]), rtol=0, atol=1e-12)
+
+
 def test_flow_distribution_entropy_matches_grid_and_has_gradient():
     dist = FlowDistribution(1, "realnvp", SMALL["realnvp"], base="conditional", entropy_samples=20000)
     torch.manual_seed(0)
