@@ -67,9 +67,10 @@ from .novelty import FlowPseudoCounter
 from .registry import flow_spec
 from .transforms.splines import RationalQuadraticSpline
 
-__all__ = ["ImagePseudoCounter", "PixelSpline", "downsample", "quantize", "PREPROCESSING", "point_image_stream"]
+__all__ = ["SMALL_IMAGE_FLOW", "ImagePseudoCounter", "PixelSpline", "downsample", "quantize", "PREPROCESSING", "point_image_stream"]
 
 PREPROCESSING = ("logit", "affine")
+SMALL_IMAGE_FLOW = {"transforms": 2, "hidden_features": (16,)}
 
 
 def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -130,8 +131,11 @@ class ImagePseudoCounter(FlowPseudoCounter):
             ``"affine"``; 0: none).
         estimator: ``"cell"``, ``"density"`` or ``"cell_bound"`` (or a prediction
             gain; see :mod:`flowrl.novelty`).
-        cell_samples, ema, pg_lr, lr, batch_size, steps_per_update, buffer_size, seed,
-        flow_kwargs: as for :class:`flowrl.novelty.FlowPseudoCounter`.
+        cell_samples, ema, pg_lr, lr, batch_size, steps_per_update, buffer_size, seed:
+            as for :class:`flowrl.novelty.FlowPseudoCounter`.
+        flow_kwargs: options of the image flow; default :data:`SMALL_IMAGE_FLOW`
+            (2 steps per level, conditioners of width 16: the measured setting,
+            cheap enough to score every minibatch of an off-policy agent).
 
     Frames are validated (shape, finite, values in ``[0, max_value]``) and
     ``ValueError`` names the problem.  The buffer holds the downsampled
@@ -197,7 +201,7 @@ class ImagePseudoCounter(FlowPseudoCounter):
         self.alpha = float(alpha)
         self._init_counter(
             flow, estimator=estimator, resolution=1.0 / self.levels, cell_samples=cell_samples, smoothing=1.0,
-            ema=ema, pg_lr=pg_lr, seed=seed, flow_kwargs=flow_kwargs,
+            ema=ema, pg_lr=pg_lr, seed=seed, flow_kwargs=dict(SMALL_IMAGE_FLOW if flow_kwargs is None else flow_kwargs),
         )
         pixel_bins = self.levels if pixel_bins is None else pixel_bins
         if not isinstance(pixel_bins, (int, np.integer)) or pixel_bins < 0:

@@ -108,7 +108,7 @@ class NoveltyBonus:
             model = ImagePseudoCounter(
                 self.obs_shape, o.flow or "glow", size=tuple(o.image_size), grey=o.image_grey,
                 levels=o.image_levels, max_value=self.max_value, channels_last=False, estimator=o.estimator,
-                cell_samples=o.cell_samples or 64, ema=o.ema, flow_kwargs=o.flow_kwargs, **common,
+                cell_samples=o.cell_samples or 64, ema=o.ema, flow_kwargs=o.flow_kwargs or None, **common,
             )
         elif o.kind == "flow":
             model = FlowPseudoCounter(

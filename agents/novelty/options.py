@@ -38,7 +38,10 @@ class NoveltyOptions:
     (``"realnvp"`` also models images); frames are area-averaged to
     ``image_size`` ``(h, w)``, made grey if ``image_grey`` and quantised to
     ``image_levels`` levels (see :class:`flowrl.novelty_image.ImagePseudoCounter`);
-    ``resolution`` and ``smoothing`` do not apply (the cell is a quantisation level).
+    ``resolution`` and ``smoothing`` do not apply (the cell is a quantisation level);
+    an empty ``flow_kwargs`` means the counter's small glow and ``cell_samples``
+    defaults to 64.  Scoring dominates the cost for off-policy agents (every
+    minibatch is scored: ``batch_size * cell_samples`` flow evaluations).
     """
 
     kind: str = "flow"
