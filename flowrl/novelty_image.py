@@ -67,7 +67,10 @@ from .novelty import FlowPseudoCounter
 from .registry import flow_spec
 from .transforms.splines import RationalQuadraticSpline
 
-__all__ = ["SMALL_IMAGE_FLOW", "ImagePseudoCounter", "PixelSpline", "downsample", "quantize", "PREPROCESSING", "point_image_stream"]
+__all__ = [
+    "SMALL_IMAGE_FLOW", "ImagePseudoCounter", "PixelSpline", "downsample", "quantize", "PREPROCESSING",
+    "point_image_stream",
+]
 
 PREPROCESSING = ("logit", "affine")
 SMALL_IMAGE_FLOW = {"transforms": 2, "hidden_features": (16,)}

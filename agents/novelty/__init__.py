@@ -14,6 +14,11 @@ Interface (stable)::
 scores each sampled minibatch with the current model; on-policy agents get a
 rollout buffer that adds the bonus before advantages are computed.
 
+Image observations (a 3-D ``Box``: uint8 frames, channels last or first,
+as SB3 sees them before or after ``VecTransposeImage``) get the image
+pseudo-counter of :mod:`flowrl.novelty_image` (downsample, quantise, a small
+Glow); options ``image_size``, ``image_levels``, ``image_grey``.
+
 Saving and resuming: ``model.save(path)`` pickles the buffer's kwargs, which
 hold the :class:`NoveltyBonus` (options + the density model's state dict:
 flow or RND weights, running normaliser, observation buffer, optimiser,
@@ -23,7 +28,7 @@ the same counts.  (``save_replay_buffer`` is independent of this.)
 """
 
 from .attach import attach_novelty, find_novelty, make_novelty_bonus, novelty_callbacks, novelty_density
-from .bonus import NoveltyBonus, observation_dim
+from .bonus import NoveltyBonus, image_max_value, observation_dim, observation_shape
 from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
 from .callback import NoveltyCallback
 from .options import NoveltyOptions, parse_options
@@ -42,5 +47,7 @@ __all__ = [
     "NoveltyRolloutBuffer",
     "NoveltyDictRolloutBuffer",
     "observation_dim",
+    "observation_shape",
+    "image_max_value",
     "parse_options",
 ]

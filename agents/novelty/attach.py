@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from flowrl.novelty import OnlineDensityModel
 
-from .bonus import NoveltyBonus, _max_pixel_value, observation_shape
+from .bonus import NoveltyBonus, image_max_value, observation_shape
 from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
 from .callback import NoveltyCallback
 from .options import parse_options
@@ -30,7 +30,7 @@ def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict] 
     opts = parse_options(novelty)
     shape = observation_shape(observation_space, opts.obs_key)
     if len(shape) == 3:
-        return NoveltyBonus(opts, shape, max_value=_max_pixel_value(observation_space, opts.obs_key))
+        return NoveltyBonus(opts, shape, max_value=image_max_value(observation_space, opts.obs_key))
     return NoveltyBonus(opts, shape)
 
 

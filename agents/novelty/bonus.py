@@ -28,7 +28,7 @@ from flowrl.rnd import RNDNovelty
 
 from .options import NoveltyOptions, parse_options
 
-__all__ = ["NoveltyBonus", "observation_dim", "observation_shape"]
+__all__ = ["NoveltyBonus", "observation_dim", "observation_shape", "image_max_value"]
 
 
 def _modelled_space(space: spaces.Space, obs_key: Optional[str]) -> spaces.Box:
@@ -67,10 +67,13 @@ def observation_dim(space: spaces.Space, obs_key: Optional[str]) -> int:
     return int(np.prod(observation_shape(space, obs_key)))
 
 
-def _max_pixel_value(space: spaces.Space, obs_key: Optional[str]) -> float:
+def image_max_value(space: spaces.Space, obs_key: Optional[str]) -> float:
+    """Largest pixel value of an image space (its ``high``); ``ValueError`` unless bounds are finite and ``low >= 0``."""
     box = _modelled_space(space, obs_key)
     if not (np.all(np.isfinite(box.low)) and np.all(np.isfinite(box.high)) and float(box.low.min()) >= 0):
-        raise ValueError(f"image observations need finite bounds with low >= 0, got [{box.low.min()}, {box.high.max()}]")
+        raise ValueError(
+            f"image observations need finite bounds with low >= 0, got [{box.low.min()}, {box.high.max()}]"
+        )
     return float(box.high.max())
 
 
