@@ -68,7 +68,7 @@ def observation_dim(space: spaces.Space, obs_key: Optional[str]) -> int:
 
 
 def image_max_value(space: spaces.Space, obs_key: Optional[str]) -> float:
-    """Largest pixel value of an image space (its ``high``); ``ValueError`` unless bounds are finite and ``low >= 0``."""
+    """Largest pixel value of an image space (its ``high``); ``ValueError`` unless finite with ``low >= 0``."""
     box = _modelled_space(space, obs_key)
     if not (np.all(np.isfinite(box.low)) and np.all(np.isfinite(box.high)) and float(box.low.min()) >= 0):
         raise ValueError(
