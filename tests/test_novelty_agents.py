@@ -325,9 +325,9 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path):
             dumped.update(key_values)
 
     model.set_logger(Logger(None, [Record()]))
-    model.learn(200, callback=[*callbacks, Spy()], log_interval=1)
+    model.learn(300, callback=[*callbacks, Spy()], log_interval=1)
     bonus = find_novelty(model)
-    assert bonus.model.n_total == 200 and len(seen) == 200
+    assert bonus.model.n_total == 300 and len(seen) == 300
     assert all(np.isfinite(seen)) and min(seen) > 0
     assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward", "rollout/intrinsic_ep_return"} <= set(dumped)
     assert dumped["rollout/intrinsic_reward"] > 0 and np.isfinite(dumped["novelty/loss"])
@@ -337,7 +337,7 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path):
     loaded = SAC.load(tmp_path / "agent", env=env)
     frames = model.replay_buffer.observations[:32, 0]
     assert np.array_equal(novelty_density(model, frames, "bonus"), novelty_density(loaded, frames, "bonus"))
-    assert find_novelty(loaded).model.n_total == 200
+    assert find_novelty(loaded).model.n_total == 300
 
 
 def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout():
