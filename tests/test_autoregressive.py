@@ -300,6 +300,22 @@ def test_naf_sigmoids_start_distinct_so_training_can_tell_them_apart(layers):
         assert (rows[:, None] - rows[None, :]).abs().sum(-1).add(torch.eye(k, dtype=F64)).min() > 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_naf_mixing_product_matches_logsumexp_even_with_vanishing_weights(dtype):
+    """The fast ``log(W e^t)`` falls back to the exact logsumexp where tiny weights make the product underflow."""
+    from flowrl.transforms.naf import _log_mix
+
+    g = torch.Generator().manual_seed(0)
+    logits = 5 * torch.randn(64, 6, 5, generator=g, dtype=F64)
+    logits[:8] *= 200  # saturated rows: most weights underflow to 0 (in float64 too)
+    log_w = torch.log_softmax(logits, -1).to(dtype)
+    t = (30 * torch.randn(64, 5, 3, generator=g, dtype=F64)).to(dtype)
+    got = _log_mix(log_w.exp(), log_w, t)
+    want = torch.logsumexp(t.unsqueeze(-3) + log_w.unsqueeze(-1), dim=-2)
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max().item() < (1e-4 if dtype == torch.float32 else 1e-12)
+
+
 def test_bnaf_first_layer_units_start_distinct():
     """A one-input row is normalised to weight 1, so zero biases would make every unit of a block tanh(x_i)."""
     from flowrl.transforms.bnaf import BlockNAF

@@ -12,6 +12,10 @@ beyond) overflows: ``log y = LSE_k(log w_k + log sigmoid(u_k))`` and
 ``logit(y) = log y - log(1 - y)``, and the derivative is carried as a log
 through the layers: ``log dy/dx = LSE_k(log w_k + log a_k + log sigmoid(u_k)
 + log sigmoid(-u_k) + log du_k/dx) - log y - log(1 - y)``.
+Each sum over sigmoids is one batched matrix product with the mixing
+weights after a shift by the largest term (:func:`_log_mix`), not a
+logsumexp over the whole ``n x k`` grid: DDSF's numerical inverse, which
+evaluates the transformer ~10 times a dimension, runs about twice as fast.
 
 The pseudo-parameters come from a conditioner (MADE).  Fixed offsets spread
 the sigmoids' shifts over ``[-spread, spread]`` (and tilt DDSF's hidden
@@ -38,6 +42,24 @@ from .elementwise import ElementwiseBijection
 __all__ = ["DeepSigmoid"]
 
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_INV_1) = 1
+
+
+def _log_mix(w: Tensor, log_w: Tensor, t: Tensor) -> Tensor:
+    """``log sum_k w_jk e^{t_k}`` for weights ``w`` ``(..., n, k)`` and logs ``t`` ``(..., k, c)``: ``(..., n, c)``.
+
+    ``= M + log(W e^{t - M})`` with ``M = max_k t_k``: a batched matrix product
+    instead of a logsumexp over the ``n x k`` grid (several times faster), as
+    accurate while the sum stays normal.  The sum can underflow only where the
+    weights of the largest terms do (saturated mixing logits, e.g. far out in
+    the tails); there, and only there, the exact logsumexp is used.
+    """
+    top = t.amax(dim=-2, keepdim=True)
+    total = w @ (t - top).exp()
+    floor = torch.finfo(total.dtype).tiny ** 0.75  # ~1e-29 in float32, ~1e-231 in float64
+    if bool((total < floor).any()):
+        exact = torch.logsumexp(t.unsqueeze(-3) + log_w.unsqueeze(-1), dim=-2)
+        return torch.where(total < floor, exact, top + total.clamp_min(floor).log())
+    return top + total.log()
 
 
 class DeepSigmoid(ElementwiseBijection):
@@ -72,7 +94,7 @@ class DeepSigmoid(ElementwiseBijection):
                             for _, n in self._shapes}  # (n, k) logits
 
     def _prepare(self, params: Tensor) -> list[tuple]:
-        """Per layer ``(log U or None, a, log a, b, log W)`` from raw pseudo-parameters."""
+        """Per layer ``(log U or None, a, log a, b, log W, U or None, W)`` from raw pseudo-parameters."""
         k, start, out = self.hidden, 0, []
         for m, n in self._shapes:
             sizes = [k * m if m > 1 else 0, k, k, n * k]
@@ -88,7 +110,7 @@ class DeepSigmoid(ElementwiseBijection):
             if self._mix_offset[n] is not None:
                 w_logits = w_logits + self._mix_offset[n].to(w_logits)
             log_w = torch.log_softmax(w_logits, dim=-1)
-            out.append((log_u, a, torch.log(a), b, log_w))
+            out.append((log_u, a, torch.log(a), b, log_w, None if log_u is None else log_u.exp(), log_w.exp()))
         return out
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,19 +120,18 @@ class DeepSigmoid(ElementwiseBijection):
     def _apply(self, x: Tensor, prepared: list[tuple]) -> tuple[Tensor, Tensor]:
         h = x.unsqueeze(-1)  # (..., m)
         log_dh = torch.zeros_like(h)  # log dh/dx, all entries positive
-        for log_u, a, log_a, b, log_w in prepared:
-            if log_u is None:
+        for log_u, a, log_a, b, log_w, u, w in prepared:
+            if u is None:
                 mixed, log_dmixed = h.expand(*h.shape[:-1], a.shape[-1]), log_dh.expand(*h.shape[:-1], a.shape[-1])
-            else:
-                mixed = (log_u.exp() * h.unsqueeze(-2)).sum(-1)
-                log_dmixed = torch.logsumexp(log_u + log_dh.unsqueeze(-2), dim=-1)
+            else:  # U h and log(U dh/dx)
+                mixed = (u * h.unsqueeze(-2)).sum(-1)
+                log_dmixed = _log_mix(u, log_u, log_dh.unsqueeze(-1)).squeeze(-1)
             pre = a * mixed + b  # (..., k)
             ls_pos = F.logsigmoid(pre)
             ls_neg = ls_pos - pre  # log sigmoid(-u) = log sigmoid(u) - u
             log_dsig = ls_pos + ls_neg + log_a + log_dmixed
-            # one logsumexp for log y, log(1 - y) and log dy/dx: (3, ..., n)
-            terms = torch.stack([ls_pos, ls_neg, log_dsig]).unsqueeze(-2) + log_w
-            log_y, log_1my, log_dy = torch.logsumexp(terms, dim=-1).unbind(0)
+            # log y, log(1 - y) and log dy/dx: (..., n, 3) by one product with W
+            log_y, log_1my, log_dy = _log_mix(w, log_w, torch.stack([ls_pos, ls_neg, log_dsig], dim=-1)).unbind(-1)
             h = log_y - log_1my
             log_dh = log_dy - log_y - log_1my
         return h.squeeze(-1), log_dh.squeeze(-1)
