@@ -3,12 +3,15 @@
 :func:`invert_monotone` solves ``f(x) = y`` elementwise for an increasing
 ``f`` with ``f(-inf) = -inf`` and ``f(+inf) = +inf``:
 
-1. *Bracket*: start from ``[y - 1, y + 1]`` and double the step on the side
-   that does not yet contain the root, until ``f(lo) <= y <= f(hi)``
-   everywhere (never clamped: a root far out is found, not cut off).
-2. *Safeguarded Newton*: a Newton step ``x - (f(x) - y) / f'(x)`` when it
-   lands strictly inside the bracket, else the bracket's midpoint; the
-   bracket shrinks at every step, so the iteration cannot diverge.
+1. *Safeguarded Newton from* ``x0 = y``: every evaluation narrows a bracket
+   ``[lo, hi]`` that starts as the whole line; a Newton step
+   ``x - (f(x) - y) / f'(x)`` is taken when it lands strictly inside it.
+2. *Bracket expansion*: while a side is still open, a step towards it is
+   capped at a length that doubles at every capped step (never clamped: a
+   root far out is found, not cut off); once both sides are closed, a
+   Newton step that leaves the bracket is replaced by bisection, so the
+   iteration cannot diverge.  One evaluation gives both ``f`` and ``f'``,
+   so a smooth map costs a handful of evaluations.
 3. *Implicit gradient*: the solve runs without autograd; one differentiable
    Newton step ``x = x* - (f(x*) - y) / f'(x*)`` at the solution then gives
    ``dx/dy = 1 / f'(x)`` and ``dx/dtheta = -(df/dtheta) / f'(x)`` for every
@@ -52,32 +55,20 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return 1e-11 if dtype == torch.float64 else 2e-6
 
 
-def _bracket(fn: MonotoneFn, y: Tensor, max_expansions: int) -> tuple[Tensor, Tensor]:
-    lo, hi = y - 1.0, y + 1.0
-    step = torch.ones_like(y)
-    f_lo, _ = fn(lo)
-    f_hi, _ = fn(hi)
-    for _ in range(max_expansions):
-        low_bad, high_bad = f_lo > y, f_hi < y
-        if not bool((low_bad | high_bad).any()):
-            return lo, hi
-        step = step * 2
-        lo = torch.where(low_bad, lo - step, lo)
-        hi = torch.where(high_bad, hi + step, hi)
-        f_lo = torch.where(low_bad, fn(lo)[0], f_lo)
-        f_hi = torch.where(high_bad, fn(hi)[0], f_hi)
-        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
-            break
-    bad = ((f_lo > y) | (f_hi < y)).sum().item()
-    raise InversionError(
-        f"could not bracket the root of a monotone map for {bad} of {y.numel()} values after "
-        f"{max_expansions} expansions (is the map onto the real line? are the targets finite?)"
-    )
-
-
 def _solve(fn: MonotoneFn, y: Tensor, tol: float, max_iter: int, max_expansions: int) -> Tensor:
-    lo, hi = _bracket(fn, y, max_expansions)
-    x = torch.clamp(y, lo, hi)
+    """Newton from ``x0 = y`` inside a bracket ``[lo, hi]`` that starts as the whole line.
+
+    Every evaluation narrows the bracket (``f(x) < y`` moves ``lo`` to ``x``,
+    else ``hi``).  While a side is still open, a step towards it is capped at
+    ``step`` (doubled at every capped step: an expansion), so a flat region
+    cannot throw ``x`` arbitrarily far; once both sides are closed, a Newton
+    step that leaves the bracket is replaced by bisection.
+    """
+    inf = torch.full_like(y, float("inf"))
+    lo, hi = -inf, inf
+    x = y.clone()
+    step = torch.ones_like(y)
+    expansions = torch.zeros_like(y, dtype=torch.int32)
     fx, logd = fn(x)
     done = torch.zeros_like(y, dtype=torch.bool)
     for _ in range(max_iter):
@@ -86,19 +77,31 @@ def _solve(fn: MonotoneFn, y: Tensor, tol: float, max_iter: int, max_expansions:
         hi = torch.where(below, hi, x)
         newton = x - (fx - y) * torch.exp(-logd)
         step_small = (newton - x).abs() <= tol * (1 + x.abs())
+        closed = torch.isfinite(lo) & torch.isfinite(hi)
         mid = 0.5 * (lo + hi)
-        exhausted = (mid <= lo) | (mid >= hi) | ((hi - lo) <= tol * (1 + x.abs()))
+        exhausted = closed & ((mid <= lo) | (mid >= hi) | ((hi - lo) <= tol * (1 + x.abs())))
         done = done | step_small | exhausted | (fx == y)
         if bool(done.all()):
             return torch.where(step_small & (newton > lo) & (newton < hi), newton, x)
+        if bool((expansions > max_expansions).any()):
+            break
         inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
-        x_new = torch.where(inside, newton, mid)
+        towards_open = torch.where(below, x + step, x - step)
+        capped = ~closed & (~inside | ((newton - x).abs() > step))
+        x_new = torch.where(capped, towards_open, torch.where(inside, newton, mid))
+        expansions = expansions + (capped & ~done).int()
+        step = torch.where(capped, 2 * step, step)
         x = torch.where(done, x, x_new)
         fx, logd = fn(x)
-    left = int((~done).sum().item())
+    left = ~done
+    if bool((expansions > max_expansions).any()):
+        raise InversionError(
+            f"could not bracket the root of a monotone map for {int((left & (expansions > max_expansions)).sum().item())} "
+            f"of {y.numel()} values after {max_expansions} expansions (is the map onto the real line? are the targets finite?)"
+        )
     raise InversionError(
-        f"numerical inverse did not converge for {left} of {y.numel()} values in {max_iter} "
-        f"iterations (tolerance {tol:g}); largest bracket left {(hi - lo)[~done].max().item():.3g}"
+        f"numerical inverse did not converge for {int(left.sum().item())} of {y.numel()} values in {max_iter} "
+        f"iterations (tolerance {tol:g}); largest bracket left {(hi - lo)[left].max().item():.3g}"
     )
 
 
@@ -118,8 +121,8 @@ def invert_monotone(
         y: targets, any shape.
         tol: relative step tolerance ``|dx| <= tol (1 + |x|)``
             (default :func:`default_tolerance` of ``y.dtype``).
-        max_iter: safeguarded Newton iterations before :class:`InversionError`.
-        max_expansions: bracket doublings before :class:`InversionError`.
+        max_iter: evaluations (Newton, expansion or bisection steps) before :class:`InversionError`.
+        max_expansions: capped steps towards an open side before :class:`InversionError`.
     """
     if not bool(torch.isfinite(y).all()):
         raise InversionError("numerical inverse got non-finite targets")
