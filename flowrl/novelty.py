@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -439,7 +439,15 @@ class FlowPseudoCounter(OnlineDensityModel):
         """``log rho(x)`` of the model in normalised observation space, shape ``(batch,)``."""
         z = self.model_input(obs)
         with torch.no_grad():
-            return self._flow_log_prob(z)
+            return self._per_row("log_prob", z, self._flow_log_prob)
+
+    def _per_row(self, quantity: str, z: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn(z)``, a per-row quantity of model inputs ``z`` (``(batch,)``); ``quantity`` names it.
+
+        A hook: :class:`flowrl.novelty_image.ImagePseudoCounter` evaluates each
+        distinct row once (quantised frames repeat) and memoises the results.
+        """
+        return fn(z)
 
     def _log_cell_volume(self) -> float:
         return self.event_numel * math.log(self.resolution)
@@ -454,22 +462,28 @@ class FlowPseudoCounter(OnlineDensityModel):
             raise ValueError(f"unknown estimator {est!r}; choose one of {ESTIMATORS}")
         z = self.model_input(obs)
         was_training = self.training
-        self.eval()
+        toggle = was_training or self.scoring_flow.training  # train()/eval() walk every submodule: only if needed
+        if toggle:
+            self.eval()
         try:
             if est == "density":
                 with torch.no_grad():
-                    log_n = self._log_n_total() + self._flow_log_prob(z) + self._log_cell_volume()
+                    log_n = self._log_n_total() + self._per_row("log_prob", z, self._flow_log_prob) \
+                        + self._log_cell_volume()
             elif est in ("cell", "cell_bound"):
+                geometric = est == "cell_bound"
                 with torch.no_grad():
-                    mean_log = self._log_cell_mean_density(z, geometric=(est == "cell_bound"))
+                    mean_log = self._per_row(est, z, lambda r: self._log_cell_mean_density(r, geometric=geometric))
                     log_n = self._log_n_total() + self._log_cell_volume() + mean_log
             else:
-                pg = self._prediction_gain(z, exact=(est == "pg_exact"))
+                exact = est == "pg_exact"
+                pg = self._per_row(est, z, lambda r: self._prediction_gain(r, exact=exact))
                 # N = 1 / (exp(PG) - 1); PG <= 0 means the step did not help: count it as very large.
                 pg = pg.clamp(min=math.exp(-_LOG_COUNT_BOUND))
                 log_n = -torch.log(torch.expm1(pg))
         finally:
-            self.train(was_training)
+            if toggle:
+                self.train(was_training)
         return log_n.clamp(-_LOG_COUNT_BOUND, _LOG_COUNT_BOUND)
 
     def pseudo_count(self, obs: Any, estimator: Optional[str] = None) -> Tensor:

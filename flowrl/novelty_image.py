@@ -48,18 +48,40 @@ centre of a 64-dimensional cell is not typical of it); at 3 bits
 with slopes near 6 after the same training (rare frames under-counted).
 The counts are in the right order and proportion, not the right scale:
 after that budget the most visited frame (100 visits) reads about 1.
+
+Cost.  A count depends only on the quantised frame and on the parameters
+(``N(q) = N_total * f_theta(q)``), and the frames an agent scores repeat
+(600 steps of SAC on ``flowrl/PixelPoint-v0`` visit 33 distinct quantised
+frames, so a minibatch of 256 holds at most 33).  So every quantity is
+evaluated once per *distinct* quantised frame of a batch (``torch.unique``
+over the rows, then gathered back: ``out = f(unique(q))[inverse]``), and
+with ``cache_size > 0`` the values of distinct frames are memoised until
+the scoring parameters change (every ``update``/training step,
+``load_state_dict``, a move to another device, or any in-place change of a
+parameter or buffer: the memo is keyed by each tensor's identity, storage
+and version counter and by the estimator's settings).  Both apply in eval
+mode, where ``pseudo_count`` and ``bonus`` always run (in training mode a
+layer may be stochastic or update statistics as it runs; ``log_density``
+then evaluates every row).  Both are exact: the values equal a direct
+evaluation up to the float rounding of a different batch size (about 1 ulp
+of the log-density).  While a layer of the scoring flow still awaits its
+data-dependent initialisation (ActNorm's first batch) the batch is
+evaluated as given, so the initialising batch is the one without
+deduplication.  Measured (SAC, 600 steps, one CPU thread, load ~3.5 on 2
+cores): 180 ms per env step before, 45 ms with deduplication, 22 ms with
+the memo as well (SAC alone: 8 ms; most of the rest is the counter's training).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .core import Compose, Transform
 from .flow import Flow
@@ -139,6 +161,10 @@ class ImagePseudoCounter(FlowPseudoCounter):
         flow_kwargs: options of the image flow; default :data:`SMALL_IMAGE_FLOW`
             (2 steps per level, conditioners of width 16: the measured setting,
             cheap enough to score every minibatch of an off-policy agent).
+        dedupe: evaluate each distinct quantised frame of a batch once (exact; see "Cost" above).
+        cache_size: distinct frames whose values are memoised per quantity until the
+            parameters change (0: no memo; needs ``dedupe``).  When full, the memo
+            restarts from the current batch's frames.
 
     Frames are validated (shape, finite, values in ``[0, max_value]``) and
     ``ValueError`` names the problem.  The buffer holds the downsampled
@@ -168,6 +194,8 @@ class ImagePseudoCounter(FlowPseudoCounter):
         buffer_size: int = 100_000,
         seed: Optional[int] = None,
         flow_kwargs: Optional[dict] = None,
+        dedupe: bool = True,
+        cache_size: int = 4096,
     ):
         shape = tuple(int(s) for s in image_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -187,6 +215,10 @@ class ImagePseudoCounter(FlowPseudoCounter):
             raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
         if channels_last not in (None, True, False):
             raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+        if dedupe not in (True, False):
+            raise ValueError(f"dedupe must be True or False, got {dedupe!r}")
+        if not isinstance(cache_size, (int, np.integer)) or isinstance(cache_size, bool) or cache_size < 0:
+            raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
         if not flow_spec(flow).image:
             raise ValueError(f"flow {flow!r} does not model images; choose 'glow' or 'realnvp'")
         model_shape = (1 if grey else shape[0], *size_hw)
@@ -215,6 +247,9 @@ class ImagePseudoCounter(FlowPseudoCounter):
             first = PixelSpline(self.model_shape, self.pixel_bins, bound)
             self.flow = Flow(Compose([first, self.flow.transform]), self.flow.base, validate_args=False)
             self.ema_flow = copy.deepcopy(self.flow).requires_grad_(False) if self.ema > 0 else None
+        self.dedupe = bool(dedupe)
+        self.cache_size = int(cache_size)
+        self.clear_cache()
 
     # ------------------------------------------------------------------ input
     def _as_nchw(self, x: Tensor) -> Tensor:
@@ -268,9 +303,100 @@ class ImagePseudoCounter(FlowPseudoCounter):
         logdet = (math.log1p(-2.0 * self.alpha) - torch.log(t) - torch.log1p(-t)).reshape(y.shape[0], -1).sum(1)
         return s, logdet
 
+    # ------------------------------------------------------- distinct frames
+    def clear_cache(self) -> None:
+        """Forget the memoised values of distinct frames (done on every update and ``load_state_dict``)."""
+        self._memo: dict[str, tuple[Tensor, Tensor]] = {}  # quantity -> (distinct rows (M, D), values (M,))
+        self._memo_key: Optional[tuple] = None  # what the memo's values were computed under
+        self._memo_ready = False  # no layer of the scoring flow awaits a data-dependent initialisation
+
+    def __getstate__(self) -> dict:  # copies and pickles start without a memo (its key names our tensors)
+        state = dict(super().__getstate__())
+        state.update(_memo={}, _memo_key=None, _memo_ready=False)
+        return state
+
+    def after_step(self) -> None:
+        super().after_step()
+        self.clear_cache()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        self.clear_cache()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .float(): the memo lives on the old device
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _parameter_key(self) -> tuple:
+        """What a per-frame value depends on besides the frame: identity, storage and version of every
+        tensor of the scoring flow, and the settings.  Host-side only (no device sync);
+        every in-place change (optimiser step, average, ``copy_``) bumps a tensor's version counter."""
+        flow = self.scoring_flow
+        tensors = (*flow.parameters(), *flow.buffers(), self.cell_offsets)
+        return (id(flow), self.resolution, self.pg_lr, self.preprocessing, self.alpha,
+                tuple((id(t), t._version, t.data_ptr()) for t in tensors))
+
+    def _per_row(self, quantity: str, z: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn(z)`` with each distinct frame evaluated once: ``fn(unique(z))[inverse]`` (and memoised).
+
+        ``z`` are cell centres ``(q + 1/2) / L``, equal exactly when the quantised frames are.  Only in
+        eval mode: in training mode a layer may be stochastic or update statistics as it runs.
+        """
+        if not self.dedupe or z.shape[0] == 0 or self.scoring_flow.training:
+            return fn(z)
+        key = self._parameter_key()
+        if key != self._memo_key:
+            self.clear_cache()
+            self._memo_key = key
+            self._memo_ready = not _awaits_initialisation(self.scoring_flow)
+        if not self._memo_ready:  # the initialising batch must be the batch as given
+            self._memo_key = None
+            return fn(z)
+        rows, inverse = torch.unique(z.flatten(1), dim=0, return_inverse=True)
+        return self._distinct_values(quantity, rows, fn)[inverse]
+
+    def _distinct_values(self, quantity: str, rows: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn`` of distinct rows ``(K, D)``, reading memoised rows and evaluating only the others."""
+        shape = (-1, *self.model_shape)
+        if self.cache_size == 0:
+            return fn(rows.reshape(shape))
+        memo = self._memo.get(quantity)
+        if memo is None:
+            values = fn(rows.reshape(shape))
+            if rows.shape[0] <= self.cache_size:
+                self._memo[quantity] = (rows, values.detach())
+            return values
+        known, known_values = memo
+        m, k = known.shape[0], rows.shape[0]
+        # Row ids shared by the memo and the batch; slot[id] = memo index of that row, or -1.
+        ids = torch.unique(torch.cat([known, rows]), dim=0, return_inverse=True)[1]
+        slot = torch.full((m + k,), -1, dtype=torch.long, device=rows.device)
+        slot[ids[:m]] = torch.arange(m, device=rows.device)
+        where = slot[ids[m:]]
+        hit = where >= 0
+        values = torch.empty(k, dtype=known_values.dtype, device=rows.device)
+        values[hit] = known_values[where[hit]]
+        miss = ~hit
+        new_rows = rows[miss]
+        if new_rows.shape[0] == 0:
+            return values
+        new_values = fn(new_rows.reshape(shape))
+        values[miss] = new_values.to(values.dtype)
+        if m + new_rows.shape[0] <= self.cache_size:
+            self._memo[quantity] = (torch.cat([known, new_rows]), torch.cat([known_values, new_values.detach()]))
+        elif k <= self.cache_size:  # full: restart from this batch's frames
+            self._memo[quantity] = (rows, values.detach())
+        return values
+
     def extra_repr(self) -> str:
         return (f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}, levels={self.levels}, "
                 f"flow={self.flow_name!r}, estimator={self.estimator!r}, preprocessing={self.preprocessing!r}")
+
+
+def _awaits_initialisation(module: nn.Module) -> bool:
+    """Whether a submodule has an ``initialized`` flag still false (ActNorm before its first batch)."""
+    flags = [m.initialized.reshape(-1) for m in module.modules() if isinstance(getattr(m, "initialized", None), Tensor)]
+    return bool(flags) and not bool(torch.cat([f.bool().to(flags[0].device) for f in flags]).all())
 
 
 def point_image_stream(

@@ -320,3 +320,128 @@ def test_image_counter_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="size"):
         ImagePseudoCounter((1, 16, 16), size=32)
     assert counter.n_total == 0  # nothing bad got in
+
+
+# ------------------------------------------------ images: distinct frames, memo
+def _rows_seen(counter):
+    """Wrap the cell estimator's evaluation so that the test sees how many frames reach the flow."""
+    seen = []
+    inner = counter._log_cell_mean_density
+
+    def spy(z, geometric=False):
+        seen.append(z.shape[0])
+        return inner(z, geometric=geometric)
+
+    counter._log_cell_mean_density = spy
+    return seen
+
+
+def _repeated_batch(frames, unseen, n=96, seed=0):
+    """``n`` frames drawn with repeats from the 8 seen frames and the unseen one, plus pixel noise
+    small enough to keep every frame in its quantisation cell (same counts, different raw pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.cat([frames, unseen]).float()
+    batch = pool[torch.randint(0, pool.shape[0], (n,), generator=g)]
+    return (batch + 8.0 * (torch.rand(batch.shape, generator=g) - 0.5)).clamp(0, 255).round().to(torch.uint8)
+
+
+def test_repeated_frames_are_evaluated_once_with_the_same_results(fitted_frames):
+    counter, frames, unseen = fitted_frames
+    counter = copy.deepcopy(counter)
+    batch = _repeated_batch(frames, unseen)
+    distinct = torch.unique(counter.levels_of(batch).flatten(1), dim=0).shape[0]
+    assert distinct == 9 and batch.shape[0] == 96
+    direct = {}
+    counter.dedupe = False
+    for est in ("cell", "density", "cell_bound", "pg_first_order"):
+        direct[est] = counter.log_pseudo_count(batch, est)
+    direct["log_density"] = counter.log_density(batch)
+    seen = _rows_seen(counter)
+    counter.log_pseudo_count(batch)
+    assert seen == [96]  # without dedupe every row reaches the flow
+    counter.dedupe = True
+    for cache_size in (0, 4096):  # distinct frames only, then also memoised
+        counter.cache_size = cache_size
+        counter.clear_cache()
+        seen.clear()
+        for est in ("cell", "density", "cell_bound", "pg_first_order"):
+            got = counter.log_pseudo_count(batch, est)
+            assert torch.allclose(got, direct[est], rtol=1e-6, atol=1e-6), (est, (got - direct[est]).abs().max())
+        assert torch.allclose(counter.pseudo_count(batch), direct["cell"].exp(), rtol=1e-5, atol=0.0)
+        assert counter.bonus(batch[:1]).shape == (1,)
+        # cell and cell_bound see the 9 distinct frames once; memoised, the later calls evaluate nothing
+        assert seen == ([9, 9, 9, 1] if cache_size == 0 else [9, 9]), seen
+        counter.clear_cache()
+        counter.train()  # training mode: a layer may be stochastic, every row is evaluated, nothing memoised
+        assert torch.allclose(counter.log_density(batch), direct["log_density"], rtol=1e-6, atol=0.0)
+        assert not counter._memo
+        counter.eval()
+        assert torch.allclose(counter.log_density(batch), direct["log_density"], rtol=1e-6, atol=0.0)
+        assert ("log_prob" in counter._memo) == (cache_size > 0)
+
+
+def test_memo_is_invalidated_by_updates_loads_and_parameter_changes(fitted_frames):
+    counter, frames, unseen = fitted_frames
+    counter = copy.deepcopy(counter)
+    batch = _repeated_batch(frames, unseen, seed=1)
+    plain = copy.deepcopy(counter)
+    plain.dedupe = False
+
+    def agree():
+        got, want = counter.pseudo_count(batch), plain.pseudo_count(batch)
+        assert torch.allclose(got, want, rtol=1e-5, atol=0.0), (got - want).abs().max()
+        return got
+
+    before = agree()
+    assert counter._memo  # filled
+    seen = _rows_seen(counter)
+    counter.update(frames[:2])
+    plain.update(frames[:2])
+    after = agree()  # re-evaluated after the update ...
+    assert seen == [9] and not torch.allclose(after, before, rtol=1e-3)  # ... and the counts moved
+    other = ImagePseudoCounter((1, 16, 16), seed=7, **IMAGE_SETTING)
+    other.update(frames)
+    counter.load_state_dict(copy.deepcopy(other.state_dict()))
+    plain.load_state_dict(copy.deepcopy(other.state_dict()))
+    agree()
+    with torch.no_grad():  # a change made by hand, not through update: the version counters catch it
+        for module in (counter, plain):
+            next(module.scoring_flow.parameters()).add_(0.05)
+    agree()
+    counter.train_steps(3)
+    plain.train_steps(3)
+    agree()
+
+
+def test_a_fresh_counter_initialises_on_the_batch_as_given(fitted_frames):
+    """Scoring before any update initialises ActNorm on the scored batch: dedupe must not change that batch."""
+    _, frames, unseen = fitted_frames
+    batch = _repeated_batch(frames, unseen, seed=2)
+    a = ImagePseudoCounter((1, 16, 16), seed=3, **IMAGE_SETTING)
+    b = ImagePseudoCounter((1, 16, 16), seed=3, dedupe=False, **IMAGE_SETTING)
+    assert torch.allclose(a.pseudo_count(batch), b.pseudo_count(batch), rtol=1e-5, atol=0.0)
+    a.update(frames)
+    b.update(frames)
+    assert torch.allclose(a.pseudo_count(batch), b.pseudo_count(batch), rtol=1e-5, atol=0.0)
+
+
+def test_dedupe_options_are_validated():
+    with pytest.raises(ValueError, match="cache_size"):
+        ImagePseudoCounter((1, 16, 16), cache_size=-1)
+    with pytest.raises(ValueError, match="cache_size"):
+        ImagePseudoCounter((1, 16, 16), cache_size=2.5)
+    with pytest.raises(ValueError, match="dedupe"):
+        ImagePseudoCounter((1, 16, 16), dedupe="yes")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dedupe_on_cuda_matches_the_cpu(fitted_frames):
+    counter, frames, unseen = fitted_frames
+    batch = _repeated_batch(frames, unseen, seed=3)
+    want = counter.log_pseudo_count(batch)
+    gpu = copy.deepcopy(counter).cuda()
+    got = gpu.log_pseudo_count(batch)
+    assert got.device.type == "cuda" and gpu._memo["cell"][0].device.type == "cuda"
+    assert torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(gpu.log_pseudo_count(batch), got)  # memo hit on the device

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -333,6 +335,10 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path):
     assert dumped["rollout/intrinsic_reward"] > 0 and np.isfinite(dumped["novelty/loss"])
     samples = model.replay_buffer.sample(16)
     assert torch.isfinite(samples.rewards).all() and (samples.rewards > 0).all()  # bonus > 0, extrinsic >= 0
+    replayed = model.replay_buffer.observations[:256, 0]  # frames repeat: scored once each, memoised
+    plain = copy.deepcopy(bonus.model)
+    plain.dedupe = False
+    assert torch.allclose(bonus.intrinsic(replayed), plain.bonus(replayed, beta=bonus.beta), rtol=1e-5, atol=0.0)
     model.save(tmp_path / "agent")
     loaded = SAC.load(tmp_path / "agent", env=env)
     frames = model.replay_buffer.observations[:32, 0]

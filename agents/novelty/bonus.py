@@ -122,7 +122,9 @@ class NoveltyBonus:
         else:
             hidden = o.hidden_features if isinstance(o.hidden_features, int) else tuple(o.hidden_features)
             model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim, **common)
-        return model.to(o.device)
+        # Eval mode between updates (``train_steps`` switches to training and back): scoring then
+        # needs no mode switch, and image counters evaluate each distinct frame once.
+        return model.to(o.device).eval()
 
     @property
     def beta(self) -> float:

@@ -41,7 +41,9 @@ class NoveltyOptions:
     ``resolution`` and ``smoothing`` do not apply (the cell is a quantisation level);
     an empty ``flow_kwargs`` means the counter's small glow and ``cell_samples``
     defaults to 64.  Scoring dominates the cost for off-policy agents (every
-    minibatch is scored: ``batch_size * cell_samples`` flow evaluations).
+    minibatch is scored): the counter evaluates each *distinct* quantised
+    frame once, ``distinct * cell_samples`` flow evaluations, and memoises
+    the values until its next update, so repeated frames cost almost nothing.
     """
 
     kind: str = "flow"
