@@ -199,6 +199,25 @@ def test_inversion_errors_are_clear():
     assert abs(x.item() ** 3 + x.item() - 1e6) < 1e-6
 
 
+def test_initial_guess_and_cheap_log_derivative_give_the_same_inverse():
+    """``x0`` only moves the start and ``log_derivative`` only replaces ``fn(x)[1]``: same root, same log-det."""
+    a = torch.tensor([0.5, 2.0, 1.0], dtype=F64, requires_grad=True)
+    y = torch.tensor([30.0, -1.0, 0.2], dtype=F64)
+    cube = lambda v: (v ** 3 + a * v, torch.log(3 * v * v + a))  # noqa: E731
+    calls = []
+    log_d = lambda v: calls.append(1) or torch.log(3 * v * v + a)  # noqa: E731
+    x_ref, ld_ref = invert_monotone(cube, y)
+    x, ld = invert_monotone(cube, y, x0=torch.full_like(y, -50.0), log_derivative=log_d)
+    assert torch.allclose(x, x_ref, atol=1e-10) and torch.allclose(ld, ld_ref, atol=1e-10) and calls
+    assert torch.allclose(x ** 3 + a * x, y, atol=1e-9)
+    (ga,) = torch.autograd.grad(x.sum(), a)  # the implicit gradient still flows with a custom log_derivative
+    assert torch.allclose(ga, -x.detach() / (3 * x.detach() ** 2 + a.detach()), atol=1e-9)
+    with pytest.raises(ValueError, match="initial guess"):
+        invert_monotone(cube, y, x0=torch.zeros(2, dtype=F64))
+    with pytest.raises(ValueError, match="initial guess"):
+        invert_monotone(cube, y, x0=torch.full_like(y, float("nan")))
+
+
 def test_implicit_gradient_of_the_inverse_is_exact():
     """``x = f^{-1}(y; a)`` for ``f = x^3 + a x``: ``dx/dy = 1 / f'``, ``dx/da = -x / f'``."""
     a = torch.tensor([0.5, 2.0, 1.0], dtype=F64, requires_grad=True)

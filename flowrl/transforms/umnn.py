@@ -81,14 +81,29 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
         out = self.body(pre).squeeze(-1)
         return 7.0 * torch.tanh(out / 7.0)
 
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(x), log g(x))`` elementwise; ``params`` has shape ``x.shape + (signal + 1,)``."""
-        h_proj = self.embed(params[..., : self.signal])
+    def _map(self, x: Tensor, h_proj: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(beta + x sum_j w_j g(x s_j), log g(x))`` for projected embeddings ``h_proj``."""
         t = torch.cat([x.unsqueeze(-1) * self._nodes, x.unsqueeze(-1)], dim=-1)  # nodes, then x itself
         log_g = self._log_integrand(t, h_proj)
         integral = x * (log_g[..., :-1].exp() * self._weights).sum(-1)
-        return params[..., -1] + integral, log_g[..., -1]
+        return beta + integral, log_g[..., -1]
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(x), log g(x))`` elementwise; ``params`` has shape ``x.shape + (signal + 1,)``."""
+        return self._map(x, self.embed(params[..., : self.signal]), params[..., -1])
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """Numerical inverse (safeguarded Newton on an expanding bracket) with implicit gradients."""
-        return invert_monotone(lambda v: self.forward(v, params), y, tol=self.tol)
+        """Numerical inverse (safeguarded Newton) with implicit gradients.
+
+        The embedding is projected once; Newton starts from the linearisation
+        at 0, ``x0 = (y - beta) / g(0)`` (``f(0) = beta`` needs no quadrature),
+        and the final ``log g(x)`` is one integrand value, not a quadrature.
+        """
+        h_proj, beta = self.embed(params[..., : self.signal]), params[..., -1]
+
+        def log_g(v: Tensor) -> Tensor:
+            return self._log_integrand(v.unsqueeze(-1), h_proj).squeeze(-1)
+
+        with torch.no_grad():
+            x0 = (y - beta) * torch.exp(-log_g(torch.zeros_like(y)))
+        return invert_monotone(lambda v: self._map(v, h_proj, beta), y, tol=self.tol, x0=x0, log_derivative=log_g)
