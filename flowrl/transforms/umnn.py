@@ -77,7 +77,7 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
 
     def _log_integrand(self, t: Tensor, h_proj: Tensor) -> Tensor:
         """``log g(t, h)`` for ``t`` of shape ``(..., M)`` and projected embeddings ``(..., H)``."""
-        pre = h_proj.unsqueeze(-2) + t.unsqueeze(-1) * self.time  # (..., M, H)
+        pre = torch.addcmul(h_proj.unsqueeze(-2), t.unsqueeze(-1), self.time)  # (..., M, H), one fused op
         out = self.body(pre).squeeze(-1)
         return 7.0 * torch.tanh(out / 7.0)
 
