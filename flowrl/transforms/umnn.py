@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..inversion import invert_monotone
+from ..inversion import InversionError, invert_monotone
 from ..nn import as_hidden
 from .elementwise import ElementwiseBijection
 
@@ -63,6 +63,9 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
         s, w = (v.to(torch.get_default_dtype()) for v in clenshaw_curtis(nodes))
         self.register_buffer("_nodes", (s + 1) / 2, persistent=False)  # in [0, 1]
         self.register_buffer("_weights", w / 2, persistent=False)  # sum to 1
+        sc, wc = (v.to(torch.get_default_dtype()) for v in clenshaw_curtis(min(nodes, 8)))
+        self.register_buffer("_coarse_nodes", (sc + 1) / 2, persistent=False)
+        self.register_buffer("_coarse_weights", wc / 2, persistent=False)
         self.embed = nn.Linear(self.signal, hidden[0])
         self.time = nn.Parameter(torch.randn(hidden[0]) / math.sqrt(self.signal + 1))
         # SiLU: smooth (so the quadrature converges fast) and several times cheaper than tanh on CPU
@@ -81,11 +84,12 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
         out = self.body(pre).squeeze(-1)
         return 7.0 * torch.tanh(out / 7.0)
 
-    def _map(self, x: Tensor, h_proj: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    def _map(self, x: Tensor, h_proj: Tensor, beta: Tensor, coarse: bool = False) -> tuple[Tensor, Tensor]:
         """``(beta + x sum_j w_j g(x s_j), log g(x))`` for projected embeddings ``h_proj``."""
-        t = torch.cat([x.unsqueeze(-1) * self._nodes, x.unsqueeze(-1)], dim=-1)  # nodes, then x itself
+        nodes, weights = (self._coarse_nodes, self._coarse_weights) if coarse else (self._nodes, self._weights)
+        t = torch.cat([x.unsqueeze(-1) * nodes, x.unsqueeze(-1)], dim=-1)  # nodes, then x itself
         log_g = self._log_integrand(t, h_proj)
-        integral = x * (log_g[..., :-1].exp() * self._weights).sum(-1)
+        integral = x * (log_g[..., :-1].exp() * weights).sum(-1)
         return beta + integral, log_g[..., -1]
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,7 +101,10 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
 
         The embedding is projected once; Newton starts from the linearisation
         at 0, ``x0 = (y - beta) / g(0)`` (``f(0) = beta`` needs no quadrature),
-        and the final ``log g(x)`` is one integrand value, not a quadrature.
+        is refined on a coarse 8-interval rule (a quarter of the cost) to
+        ``1e-4``, and finishes on the full rule, so the root is that of the
+        full quadrature (exact log-densities); the final ``log g(x)`` is one
+        integrand value, not a quadrature.
         """
         h_proj, beta = self.embed(params[..., : self.signal]), params[..., -1]
 
@@ -106,4 +113,11 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
 
         with torch.no_grad():
             x0 = (y - beta) * torch.exp(-log_g(torch.zeros_like(y)))
+        if self._coarse_nodes.numel() < self._nodes.numel():
+            try:  # a cheap first solve with 8 Clenshaw-Curtis intervals; the full rule then needs ~2 Newton steps
+                with torch.no_grad():
+                    x0, _ = invert_monotone(lambda v: self._map(v, h_proj, beta, coarse=True), y, tol=1e-4, x0=x0,
+                                            log_derivative=log_g)
+            except InversionError:  # the coarse rule need not be monotone for a wiggly integrand: keep x0
+                pass
         return invert_monotone(lambda v: self._map(v, h_proj, beta), y, tol=self.tol, x0=x0, log_derivative=log_g)
