@@ -305,7 +305,7 @@ class ImagePseudoCounter(FlowPseudoCounter):
 
     # ------------------------------------------------------- distinct frames
     def clear_cache(self) -> None:
-        """Forget the memoised values of distinct frames (done on every update and ``load_state_dict``)."""
+        """Forget the memoised values of distinct frames (any change of the scoring tensors does it too, see ``_parameter_key``)."""
         self._memo: dict[str, tuple[Tensor, Tensor]] = {}  # quantity -> (distinct rows (M, D), values (M,))
         self._memo_key: Optional[tuple] = None  # what the memo's values were computed under
         self._memo_ready = False  # no layer of the scoring flow awaits a data-dependent initialisation
@@ -315,22 +315,11 @@ class ImagePseudoCounter(FlowPseudoCounter):
         state.update(_memo={}, _memo_key=None, _memo_ready=False)
         return state
 
-    def after_step(self) -> None:
-        super().after_step()
-        self.clear_cache()
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        self.clear_cache()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .float(): the memo lives on the old device
-        self.clear_cache()
-        return super()._apply(fn, *args, **kwargs)
-
     def _parameter_key(self) -> tuple:
         """What a per-frame value depends on besides the frame: identity, storage and version of every
-        tensor of the scoring flow, and the settings.  Host-side only (no device sync);
-        every in-place change (optimiser step, average, ``copy_``) bumps a tensor's version counter."""
+        tensor of the scoring flow, and the settings.  Host-side only (no device sync); every in-place
+        change (optimiser step, average, ``load_state_dict``'s ``copy_``) bumps a tensor's version
+        counter, and a move to another device replaces the tensors, so a stale memo is never read."""
         flow = self.scoring_flow
         tensors = (*flow.parameters(), *flow.buffers(), self.cell_offsets)
         return (id(flow), self.resolution, self.pg_lr, self.preprocessing, self.alpha,
