@@ -30,7 +30,7 @@ METHODS = {
 
 
 def run_one(job: tuple) -> dict:
-    method, seed, steps, beta, eval_episodes, novelty_extra, time_limit, progress = job
+    method, seed, steps, beta, eval_episodes, novelty_extra, time_limit, progress, until_success = job
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -58,7 +58,10 @@ def run_one(job: tuple) -> dict:
                     f.write(json.dumps({"method": method, "seed": seed, "t": self.num_timesteps,
                                         "wall_s": round(time.perf_counter() - self.start, 1),
                                         "successes": self.steps}) + "\n")
-            # A wall-time budget: stop early (the table reports the steps actually run).
+            # A wall-time budget, or a sweep that only needs the first success:
+            # stop early (the table reports the steps actually run).
+            if until_success and self.steps:
+                return False
             return time_limit is None or time.perf_counter() - self.start < time_limit
 
     env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed)
@@ -94,9 +97,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the per-run results as JSON lines here")
     p.add_argument("--time-limit", type=float, default=None, help="wall seconds per run (stops learning early)")
     p.add_argument("--progress", default=None, help="append progress lines (every 500 steps) to this file")
+    p.add_argument("--until-success", action="store_true",
+                   help="stop each run at its first success (for sweeps: the final return is then not comparable)")
     args = p.parse_args()
     extra = {"sac+flow": args.flow_options}
-    jobs = [(m, s, args.steps, args.beta, args.eval_episodes, extra, args.time_limit, args.progress)
+    jobs = [(m, s, args.steps, args.beta, args.eval_episodes, extra, args.time_limit, args.progress,
+             args.until_success)
             for s in args.seeds for m in args.methods]
     with get_context("spawn").Pool(args.jobs) as pool:
         results = []
