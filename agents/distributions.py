@@ -131,6 +131,16 @@ class FlowDistribution(Distribution):
       stored actions, cheaper but not the entropy's gradient).
     * ``log_prob_from_params(latent)``: actions and their log-density from one
       reparameterised pass (what SAC's actor loss needs).
+
+    With ``pre_squash=True`` the actions that :meth:`sample`, :meth:`mode` and
+    :meth:`log_prob` handle are the flow's values ``u`` *before* the squash
+    (``log pi(u | c) = log p_Z(z | c) - log|det dg/dz|``) and :meth:`to_box`
+    maps them into the box.  A policy-gradient ratio
+    ``pi_new / pi_old`` is the same in both coordinates (the squash's Jacobian
+    does not depend on the parameters), but ``u`` keeps it exact where float32
+    ``tanh`` has rounded the action onto the boundary (``|u| > ~9``), which the
+    box coordinates can only clamp (see :class:`agents.squash.SquashToBox`).
+    :meth:`entropy` stays the entropy of the squashed action in the box.
     """
 
     def __init__(
@@ -143,6 +153,7 @@ class FlowDistribution(Distribution):
         low: Optional[Sequence[float] | np.ndarray] = None,
         high: Optional[Sequence[float] | np.ndarray] = None,
         entropy_samples: int = 1,
+        pre_squash: bool = False,
     ):
         super().__init__()
         _check_flow_name(flow)
@@ -160,9 +171,11 @@ class FlowDistribution(Distribution):
         self.low = np.full(self.action_dim, -1.0, dtype=np.float32) if low is None else np.asarray(low, np.float32)
         self.high = np.full(self.action_dim, 1.0, dtype=np.float32) if high is None else np.asarray(high, np.float32)
         self.entropy_samples = int(entropy_samples)
+        self.pre_squash = bool(pre_squash)
         self.flow: Optional[Flow] = None
+        self._unsquashed: Optional[Flow] = None  # the flow without its squash (shares its modules)
         self.context: Optional[Tensor] = None
-        self._last_sample: Optional[tuple[Tensor, Tensor]] = None
+        self._last_sample: Optional[tuple[Tensor, Tensor, int]] = None
 
     # ------------------------------------------------------------ SB3 protocol
     def proba_distribution_net(self, latent_dim: int) -> Flow:
@@ -171,6 +184,8 @@ class FlowDistribution(Distribution):
             self.flow_name, self.action_dim, int(latent_dim), self.low, self.high,
             self.base, self.direction, self.flow_kwargs,
         )
+        inner = self.flow.transform.transforms[1]
+        self._unsquashed = Flow(inner, self.flow.base, int(latent_dim), validate_args=False)
         return self.flow
 
     def proba_distribution(self, latent: Tensor) -> "FlowDistribution":
@@ -186,20 +201,33 @@ class FlowDistribution(Distribution):
             raise ValueError("FlowDistribution is not conditioned yet: call proba_distribution(latent) first")
         return self.flow, self.context
 
-    def log_prob(self, actions: Tensor) -> Tensor:
-        """Exact ``log pi(a | c)``, shape ``(B,)``.
+    def _action_flow(self) -> tuple[Flow, Tensor]:
+        """The flow over the actions this distribution hands out: with or without the squash."""
+        flow, ctx = self._ready()
+        return (self._unsquashed, ctx) if self.pre_squash else (flow, ctx)  # type: ignore[return-value]
 
-        For the very tensor returned by the last :meth:`sample` the log-density
-        of its sampling pass is returned (no second pass), unless an action lies
-        on the box boundary: then the batch is rescored in the density
+    def to_box(self, actions: Tensor) -> Tensor:
+        """Actions in the box: ``squash(u)`` for pre-squash actions, else ``actions`` unchanged."""
+        if not self.pre_squash:
+            return actions
+        if self.flow is None:
+            raise ValueError("call proba_distribution_net(latent_dim) before to_box")
+        return self.flow.transform.transforms[0].inverse(actions)[0]
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        """Exact ``log pi(a | c)`` (``log pi(u | c)`` with ``pre_squash``), shape ``(B,)``.
+
+        For the very tensor returned by the last :meth:`sample`, unmodified
+        (same version counter), the log-density of its sampling pass is
+        returned (no second pass), unless a box action
+        lies on the box boundary: then the batch is rescored in the density
         direction, so that the value matches what scoring the stored action
         later gives (SB3's PPO compares the two).
         """
-        flow, ctx = self._ready()
+        flow, ctx = self._action_flow()
         last = self._last_sample
-        if last is not None and actions is last[0]:
-            squash = flow.transform.transforms[0]
-            if not bool(squash.on_boundary(actions.detach()).any()):
+        if last is not None and actions is last[0] and actions._version == last[2]:  # not modified in place
+            if self.pre_squash or not bool(flow.transform.transforms[0].on_boundary(actions.detach()).any()):
                 return last[1]
         return flow.log_prob(actions.reshape(-1, self.action_dim).to(ctx.dtype), ctx)
 
@@ -213,16 +241,17 @@ class FlowDistribution(Distribution):
 
     def sample(self) -> Tensor:
         """One reparameterised action per context row, ``(B, D)`` (its log-density is kept for :meth:`log_prob`)."""
-        flow, ctx = self._ready()
+        flow, ctx = self._action_flow()
         actions, log_prob = flow.rsample_and_log_prob(1, ctx)
         # Keep the very tensor handed out: log_prob() recognises it by identity
         # (``actions[0]`` makes a new view object at every indexing).
-        self._last_sample = (actions[0], log_prob[0])
-        return self._last_sample[0]
+        sample = actions[0]
+        self._last_sample = (sample, log_prob[0], sample._version)
+        return sample
 
     def mode(self) -> Tensor:
-        """Deterministic action: the base mode pushed through the flow and the squash, ``(B, D)``."""
-        flow, ctx = self._ready()
+        """Deterministic action: the base mode pushed through the flow (and the squash), ``(B, D)``."""
+        flow, ctx = self._action_flow()
         return flow.mode_sample(ctx)
 
     def actions_from_params(self, latent: Tensor, deterministic: bool = False) -> Tensor:
@@ -232,6 +261,6 @@ class FlowDistribution(Distribution):
     def log_prob_from_params(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         """Reparameterised actions ``(B, D)`` and their log-density ``(B,)`` from one pass."""
         self.proba_distribution(latent)
-        flow, ctx = self._ready()
+        flow, ctx = self._action_flow()
         actions, log_prob = flow.rsample_and_log_prob(1, ctx)
         return actions[0], log_prob[0]

@@ -36,7 +36,10 @@ import flowrl
 
 from .distributions import DIRECTIONS, FlowDistribution, _check_flow_name, check_action_space
 
-__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy"]
+__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy", "PPO_NAF_MIN_SLOPE"]
+
+#: NAF's slope floor in :class:`FlowActorCriticPolicy` unless ``flow_kwargs`` sets ``min_slope``.
+PPO_NAF_MIN_SLOPE = 0.1
 
 
 def _resolve_direction(flow: str, direction: str, scores_stored_actions: bool) -> str:
@@ -164,8 +167,30 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
     loss and its gradient are unchanged and that pass is skipped (the logged
     ``entropy_loss`` then is SB3's ``-log_prob`` estimate).
 
+    Stored actions (``store_pre_squash``, default ``True``): the rollout buffer
+    holds the flow's value ``u`` before the tanh squash, and the env gets
+    ``squash(u)`` through :meth:`unscale_action` (SB3 calls it on every action
+    it sends to the env, and in ``predict``, when ``squash_output`` is true).
+    PPO's ratio ``pi_new(u) / pi_old(u)`` equals the ratio of the box densities
+    (the squash's Jacobian does not depend on the parameters), but in ``u``
+    it stays exact for actions that float32 ``tanh`` rounds onto the boundary.
+    With box actions instead (``False``), every such action is scored at the
+    clamped point ``|u| = 7.25``: on Pendulum-v1, where a good policy saturates
+    the torque, a third of the rollout sat there and NAF-PPO's approximate KL
+    per update reached 1 to 7000 (``scripts/bench_policies.py``; see the
+    closing notes).  ``policy(obs)`` and ``evaluate_actions`` therefore see
+    ``u``; ``predict`` returns box actions either way.
+
+    NAF: ``flow_kwargs["min_slope"]`` defaults to :data:`PPO_NAF_MIN_SLOPE`
+    (0.1; NAF's own default is 1e-3).  A policy that saturates its action
+    (Pendulum-v1's torque) reached the bound, with a floor of 1e-3, by
+    flattening one sigmoid until its samples sat at ``|u| ~ 1e3..1e4``; there
+    a small change of that slope moved a stored action's log-density by
+    thousands of nats (PPO's approximate KL per update: up to 7000).  With a
+    floor of 0.1 ``|u|`` stays below about 50 and the KL stays near 0.04.
+
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
-    (see the module doc), ``entropy_samples``.
+    (see the module doc), ``entropy_samples``, ``store_pre_squash``.
     """
 
     def __init__(
@@ -179,6 +204,7 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
         base: str = "normal",
         direction: str = "auto",
         entropy_samples: int = 1,
+        store_pre_squash: bool = True,
         use_sde: bool = False,
         **kwargs: Any,
     ):
@@ -186,10 +212,13 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
         _resolve_direction(flow, direction, scores_stored_actions=True)
         if int(entropy_samples) < 0:
             raise ValueError(f"entropy_samples must be >= 0, got {entropy_samples}")
+        flow_kwargs = dict(flow_kwargs or {})
+        if flow == "naf":
+            flow_kwargs.setdefault("min_slope", PPO_NAF_MIN_SLOPE)
         # Read by _build(), which ActorCriticPolicy.__init__ calls.
         self._flow_settings = dict(
-            flow=flow, flow_kwargs=dict(flow_kwargs or {}), base=base, direction=direction,
-            entropy_samples=int(entropy_samples),
+            flow=flow, flow_kwargs=flow_kwargs, base=base, direction=direction,
+            entropy_samples=int(entropy_samples), store_pre_squash=bool(store_pre_squash),
         )
         super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
 
@@ -204,11 +233,23 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
         self.action_dist = FlowDistribution(  # type: ignore[assignment]
             int(np.prod(box.shape)), s["flow"], s["flow_kwargs"], s["base"],
             _resolve_direction(s["flow"], s["direction"], scores_stored_actions=True),
-            low=box.low, high=box.high, entropy_samples=s["entropy_samples"],
+            low=box.low, high=box.high, entropy_samples=s["entropy_samples"], pre_squash=s["store_pre_squash"],
         )
         # The flow starts at (near) the identity from its own zero-initialised output layers.
         self.action_net = self.action_dist.proba_distribution_net(self.mlp_extractor.latent_dim_pi)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    @property
+    def squash_output(self) -> bool:  # type: ignore[override]
+        """True with pre-squash actions: SB3 then maps every action through :meth:`unscale_action`."""
+        return self._flow_settings["store_pre_squash"]
+
+    def unscale_action(self, scaled_action: np.ndarray) -> np.ndarray:
+        """Pre-squash actions ``u`` to the env's box: ``low + (high - low) (tanh(u) + 1) / 2``."""
+        if not self._flow_settings["store_pre_squash"]:
+            return super().unscale_action(scaled_action)
+        low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
+        return (low + (high - low) * (np.tanh(scaled_action) + 1.0) / 2.0).astype(self.action_space.dtype)
 
     def _get_action_dist_from_latent(self, latent_pi: Tensor) -> FlowDistribution:  # type: ignore[override]
         return self.action_dist.proba_distribution(latent_pi)  # type: ignore[union-attr, return-value]

@@ -19,6 +19,9 @@ gae_lambda 0.95, clip 0.2, lr 1e-3, ent_coef 0.  PPO on the two-mode bandit
 smaller share of stochastic actions in either mode): n_steps 256, lr 3e-4,
 SB3's other defaults.  Any of these can be overridden on the command line.
 
+Flow PPO actions: the rollout stores the pre-squash value ``u`` and NAF's slope
+floor is 0.1 (the policy's defaults; see :class:`agents.FlowActorCriticPolicy`).
+
 Flow PPO entropy: with ``ent_coef == 0`` the entropy term is multiplied by zero,
 so the flows default to ``entropy_samples=0`` (no Monte-Carlo entropy pass; SB3
 then logs ``-log_prob`` of the stored actions as the entropy); with
@@ -64,7 +67,7 @@ FLOW_KWARGS = {
 
 
 def make_model(algo: str, variant: str, env_id: str, seed: int, args) -> object:
-    flow_kw = {} if variant == "gaussian" else dict(flow=variant, flow_kwargs=FLOW_KWARGS[variant])
+    flow_kw = {} if variant == "gaussian" else dict(flow=variant, flow_kwargs=dict(FLOW_KWARGS[variant]))
     if algo == "sac":
         policy = "MlpPolicy" if variant == "gaussian" else FlowSACPolicy
         return SAC(policy, gym.make(env_id, **args.env_kwargs), learning_rate=args.lr, seed=seed, policy_kwargs=flow_kw or None, device="cpu")

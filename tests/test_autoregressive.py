@@ -218,6 +218,57 @@ def test_initial_guess_and_cheap_log_derivative_give_the_same_inverse():
         invert_monotone(cube, y, x0=torch.full_like(y, float("nan")))
 
 
+def test_grid_start_finds_the_same_roots_inside_and_outside_the_grid():
+    """A grid start brackets each root in one batched evaluation; roots beyond the grid are still found."""
+    a = torch.tensor([0.5, 2.0, 1.0, 1e-3, 3.0], dtype=F64, requires_grad=True)
+    y = torch.tensor([30.0, -1.0, 0.2, 6.0, -1e4], dtype=F64)  # the last two roots lie far outside [-3, 3]
+    cube = lambda v: (v ** 3 + a * v, torch.log(3 * v * v + a))  # noqa: E731
+    grid = torch.linspace(-3.0, 3.0, 13, dtype=F64)
+    x_ref, ld_ref = invert_monotone(cube, y)
+    x, ld = invert_monotone(cube, y, grid=grid)
+    assert torch.allclose(x, x_ref, atol=1e-9) and torch.allclose(ld, ld_ref, atol=1e-9)
+    (ga,) = torch.autograd.grad(x.sum(), a)
+    assert torch.allclose(ga, -x.detach() / (3 * x.detach() ** 2 + a.detach()), atol=1e-8)
+    with pytest.raises(ValueError, match="increasing"):
+        invert_monotone(cube, y, grid=grid.flip(0))
+    with pytest.raises(ValueError, match="not both"):
+        invert_monotone(cube, y, grid=grid, x0=y)
+
+
+def test_far_roots_take_few_evaluations():
+    """A flat map (slope 1e-3, the DSF's floor) puts the root near 6e3: relative capped steps reach it fast."""
+    calls = []
+    flat = lambda v: calls.append(1) or (1e-3 * v - 6.0, torch.full_like(v, math.log(1e-3)))  # noqa: E731
+    x, _ = invert_monotone(flat, torch.tensor([0.2], dtype=F64))
+    assert abs(x.item() - 6200.0) < 1e-6
+    assert len(calls) <= 10, len(calls)  # doubling absolute steps from 1 needed 15
+
+
+def test_naf_policy_like_inverse_uses_its_grid_for_small_batches():
+    """DeepSigmoid starts small batches from its grid (fewer evaluations) and large ones from ``y``: same roots."""
+    from flowrl.transforms import naf as naf_module
+
+    torch.manual_seed(0)
+    dsf = DeepSigmoid(hidden=8)
+    params = 3 * torch.randn(8, dsf.num_params, dtype=F64)
+    y = torch.randn(8, dtype=F64) * 3
+    counts = {}
+    for name, limit in (("grid", 256), ("plain", 0)):
+        calls = []
+        naf_module.GRID_MAX_VALUES, saved = limit, naf_module.GRID_MAX_VALUES
+        try:
+            apply = dsf._apply
+            dsf._apply = lambda v, p, apply=apply: calls.append(1) or apply(v, p)
+            x, ld = dsf.inverse(y, params)
+        finally:
+            naf_module.GRID_MAX_VALUES = saved
+            del dsf._apply
+        counts[name] = len(calls)
+        fx, logd = dsf.forward(x, params)
+        assert torch.allclose(fx, y, atol=1e-8) and torch.allclose(ld, -logd, atol=1e-8)
+    assert counts["grid"] < counts["plain"], counts
+
+
 def test_implicit_gradient_of_the_inverse_is_exact():
     """``x = f^{-1}(y; a)`` for ``f = x^3 + a x``: ``dx/dy = 1 / f'``, ``dx/da = -x / f'``."""
     a = torch.tensor([0.5, 2.0, 1.0], dtype=F64, requires_grad=True)

@@ -52,7 +52,8 @@ def test_log_dtanh_is_exact_and_finite():
 
 def test_squash_maps_into_box_and_round_trips():
     sq = SquashToBox([-2.0, 0.0], [3.0, 0.5]).double()
-    u = torch.randn(50, 2, dtype=torch.float64) * 2
+    u = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    assert u.abs().max() < 7  # inside the clamp of the density direction (|u| <= ~7.25)
     a, ld_inv = sq.inverse(u)
     assert (a[:, 0] > -2).all() and (a[:, 0] < 3).all() and (a[:, 1] > 0).all() and (a[:, 1] < 0.5).all()
     u2, ld_fwd = sq.forward(a)
@@ -266,36 +267,92 @@ def test_sac_save_load_round_trip(name, tmp_path):
 
 
 # --------------------------------------------------------------- PPO / A2C
-def _on_policy(algo, env, flow, seed=0, **kw):
-    pk = dict(net_arch=dict(pi=[32], vf=[32]), flow=flow, flow_kwargs=SMALL[flow])
+def _on_policy(algo, env, flow, seed=0, store_pre_squash=True, **kw):
+    pk = dict(net_arch=dict(pi=[32], vf=[32]), flow=flow, flow_kwargs=SMALL[flow], store_pre_squash=store_pre_squash)
     extra = dict(n_steps=32, batch_size=32, n_epochs=1) if algo is PPO else dict(n_steps=8)
     return algo(FlowActorCriticPolicy, env, policy_kwargs=pk, seed=seed, **extra, **kw)
 
 
+@pytest.mark.parametrize("pre_squash", [True, False], ids=["pre-squash", "box"])
 @pytest.mark.parametrize("name", FLOWS)
-def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name):
-    model = _on_policy(PPO, "Pendulum-v1", name)
+def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name, pre_squash):
+    model = _on_policy(PPO, "Pendulum-v1", name, store_pre_squash=pre_squash)
     policy = model.policy
+    assert policy.squash_output is pre_squash
     obs = torch.randn(16, 3)
     with torch.no_grad():
         actions, _, rollout_log_prob = policy(obs)
-    assert (actions.abs() <= 2).all() and not torch.allclose(actions.abs(), torch.full_like(actions, 2.0))
+    if not pre_squash:
+        assert (actions.abs() <= 2).all()
+    assert not torch.allclose(actions.abs(), torch.full_like(actions, 2.0))
     values, log_prob, entropy = policy.evaluate_actions(obs, actions)
     torch.testing.assert_close(log_prob.detach(), rollout_log_prob, rtol=1e-5, atol=1e-5)
     assert values.shape == (16, 1) and entropy.shape == (16,)
     entropy.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.action_net.parameters())
-    # stored actions on the box boundary still get a finite log-density
-    edge = torch.tensor([[-2.0], [2.0]])
+    # stored actions on (or, pre-squash, far beyond) the box boundary still get a finite log-density
+    edge = torch.tensor([[-50.0], [50.0]]) if pre_squash else torch.tensor([[-2.0], [2.0]])
     _, lp_edge, _ = policy.evaluate_actions(obs[:2], edge)
     assert torch.isfinite(lp_edge).all()
 
 
 @pytest.mark.parametrize("name", FLOWS)
-def test_rollout_scores_its_own_sample_without_a_second_pass(name, monkeypatch):
+def test_pre_squash_actions_reach_the_env_squashed_and_keep_the_ratio(name):
+    """The env gets ``squash(u)``; ``log pi(u) - log pi(squash(u))`` does not depend on the parameters."""
     model = _on_policy(PPO, "Pendulum-v1", name)
     policy = model.policy
-    flow = policy.action_dist.flow
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        u, _, _ = policy(obs)
+    box = policy.unscale_action(u.numpy())
+    squash = policy.action_dist.flow.transform.transforms[0]
+    np.testing.assert_allclose(box, squash.inverse(u)[0].numpy(), rtol=1e-6, atol=1e-6)
+    assert box.dtype == np.float32 and (np.abs(box) <= 2).all()
+    far = policy.unscale_action(np.array([[-1e4], [1e4]], np.float32))
+    np.testing.assert_array_equal(far, [[-2.0], [2.0]])
+    # predict() goes through unscale_action: box actions, deterministic = squash of the flow's mode
+    pred, _ = model.predict(obs.numpy(), deterministic=True)
+    with torch.no_grad():
+        mode = policy.get_distribution(obs).mode()
+    np.testing.assert_allclose(pred, policy.unscale_action(mode.numpy()), rtol=1e-6, atol=1e-6)
+
+    def log_probs():
+        dist = policy.get_distribution(obs)
+        with torch.no_grad():
+            return dist.log_prob(u), dist.flow.log_prob(torch.as_tensor(box), dist.context)
+
+    u_before, box_before = log_probs()
+    with torch.no_grad():
+        for p in policy.action_net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    u_after, box_after = log_probs()
+    assert (u_after - u_before).abs().max() > 1e-2  # the policy changed...
+    torch.testing.assert_close(u_after - u_before, box_after - box_before, rtol=1e-3, atol=1e-3)  # ...same ratio
+
+
+def test_pre_squash_scores_actions_that_float32_tanh_rounds_onto_the_boundary():
+    """Beyond ``|u| ~ 9`` the box action is exactly the bound: only ``u`` still tells samples apart."""
+    model = _on_policy(PPO, "Pendulum-v1", "realnvp")
+    policy = model.policy
+    obs = torch.randn(2, 3)
+    u = torch.tensor([[12.0], [20.0]])
+    assert (policy.unscale_action(u.numpy()) == 2.0).all()
+    _, lp_u, _ = policy.evaluate_actions(obs, u)
+    assert torch.isfinite(lp_u).all()
+    dist = policy.get_distribution(obs)
+    with torch.no_grad():
+        expected = dist._unsquashed.log_prob(u, dist.context)
+    torch.testing.assert_close(lp_u.detach(), expected)
+    assert not torch.allclose(lp_u[0], lp_u[1])
+
+
+@pytest.mark.parametrize("pre_squash", [True, False], ids=["pre-squash", "box"])
+@pytest.mark.parametrize("name", FLOWS)
+def test_rollout_scores_its_own_sample_without_a_second_pass(name, pre_squash, monkeypatch):
+    model = _on_policy(PPO, "Pendulum-v1", name, store_pre_squash=pre_squash)
+    policy = model.policy
+    dist = policy.action_dist
+    flow = dist._unsquashed if pre_squash else dist.flow
     calls = []
     density = flow.log_prob
     monkeypatch.setattr(flow, "log_prob", lambda *a, **k: calls.append(1) or density(*a, **k))
@@ -307,13 +364,29 @@ def test_rollout_scores_its_own_sample_without_a_second_pass(name, monkeypatch):
         _, stored_log_prob, _ = policy.evaluate_actions(obs, actions)
     assert calls == [1]  # stored actions are scored in the density direction
     torch.testing.assert_close(rollout_log_prob, stored_log_prob, rtol=1e-5, atol=1e-5)
-    # a sample on the box boundary is rescored, so that the rollout agrees with evaluate_actions
+    # a sample modified in place is rescored
     dist = policy.get_distribution(obs)
-    edge = dist.sample()
+    edited = dist.sample()
     with torch.no_grad():
-        edge[0, 0] = 2.0
-    dist.log_prob(edge)
+        edited[0, 0] = 0.5
+    dist.log_prob(edited)
     assert calls == [1, 1]
+    if not pre_squash:  # a box sample that rounded onto the boundary is rescored (clamped like a stored one)
+        lp = torch.zeros(1, 8)
+        monkeypatch.setattr(dist.flow, "rsample_and_log_prob", lambda n, c: (torch.full((1, 8, 1), 2.0), lp))
+        dist.log_prob(dist.sample())
+        assert calls == [1, 1, 1]
+
+
+def test_ppo_naf_slope_floor_defaults_to_the_policy_value_and_can_be_overridden():
+    from agents.policies import PPO_NAF_MIN_SLOPE
+
+    for given, expected in (({}, PPO_NAF_MIN_SLOPE), ({"min_slope": 1e-3}, 1e-3)):
+        model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32,
+                    policy_kwargs=dict(flow="naf", flow_kwargs={**SMALL["naf"], **given}))
+        dsf = model.policy.action_dist.flow.transform.transforms[1].transforms[0].bijection
+        assert dsf.min_slope == expected and model.policy_kwargs["flow_kwargs"].get("min_slope", expected) == expected
+        assert model.policy._get_constructor_parameters()["flow_kwargs"]["min_slope"] == expected  # saved with the model
 
 
 def test_entropy_samples_zero_defers_to_sb3():
@@ -328,6 +401,7 @@ def test_entropy_samples_zero_defers_to_sb3():
 @pytest.mark.parametrize("name", FLOWS)
 def test_on_policy_save_load_round_trip(algo, name, tmp_path):
     model = _on_policy(algo, "Pendulum-v1", name)
+    assert model.policy.squash_output
     before = {k: v.clone() for k, v in model.policy.state_dict().items()}
     model.learn(32)
     changed = [k for k, v in model.policy.state_dict().items() if not torch.equal(before[k], v)]
@@ -335,7 +409,7 @@ def test_on_policy_save_load_round_trip(algo, name, tmp_path):
     model.save(tmp_path / "m")
     loaded = algo.load(tmp_path / "m")
     assert isinstance(loaded.policy, FlowActorCriticPolicy)
-    assert loaded.policy_kwargs["flow"] == name
+    assert loaded.policy_kwargs["flow"] == name and loaded.policy.squash_output
     obs = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
     _same_predictions(model, loaded, obs)
 

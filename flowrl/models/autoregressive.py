@@ -97,15 +97,18 @@ def build_naf(
     hidden: int = 16,
     dense: bool = False,
     dense_layers: int = 2,
+    min_slope: float = 1e-3,
     tol: float | None = None,
 ) -> Transform:
     """NAF (Huang et al. 2018): MADE-conditioned deep sigmoidal transformers (DSF; ``dense=True`` for DDSF).
 
     ``hidden``: sigmoids per transformer layer; ``dense_layers``: DDSF depth;
-    ``tol``: tolerance of the numerical inverse.
+    ``min_slope``: floor of every sigmoid's slope (the map's slope in its
+    tails); ``tol``: tolerance of the numerical inverse.
     """
     layers = dense_layers if dense else 1
-    return _stack(shape, context_dim, transforms, hidden_features, lambda: DeepSigmoid(hidden, layers, tol=tol), True)
+    return _stack(shape, context_dim, transforms, hidden_features,
+                  lambda: DeepSigmoid(hidden, layers, min_slope=min_slope, tol=tol), True)
 
 
 @register_flow("sos", test_kwargs=dict(transforms=2, hidden_features=(16,), polynomials=2, degree=2),

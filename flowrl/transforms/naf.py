@@ -43,6 +43,11 @@ __all__ = ["DeepSigmoid"]
 
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_INV_1) = 1
 
+#: Starting grid of the numerical inverse for small batches (see :meth:`DeepSigmoid.inverse`).
+START_GRID = torch.sinh(torch.linspace(-10.0, 10.0, 33, dtype=torch.float64))
+#: Largest number of targets for which the inverse starts from :data:`START_GRID`.
+GRID_MAX_VALUES = 256
+
 
 def _log_mix(w: Tensor, log_w: Tensor, t: Tensor) -> Tensor:
     """``log sum_k w_jk e^{t_k}`` for weights ``w`` ``(..., n, k)`` and logs ``t`` ``(..., k, c)``: ``(..., n, c)``.
@@ -139,6 +144,17 @@ class DeepSigmoid(ElementwiseBijection):
         return h.squeeze(-1), log_dh.squeeze(-1)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """Numerical inverse (safeguarded Newton on an expanding bracket) with implicit gradients."""
+        """Numerical inverse (safeguarded Newton on an expanding bracket) with implicit gradients.
+
+        Small batches (at most :data:`GRID_MAX_VALUES` targets) start from one
+        batched evaluation on :data:`START_GRID` (``sinh`` of 33 points in
+        ``[-10, 10]``, spanning ``|x| <= 1.1e4``), which brackets every root
+        and puts Newton within a few steps of it: a trained NAF policy's roots
+        sit far out in flat tails, where a start from ``y`` needs about 9
+        evaluations and the grid about 3.6.  For a small batch the grid's 33x
+        arithmetic is free (per-op overhead dominates); a large batch starts
+        from ``y`` instead.
+        """
         prepared = self._prepare(params)
-        return invert_monotone(lambda v: self._apply(v, prepared), y, tol=self.tol)
+        grid = START_GRID if y.numel() <= GRID_MAX_VALUES else None
+        return invert_monotone(lambda v: self._apply(v, prepared), y, tol=self.tol, grid=grid)
