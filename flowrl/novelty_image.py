@@ -80,11 +80,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import Compose, Transform
 from .flow import Flow
+from .frames import FrameInput, check_image_shape, check_size, downsample
 from .novelty import FlowPseudoCounter
 from .registry import flow_spec
 from .transforms.splines import RationalQuadraticSpline
@@ -96,11 +96,6 @@ __all__ = [
 
 PREPROCESSING = ("logit", "affine")
 SMALL_IMAGE_FLOW = {"transforms": 2, "hidden_features": (16,)}
-
-
-def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Area average of ``(B, C, H, W)`` to ``(B, C, h, w)``: each output pixel is the mean of its input block."""
-    return F.adaptive_avg_pool2d(x, tuple(int(s) for s in size))
 
 
 def quantize(x: Tensor, levels: int, max_value: float) -> Tensor:
@@ -138,7 +133,7 @@ class PixelSpline(Transform):
         return self._run(z, inverse=True)
 
 
-class ImagePseudoCounter(FlowPseudoCounter):
+class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
     """Pseudo-counts of frames from an image flow fitted online to downsampled, quantised frames.
 
     Args:
@@ -197,14 +192,8 @@ class ImagePseudoCounter(FlowPseudoCounter):
         dedupe: bool = True,
         cache_size: int = 4096,
     ):
-        shape = tuple(int(s) for s in image_shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
-        size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
-        if len(size_hw) != 2 or min(size_hw) < 1:
-            raise ValueError(f"size must be an int or (h, w) with positive sizes, got {size!r}")
-        if size_hw[0] > shape[1] or size_hw[1] > shape[2]:
-            raise ValueError(f"size {size_hw} is larger than the frames' (H, W) = {shape[1:]}: downsampling only")
+        shape = check_image_shape(image_shape)
+        size_hw = check_size(size, shape)
         if not isinstance(levels, (int, np.integer)) or levels < 2:
             raise ValueError(f"levels must be an int >= 2, got {levels!r}")
         if not max_value > 0:
@@ -252,35 +241,6 @@ class ImagePseudoCounter(FlowPseudoCounter):
         self.clear_cache()
 
     # ------------------------------------------------------------------ input
-    def _as_nchw(self, x: Tensor) -> Tensor:
-        c, h, w = self.image_shape
-        chw, hwc = (c, h, w), (h, w, c)
-        if x.dim() == 3:  # a single frame
-            x = x.unsqueeze(0)
-        trailing = tuple(x.shape[1:]) if x.dim() == 4 else None
-        if self.channels_last is not True and trailing == chw:
-            return x
-        if self.channels_last is not False and trailing == hwc:
-            return x.permute(0, 3, 1, 2)
-        layouts = {None: f"(batch, {c}, {h}, {w}) or (batch, {h}, {w}, {c})",
-                   False: f"(batch, {c}, {h}, {w})", True: f"(batch, {h}, {w}, {c})"}
-        raise ValueError(f"images have shape {tuple(x.shape)}, expected {layouts[self.channels_last]}")
-
-    def as_batch(self, obs: Any) -> Tensor:
-        """Validated frames as float32 ``(batch, C, H, W)`` on the model's device."""
-        if isinstance(obs, dict):
-            raise ValueError("dict observations are not supported: choose one key (obs_key) first")
-        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs)
-        if x.dtype == torch.bool or x.is_complex():
-            raise ValueError(f"images must hold real numbers, got dtype {x.dtype}")
-        x = self._as_nchw(x.to(device=self.device, dtype=torch.float32))
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("images contain NaN or inf values")
-        if bool((x < 0).any()) or bool((x > self.max_value).any()):
-            raise ValueError(f"pixel values must lie in [0, max_value={self.max_value:g}], "
-                             f"got [{float(x.min()):g}, {float(x.max()):g}]")
-        return x.contiguous()
-
     def encode(self, x: Tensor) -> Tensor:
         """Frames ``(B, C, H, W)`` -> cell centres ``y = (q + 1/2) / L`` of shape ``(B, c, h, w)``."""
         small = downsample(x, self.size)

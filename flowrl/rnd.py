@@ -13,7 +13,7 @@ It shares the normaliser, buffer and training loop of
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,12 +63,19 @@ class RNDNovelty(OnlineDensityModel):
             buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,
         )
         self.obs_dim = int(obs_dim)
+        self._init_networks(
+            lambda: MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False),
+            error_decay, seed,
+        )
+
+    def _init_networks(self, make_network: Callable[[], nn.Module], error_decay: float, seed: Optional[int]) -> None:
+        """A fixed random target and a predictor of the same architecture (seeded by ``seed``), and the error scale."""
         self.error_decay = float(error_decay)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            self.target = MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False)
-            self.predictor = MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False)
+            self.target = make_network()
+            self.predictor = make_network()
         self.target.requires_grad_(False)
         self.register_buffer("error_scale", torch.ones((), dtype=torch.float32))
         self.register_buffer("scale_steps", torch.zeros((), dtype=torch.long))
@@ -79,7 +86,7 @@ class RNDNovelty(OnlineDensityModel):
     def _error(self, z: Tensor) -> Tensor:
         with torch.no_grad():
             target = self.target(z)
-        return (self.predictor(z) - target).pow(2).mean(dim=1)
+        return (self.predictor(z) - target).pow(2).flatten(1).mean(dim=1)
 
     def loss(self, z: Tensor) -> Tensor:
         err = self._error(z)

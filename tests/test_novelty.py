@@ -200,6 +200,35 @@ def test_rnd_bonus_is_larger_off_the_visited_states_and_decreases_with_training(
         rnd.bonus(np.array([[np.inf, 0.0]]))
 
 
+def test_image_rnd_bonus_is_larger_on_unseen_frames_and_validates_them():
+    """The convolutional RND on frames: a square at a position never trained on is more novel than the seen ones."""
+    from flowrl.novelty_image import point_image_stream
+    from flowrl.rnd_image import ImageRND
+
+    frames, stream = point_image_stream([20] * 4, side=16, seed=0, unseen=1)
+    rnd = ImageRND((1, 16, 16), size=8, seed=0, lr=3e-3, steps_per_update=20)
+    first = None
+    for chunk in stream.split(16):
+        rnd.update(chunk)
+        first = float(rnd.error(frames[:4]).mean()) if first is None else first
+    seen, unseen = rnd.bonus(frames[:4]), rnd.bonus(frames[4:])
+    assert float(rnd.error(frames[:4]).mean()) < first  # training lowers the error on what it sees
+    assert float(unseen.min()) > float(seen.max()), (seen, unseen)
+    hwc = frames.permute(0, 2, 3, 1)
+    assert torch.equal(rnd.bonus(hwc), rnd.bonus(frames))  # channels last or first
+    with pytest.raises(ValueError, match="images have shape"):
+        rnd.bonus(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="pixel values"):
+        rnd.bonus(torch.full((1, 1, 16, 16), 300.0))
+    with pytest.raises(ValueError, match="larger than the frames"):
+        ImageRND((1, 16, 16), size=32)
+    with pytest.raises(ValueError, match="channels"):
+        ImageRND((1, 16, 16), channels=())
+    restored = ImageRND((1, 16, 16), size=8)
+    restored.load_state_dict(rnd.state_dict())
+    assert torch.equal(restored.bonus(frames), rnd.bonus(frames))  # networks, normaliser and error scale
+
+
 # ------------------------------------------------------------------ images
 from flowrl.novelty_image import ImagePseudoCounter, downsample, point_image_stream, quantize  # noqa: E402
 

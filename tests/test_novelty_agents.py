@@ -298,8 +298,6 @@ def test_image_observation_space_gets_the_image_counter_in_channels_first_form()
         bonus.intrinsic(np.zeros((2, 8, 8, 1), np.uint8))
     with pytest.raises(ValueError, match="NaN"):
         unit.intrinsic(np.full((1, 3, 16, 16), np.nan, np.float32))
-    with pytest.raises(ValueError, match="kind='flow'"):
-        make_novelty_bonus(hwc, {"kind": "rnd"})
     with pytest.raises(ValueError, match="image_levels"):
         make_novelty_bonus(hwc, {"image_levels": 1})
 
@@ -354,3 +352,33 @@ def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout():
     buf = model.rollout_buffer
     assert buf.scored_obs.dtype == np.uint8 and buf.scored_obs.shape == (32, 2, 1, 16, 16)
     assert (buf.intrinsic_rewards > 0).all() and find_novelty(model).model.n_total == 64
+
+
+def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path):
+    """``kind="rnd"`` on frames: the convolutional RND scores, trains, logs and is saved with the agent."""
+    from flowrl.rnd_image import ImageRND
+
+    hwc = spaces.Box(0, 255, (16, 16, 1), np.uint8)
+    rnd = {"kind": "rnd", "image_size": 8, "hidden_features": [8], "embedding_dim": 8, "batch_size": 16,
+           "update_every": 16, "beta": 0.5, "seed": 0}
+    bonus = make_novelty_bonus(hwc, rnd)
+    assert isinstance(bonus.model, ImageRND) and bonus.model.size == (8, 8) and bonus.obs_shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="image_levels"):  # a flow-only option
+        make_novelty_bonus(hwc, {**rnd, "image_levels": 4})
+    env = _pixel_env()
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, rnd)
+    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model.learn(100, callback=callbacks)
+    trained = find_novelty(model)
+    assert trained.model.n_total == 100
+    samples = model.replay_buffer.sample(16)
+    assert torch.isfinite(samples.rewards).all() and (samples.rewards > 0).all()
+    model.save(tmp_path / "agent")
+    loaded = SAC.load(tmp_path / "agent", env=env)
+    frames = model.replay_buffer.observations[:32, 0]
+    assert np.array_equal(novelty_density(model, frames, "bonus"), novelty_density(loaded, frames, "bonus"))
+    penv = _pixel_env(n_envs=2)
+    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, penv, rnd)
+    ppo = PPO("MlpPolicy", penv, seed=0, **kwargs)
+    ppo.learn(64, callback=callbacks)
+    assert (ppo.rollout_buffer.intrinsic_rewards > 0).all() and find_novelty(ppo).model.n_total == 64

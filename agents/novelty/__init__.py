@@ -17,7 +17,8 @@ rollout buffer that adds the bonus before advantages are computed.
 Image observations (a 3-D ``Box``: uint8 frames, channels last or first,
 as SB3 sees them before or after ``VecTransposeImage``) get the image
 pseudo-counter of :mod:`flowrl.novelty_image` (downsample, quantise, a small
-Glow); options ``image_size``, ``image_levels``, ``image_grey``.
+Glow), or with ``kind="rnd"`` the convolutional RND of :mod:`flowrl.rnd_image`;
+options ``image_size``, ``image_grey`` (both kinds), ``image_levels`` (flow).
 
 Saving and resuming: ``model.save(path)`` pickles the buffer's kwargs, which
 hold the :class:`NoveltyBonus` (options + the density model's state dict:

@@ -8,7 +8,8 @@ pickles the buffer's kwargs carries the density model, its normaliser, its
 buffer and its optimiser along.
 
 Image observations (a 3-D ``Box``, e.g. uint8 frames) are modelled by
-:class:`flowrl.novelty_image.ImagePseudoCounter`: the bonus keeps them as
+:class:`flowrl.novelty_image.ImagePseudoCounter` (``kind="flow"``) or
+:class:`flowrl.rnd_image.ImageRND` (``kind="rnd"``): the bonus keeps them as
 frames ``(C, H, W)`` (channels first, as SB3 stores them after
 ``VecTransposeImage``; channels-last frames are transposed on the way in)
 and the counter downsamples and quantises them.
@@ -25,6 +26,7 @@ from gymnasium import spaces
 from flowrl.novelty import FlowPseudoCounter, OnlineDensityModel
 from flowrl.novelty_image import ImagePseudoCounter
 from flowrl.rnd import RNDNovelty
+from flowrl.rnd_image import ImageRND
 
 from .options import NoveltyOptions, parse_options
 
@@ -104,10 +106,14 @@ class NoveltyBonus:
         o = self.options
         common = dict(lr=o.lr, batch_size=o.batch_size, steps_per_update=o.steps_per_update,
                       buffer_size=o.buffer_size, seed=o.seed)
-        if self.is_image:
-            if o.kind != "flow":
-                raise ValueError("image observations need kind='flow' (RND on frames is not implemented); "
-                                 "or model a vector key (obs_key) with RND")
+        hidden = o.hidden_features if isinstance(o.hidden_features, int) else tuple(o.hidden_features)
+        if self.is_image and o.kind == "rnd":
+            model = ImageRND(
+                self.obs_shape, size=tuple(o.image_size), grey=o.image_grey, max_value=self.max_value,
+                channels_last=False, channels=(hidden,) if isinstance(hidden, int) else hidden,
+                embedding_dim=o.embedding_dim, **common,
+            )
+        elif self.is_image:
             model = ImagePseudoCounter(
                 self.obs_shape, o.flow or "glow", size=tuple(o.image_size), grey=o.image_grey,
                 levels=o.image_levels, max_value=self.max_value, channels_last=False, estimator=o.estimator,
@@ -120,7 +126,6 @@ class NoveltyBonus:
                 flow_kwargs=o.flow_kwargs, **common,
             )
         else:
-            hidden = o.hidden_features if isinstance(o.hidden_features, int) else tuple(o.hidden_features)
             model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim, **common)
         # Eval mode between updates (``train_steps`` switches to training and back): scoring then
         # needs no mode switch, and image counters evaluate each distinct frame once.

@@ -10,7 +10,7 @@ from flowrl.novelty import ESTIMATORS
 __all__ = ["NoveltyOptions", "parse_options"]
 
 _FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cell_samples", "smoothing", "ema",
-              "image_size", "image_levels", "image_grey"}
+              "image_levels"}
 _RND_ONLY = {"hidden_features", "embedding_dim"}
 
 
@@ -44,6 +44,9 @@ class NoveltyOptions:
     minibatch is scored): the counter evaluates each *distinct* quantised
     frame once, ``distinct * cell_samples`` flow evaluations, and memoises
     the values until its next update, so repeated frames cost almost nothing.
+    With ``kind="rnd"`` frames go to :class:`flowrl.rnd_image.ImageRND`
+    (area-averaged to ``image_size``, grey if ``image_grey``; ``hidden_features``
+    are then the channels of its strided convolutions).
     """
 
     kind: str = "flow"

@@ -1,0 +1,81 @@
+"""Image observations in: validation of frames and area-average downsampling, shared by image novelty models.
+
+:class:`FrameInput` is a mixin for :class:`flowrl.novelty.OnlineDensityModel`
+subclasses that model frames ``(C, H, W)``: it accepts uint8 or float frames
+with values in ``[0, max_value]``, channels first or last, one frame or a
+batch, and gives ``(B, C, H, W)`` float32 tensors on the model's device, or
+a ``ValueError`` that names the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["FrameInput", "downsample", "check_image_shape", "check_size"]
+
+
+def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Area average of ``(B, C, H, W)`` to ``(B, C, h, w)``: each output pixel is the mean of its input block."""
+    return F.adaptive_avg_pool2d(x, tuple(int(s) for s in size))
+
+
+def check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` as ints, or ``ValueError``."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
+    return shape  # type: ignore[return-value]
+
+
+def check_size(size: int | Sequence[int], image_shape: Sequence[int]) -> tuple[int, int]:
+    """The downsampled ``(h, w)`` (an int means ``(s, s)``), no larger than the frames, or ``ValueError``."""
+    size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    if len(size_hw) != 2 or min(size_hw) < 1:
+        raise ValueError(f"size must be an int or (h, w) with positive sizes, got {size!r}")
+    if size_hw[0] > image_shape[1] or size_hw[1] > image_shape[2]:
+        raise ValueError(f"size {size_hw} is larger than the frames' (H, W) = {tuple(image_shape[1:])}: downsampling only")
+    return size_hw  # type: ignore[return-value]
+
+
+class FrameInput:
+    """Frames in: needs ``image_shape`` ``(C, H, W)``, ``channels_last`` (``None``, ``True``, ``False``),
+    ``max_value`` and ``device`` on the instance."""
+
+    image_shape: tuple[int, int, int]
+    channels_last: Optional[bool]
+    max_value: float
+    device: torch.device
+
+    def _as_nchw(self, x: Tensor) -> Tensor:
+        c, h, w = self.image_shape
+        chw, hwc = (c, h, w), (h, w, c)
+        if x.dim() == 3:  # a single frame
+            x = x.unsqueeze(0)
+        trailing = tuple(x.shape[1:]) if x.dim() == 4 else None
+        if self.channels_last is not True and trailing == chw:
+            return x
+        if self.channels_last is not False and trailing == hwc:
+            return x.permute(0, 3, 1, 2)
+        layouts = {None: f"(batch, {c}, {h}, {w}) or (batch, {h}, {w}, {c})",
+                   False: f"(batch, {c}, {h}, {w})", True: f"(batch, {h}, {w}, {c})"}
+        raise ValueError(f"images have shape {tuple(x.shape)}, expected {layouts[self.channels_last]}")
+
+    def as_batch(self, obs: Any) -> Tensor:
+        """Validated frames as float32 ``(batch, C, H, W)`` on the model's device."""
+        if isinstance(obs, dict):
+            raise ValueError("dict observations are not supported: choose one key (obs_key) first")
+        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs)
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"images must hold real numbers, got dtype {x.dtype}")
+        x = self._as_nchw(x.to(device=self.device, dtype=torch.float32))
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("images contain NaN or inf values")
+        if bool((x < 0).any()) or bool((x > self.max_value).any()):
+            raise ValueError(f"pixel values must lie in [0, max_value={self.max_value:g}], "
+                             f"got [{float(x.min()):g}, {float(x.max()):g}]")
+        return x.contiguous()

@@ -1,0 +1,102 @@
+"""Random network distillation on image observations (Burda et al. 2018): convolutional target and predictor.
+
+``ImageRND((C, H, W))`` has the interface of :class:`flowrl.rnd.RNDNovelty`
+(``update``, ``error``, ``bonus``, ``state_dict``) and shares its training
+loop and error scale; frames enter as for
+:class:`flowrl.novelty_image.ImagePseudoCounter` (uint8 or float in
+``[0, max_value]``, channels first or last, validated by
+:class:`flowrl.frames.FrameInput`).  A frame is scaled to ``[0, 1]``,
+area-averaged to ``size`` (grey if ``grey``) and normalised per pixel by the
+running mean and standard deviation, clipped to ``[-5, 5]`` (as Burda et al.
+normalise observations); both networks are
+``conv(3x3, stride 2) -> LeakyReLU -> ... -> linear(embedding_dim)``, one
+strided convolution per entry of ``channels``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from torch import Tensor, nn
+
+from .frames import FrameInput, check_image_shape, check_size, downsample
+from .novelty import OnlineDensityModel
+from .rnd import RNDNovelty
+
+__all__ = ["ImageRND", "conv_embedding"]
+
+
+def conv_embedding(shape: Sequence[int], channels: Sequence[int], embedding_dim: int) -> nn.Sequential:
+    """``(B, c, h, w) -> (B, embedding_dim)``: strided 3x3 convolutions with LeakyReLU, then one linear layer."""
+    c, h, w = (int(s) for s in shape)
+    layers: list[nn.Module] = []
+    for out in channels:
+        layers += [nn.Conv2d(c, int(out), 3, stride=2, padding=1), nn.LeakyReLU()]
+        c, h, w = int(out), (h + 1) // 2, (w + 1) // 2
+    layers += [nn.Flatten(), nn.Linear(c * h * w, int(embedding_dim))]
+    return nn.Sequential(*layers)
+
+
+class ImageRND(FrameInput, RNDNovelty):
+    """Random-network-distillation novelty of frames ``(C, H, W)``.
+
+    Args:
+        image_shape: ``(C, H, W)`` of one frame.
+        size: ``(h, w)`` after area averaging (an int means ``(s, s)``).
+        grey: average the channels into one.
+        max_value: the largest pixel value (255 for uint8 frames).
+        channels_last: ``False``: frames ``(B, C, H, W)``; ``True``: ``(B, H, W, C)``;
+            ``None``: whichever layout the batch's shape matches.
+        channels: output channels of the strided convolutions (each halves ``h`` and ``w``).
+        embedding_dim, error_decay, lr, batch_size, steps_per_update, buffer_size, seed:
+            as for :class:`flowrl.rnd.RNDNovelty`.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        *,
+        size: int | Sequence[int] = 16,
+        grey: bool = True,
+        max_value: float = 255.0,
+        channels_last: Optional[bool] = None,
+        channels: Sequence[int] = (16, 32),
+        embedding_dim: int = 32,
+        error_decay: float = 0.99,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        steps_per_update: int = 1,
+        buffer_size: int = 100_000,
+        seed: Optional[int] = None,
+    ):
+        shape = check_image_shape(image_shape)
+        size_hw = check_size(size, shape)
+        if not max_value > 0:
+            raise ValueError(f"max_value must be positive, got {max_value}")
+        if channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1:
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+        if not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        if not 0.0 <= error_decay < 1.0:
+            raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
+        model_shape = (1 if grey else shape[0], *size_hw)
+        OnlineDensityModel.__init__(
+            self, shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
+            buffer_size=buffer_size, clip=5.0, normalize=True, seed=seed, model_shape=model_shape,
+        )
+        self.image_shape, self.size, self.grey = shape, size_hw, bool(grey)
+        self.max_value, self.channels_last = float(max_value), channels_last
+        self.obs_dim = int(np.prod(model_shape))
+        self._init_networks(lambda: conv_embedding(model_shape, channels, embedding_dim), error_decay, seed)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Frames ``(B, C, H, W)`` -> ``(B, c, h, w)`` in ``[0, 1]``: scaled, area-averaged, grey if asked."""
+        small = downsample(x / self.max_value, self.size)
+        return small.mean(dim=1, keepdim=True) if self.grey else small
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}"
