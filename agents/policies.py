@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
