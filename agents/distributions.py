@@ -134,8 +134,8 @@ class FlowDistribution(Distribution):
 
     With ``pre_squash=True`` the actions that :meth:`sample`, :meth:`mode` and
     :meth:`log_prob` handle are the flow's values ``u`` *before* the squash
-    (``log pi(u | c) = log p_Z(z | c) - log|det dg/dz|``) and :meth:`to_box`
-    maps them into the box.  A policy-gradient ratio
+    (``log pi(u | c) = log p_Z(z | c) - log|det dg/dz|``); the squash maps
+    them into the box (``flow.transform.transforms[0].inverse``).  A policy-gradient ratio
     ``pi_new / pi_old`` is the same in both coordinates (the squash's Jacobian
     does not depend on the parameters), but ``u`` keeps it exact where float32
     ``tanh`` has rounded the action onto the boundary (``|u| > ~9``), which the
@@ -205,14 +205,6 @@ class FlowDistribution(Distribution):
         """The flow over the actions this distribution hands out: with or without the squash."""
         flow, ctx = self._ready()
         return (self._unsquashed, ctx) if self.pre_squash else (flow, ctx)  # type: ignore[return-value]
-
-    def to_box(self, actions: Tensor) -> Tensor:
-        """Actions in the box: ``squash(u)`` for pre-squash actions, else ``actions`` unchanged."""
-        if not self.pre_squash:
-            return actions
-        if self.flow is None:
-            raise ValueError("call proba_distribution_net(latent_dim) before to_box")
-        return self.flow.transform.transforms[0].inverse(actions)[0]
 
     def log_prob(self, actions: Tensor) -> Tensor:
         """Exact ``log pi(a | c)`` (``log pi(u | c)`` with ``pre_squash``), shape ``(B,)``.
