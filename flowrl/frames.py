@@ -1,4 +1,4 @@
-"""Image observations in: validation of frames and area-average downsampling, shared by image novelty models.
+"""Observations in: validation of arrays and frames, and area-average downsampling, shared by novelty models.
 
 :class:`FrameInput` is a mixin for :class:`flowrl.novelty.OnlineDensityModel`
 subclasses that model frames ``(C, H, W)``: it accepts uint8 or float frames
@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FrameInput", "downsample", "check_image_shape", "check_size"]
+__all__ = ["FrameInput", "downsample", "check_image_shape", "check_size", "real_tensor"]
+
+
+def real_tensor(obs: Any, what: str = "observations") -> Tensor:
+    """``obs`` (array-like or tensor) as a tensor of real numbers, or ``ValueError`` (dicts, bools, complex)."""
+    if isinstance(obs, dict):
+        raise ValueError("dict observations are not supported: choose one key (obs_key) first")
+    x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs)
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{what} must be real numbers, got dtype {x.dtype}")
+    return x
 
 
 def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -67,12 +77,7 @@ class FrameInput:
 
     def as_batch(self, obs: Any) -> Tensor:
         """Validated frames as float32 ``(batch, C, H, W)`` on the model's device."""
-        if isinstance(obs, dict):
-            raise ValueError("dict observations are not supported: choose one key (obs_key) first")
-        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs)
-        if x.dtype == torch.bool or x.is_complex():
-            raise ValueError(f"images must hold real numbers, got dtype {x.dtype}")
-        x = self._as_nchw(x.to(device=self.device, dtype=torch.float32))
+        x = self._as_nchw(real_tensor(obs, "images").to(device=self.device, dtype=torch.float32))
         if not bool(torch.isfinite(x).all()):
             raise ValueError("images contain NaN or inf values")
         if bool((x < 0).any()) or bool((x > self.max_value).any()):

@@ -66,6 +66,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from .frames import real_tensor
 from .registry import build_flow, flow_spec
 
 __all__ = [
@@ -219,12 +220,7 @@ class OnlineDensityModel(nn.Module):
 
     def as_batch(self, obs: Any) -> Tensor:
         """Validate ``obs`` and return a float32 tensor ``(batch, *obs_shape)`` on the model's device."""
-        if isinstance(obs, dict):
-            raise ValueError("dict observations are not supported: choose one key (obs_key) first")
-        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs)
-        if x.dtype == torch.bool or x.is_complex():
-            raise ValueError(f"observations must be real numbers, got dtype {x.dtype}")
-        x = x.to(device=self.device, dtype=torch.float32)
+        x = real_tensor(obs).to(device=self.device, dtype=torch.float32)
         if tuple(x.shape) == self.obs_shape:
             x = x.unsqueeze(0)
         if x.dim() != len(self.obs_shape) + 1 or tuple(x.shape[1:]) != self.obs_shape:

@@ -25,6 +25,14 @@ from .novelty import OnlineDensityModel
 __all__ = ["RNDNovelty"]
 
 
+def check_rnd_settings(embedding_dim: int, error_decay: float) -> None:
+    """``ValueError`` unless ``embedding_dim >= 1`` and ``0 <= error_decay < 1``."""
+    if not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
+        raise ValueError(f"embedding_dim must be an int >= 1, got {embedding_dim!r}")
+    if not 0.0 <= error_decay < 1.0:
+        raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
+
+
 class RNDNovelty(OnlineDensityModel):
     """Random-network-distillation novelty over vectors of size ``obs_dim``.
 
@@ -54,10 +62,7 @@ class RNDNovelty(OnlineDensityModel):
     ):
         if not isinstance(obs_dim, (int, np.integer)) or obs_dim < 1:
             raise ValueError(f"obs_dim must be a positive int, got {obs_dim!r}")
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        if not 0.0 <= error_decay < 1.0:
-            raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
+        check_rnd_settings(embedding_dim, error_decay)
         super().__init__(
             (int(obs_dim),), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
             buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .frames import FrameInput, check_image_shape, check_size, downsample
 from .novelty import OnlineDensityModel
-from .rnd import RNDNovelty
+from .rnd import RNDNovelty, check_rnd_settings
 
 __all__ = ["ImageRND", "conv_embedding"]
 
@@ -79,10 +79,7 @@ class ImageRND(FrameInput, RNDNovelty):
         channels = tuple(int(c) for c in channels)
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
-        if not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        if not 0.0 <= error_decay < 1.0:
-            raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
+        check_rnd_settings(embedding_dim, error_decay)
         model_shape = (1 if grey else shape[0], *size_hw)
         OnlineDensityModel.__init__(
             self, shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
