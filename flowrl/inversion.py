@@ -136,7 +136,7 @@ def _grid_start(fn: MonotoneFn, y: Tensor, grid: Tensor) -> tuple[Tensor, Tensor
     n = g.shape[0]
     fg, _ = fn(g.reshape(-1, *([1] * y.dim())).expand(n, *y.shape))
     f_rows = fg.reshape(n, -1).T.contiguous()  # (targets, G), increasing along each row
-    count = torch.searchsorted(f_rows, y.reshape(-1, 1))  # grid values strictly below the target
+    count = torch.searchsorted(f_rows, y.reshape(-1, 1).contiguous())  # grid values strictly below the target
     i_lo, i_hi = (count - 1).clamp_(min=0), count.clamp(max=n - 1)
     f_lo, f_hi = f_rows.gather(1, i_lo).view_as(y), f_rows.gather(1, i_hi).view_as(y)
     count, x_lo, x_hi = count.view_as(y), g[i_lo].view_as(y), g[i_hi].view_as(y)
