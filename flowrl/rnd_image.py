@@ -87,7 +87,6 @@ class ImageRND(FrameInput, RNDNovelty):
         )
         self.image_shape, self.size, self.grey = shape, size_hw, bool(grey)
         self.max_value, self.channels_last = float(max_value), channels_last
-        self.obs_dim = int(np.prod(model_shape))
         self._init_networks(lambda: conv_embedding(model_shape, channels, embedding_dim), error_decay, seed)
 
     def encode(self, x: Tensor) -> Tensor:
