@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
 from torch import Tensor, nn
 
 from .frames import FrameInput, check_image_shape, check_size, downsample
