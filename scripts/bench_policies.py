@@ -19,6 +19,10 @@ gae_lambda 0.95, clip 0.2, lr 1e-3, ent_coef 0.  PPO on the two-mode bandit
 smaller share of stochastic actions in either mode): n_steps 256, lr 3e-4,
 SB3's other defaults.  Any of these can be overridden on the command line.
 
+RealNVP on a 1-D action: a coupling conditions on the state only, so two compose
+to one affine map; ``--flow-kwargs realnvp.transforms=1`` is as expressive and
+cheaper (PPO, Pendulum-v1, 3 seeds: 0.88x the Gaussian's steps/s against 0.69x).
+
 Flow PPO actions: the rollout stores the pre-squash value ``u`` and NAF's slope
 floor is 0.1 (the policy's defaults; see :class:`agents.FlowActorCriticPolicy`).
 
