@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FrameInput", "downsample", "check_image_shape", "check_size", "real_tensor"]
+__all__ = ["FrameInput", "downsample", "check_frames", "real_tensor"]
 
 
 def real_tensor(obs: Any, what: str = "observations") -> Tensor:
@@ -34,32 +34,49 @@ def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.adaptive_avg_pool2d(x, tuple(int(s) for s in size))
 
 
-def check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(C, H, W)`` as ints, or ``ValueError``."""
+def check_frames(
+    image_shape: Sequence[int], size: int | Sequence[int], grey: bool, max_value: float, channels_last: Optional[bool],
+) -> tuple[tuple[int, int, int], tuple[int, int], tuple[int, int, int]]:
+    """Validated ``(C, H, W)``, downsampled ``(h, w)`` (an int means ``(s, s)``, no larger than the frames)
+    and the model's ``(c, h, w)`` (``c = 1`` if ``grey``); ``ValueError`` names a bad setting."""
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
-    return shape  # type: ignore[return-value]
-
-
-def check_size(size: int | Sequence[int], image_shape: Sequence[int]) -> tuple[int, int]:
-    """The downsampled ``(h, w)`` (an int means ``(s, s)``), no larger than the frames, or ``ValueError``."""
     size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
     if len(size_hw) != 2 or min(size_hw) < 1:
         raise ValueError(f"size must be an int or (h, w) with positive sizes, got {size!r}")
-    if size_hw[0] > image_shape[1] or size_hw[1] > image_shape[2]:
-        raise ValueError(f"size {size_hw} is larger than the frames' (H, W) = {tuple(image_shape[1:])}: downsampling only")
-    return size_hw  # type: ignore[return-value]
+    if size_hw[0] > shape[1] or size_hw[1] > shape[2]:
+        raise ValueError(f"size {size_hw} is larger than the frames' (H, W) = {shape[1:]}: downsampling only")
+    if not max_value > 0:
+        raise ValueError(f"max_value must be positive, got {max_value}")
+    if channels_last not in (None, True, False):
+        raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+    return shape, size_hw, (1 if grey else shape[0], *size_hw)  # type: ignore[return-value]
 
 
 class FrameInput:
-    """Frames in: needs ``image_shape`` ``(C, H, W)``, ``channels_last`` (``None``, ``True``, ``False``),
-    ``max_value`` and ``device`` on the instance."""
+    """Frames in: :meth:`_init_frames` keeps the settings; the host provides ``device``."""
 
     image_shape: tuple[int, int, int]
+    size: tuple[int, int]
+    grey: bool
     channels_last: Optional[bool]
     max_value: float
     device: torch.device
+
+    def _init_frames(self, image_shape: Sequence[int], size: Sequence[int], grey: bool, max_value: float,
+                     channels_last: Optional[bool]) -> None:
+        """Keep the (validated, see :func:`check_frames`) frame settings."""
+        self.image_shape = tuple(image_shape)  # type: ignore[assignment]
+        self.size = tuple(size)
+        self.grey = bool(grey)
+        self.max_value = float(max_value)
+        self.channels_last = channels_last
+
+    def downsampled(self, x: Tensor) -> Tensor:
+        """Frames ``(B, C, H, W)`` area-averaged to ``(B, c, h, w)``, channels averaged if ``grey``."""
+        small = downsample(x, self.size)
+        return small.mean(dim=1, keepdim=True) if self.grey else small
 
     def _as_nchw(self, x: Tensor) -> Tensor:
         c, h, w = self.image_shape

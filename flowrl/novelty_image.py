@@ -7,7 +7,7 @@ loop, parameter average and estimators; only the way a frame enters the
 model differs.  A frame ``x`` (uint8 or float, values in ``[0, max_value]``,
 ``(C, H, W)`` or ``(H, W, C)``) becomes:
 
-1. area average to ``size = (h, w)`` (:func:`downsample`; exact block means
+1. area average to ``size = (h, w)`` (:func:`flowrl.frames.downsample`; exact block means
    when ``H, W`` are multiples of ``h, w``), then the channel mean if ``grey``;
 2. quantised to ``L = levels`` levels, ``q = min(floor(L x / max_value), L - 1)``
    (:func:`quantize`; Bellemare et al. 2016 and Ostrovski et al. 2017 used
@@ -84,13 +84,13 @@ from torch import Tensor, nn
 
 from .core import Compose, Transform
 from .flow import Flow
-from .frames import FrameInput, check_image_shape, check_size, downsample
+from .frames import FrameInput, check_frames
 from .novelty import FlowPseudoCounter
 from .registry import flow_spec
 from .transforms.splines import RationalQuadraticSpline
 
 __all__ = [
-    "SMALL_IMAGE_FLOW", "ImagePseudoCounter", "PixelSpline", "downsample", "quantize", "PREPROCESSING",
+    "SMALL_IMAGE_FLOW", "ImagePseudoCounter", "PixelSpline", "quantize", "PREPROCESSING",
     "point_image_stream",
 ]
 
@@ -192,35 +192,25 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
         dedupe: bool = True,
         cache_size: int = 4096,
     ):
-        shape = check_image_shape(image_shape)
-        size_hw = check_size(size, shape)
+        shape, size_hw, model_shape = check_frames(image_shape, size, grey, max_value, channels_last)
         if not isinstance(levels, (int, np.integer)) or levels < 2:
             raise ValueError(f"levels must be an int >= 2, got {levels!r}")
-        if not max_value > 0:
-            raise ValueError(f"max_value must be positive, got {max_value}")
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
         if not 0.0 < alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
-        if channels_last not in (None, True, False):
-            raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
         if dedupe not in (True, False):
             raise ValueError(f"dedupe must be True or False, got {dedupe!r}")
         if not isinstance(cache_size, (int, np.integer)) or isinstance(cache_size, bool) or cache_size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
         if not flow_spec(flow).image:
             raise ValueError(f"flow {flow!r} does not model images; choose 'glow' or 'realnvp'")
-        model_shape = (1 if grey else shape[0], *size_hw)
         super(FlowPseudoCounter, self).__init__(
             shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
             buffer_size=buffer_size, normalize=False, seed=seed, model_shape=model_shape,
         )
-        self.image_shape = shape
-        self.size = size_hw
-        self.grey = bool(grey)
+        self._init_frames(shape, size_hw, grey, max_value, channels_last)
         self.levels = int(levels)
-        self.max_value = float(max_value)
-        self.channels_last = channels_last
         self.preprocessing = preprocessing
         self.alpha = float(alpha)
         self._init_counter(
@@ -243,10 +233,7 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
     # ------------------------------------------------------------------ input
     def encode(self, x: Tensor) -> Tensor:
         """Frames ``(B, C, H, W)`` -> cell centres ``y = (q + 1/2) / L`` of shape ``(B, c, h, w)``."""
-        small = downsample(x, self.size)
-        if self.grey:
-            small = small.mean(dim=1, keepdim=True)
-        return (quantize(small, self.levels, self.max_value) + 0.5) / self.levels
+        return (quantize(self.downsampled(x), self.levels, self.max_value) + 0.5) / self.levels
 
     def levels_of(self, obs: Any) -> Tensor:
         """The quantised frames ``q`` (integers as floats), shape ``(B, c, h, w)``: what is counted."""

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from .frames import FrameInput, check_image_shape, check_size, downsample
+from .frames import FrameInput, check_frames
 from .novelty import OnlineDensityModel
 from .rnd import RNDNovelty, check_rnd_settings
 
@@ -69,29 +69,21 @@ class ImageRND(FrameInput, RNDNovelty):
         buffer_size: int = 100_000,
         seed: Optional[int] = None,
     ):
-        shape = check_image_shape(image_shape)
-        size_hw = check_size(size, shape)
-        if not max_value > 0:
-            raise ValueError(f"max_value must be positive, got {max_value}")
-        if channels_last not in (None, True, False):
-            raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+        shape, size_hw, model_shape = check_frames(image_shape, size, grey, max_value, channels_last)
         channels = tuple(int(c) for c in channels)
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
         check_rnd_settings(embedding_dim, error_decay)
-        model_shape = (1 if grey else shape[0], *size_hw)
         OnlineDensityModel.__init__(
             self, shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
             buffer_size=buffer_size, clip=5.0, normalize=True, seed=seed, model_shape=model_shape,
         )
-        self.image_shape, self.size, self.grey = shape, size_hw, bool(grey)
-        self.max_value, self.channels_last = float(max_value), channels_last
+        self._init_frames(shape, size_hw, grey, max_value, channels_last)
         self._init_networks(lambda: conv_embedding(model_shape, channels, embedding_dim), error_decay, seed)
 
     def encode(self, x: Tensor) -> Tensor:
         """Frames ``(B, C, H, W)`` -> ``(B, c, h, w)`` in ``[0, 1]``: scaled, area-averaged, grey if asked."""
-        small = downsample(x / self.max_value, self.size)
-        return small.mean(dim=1, keepdim=True) if self.grey else small
+        return self.downsampled(x) / self.max_value
 
     def extra_repr(self) -> str:
         return f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}"

@@ -230,7 +230,8 @@ def test_image_rnd_bonus_is_larger_on_unseen_frames_and_validates_them():
 
 
 # ------------------------------------------------------------------ images
-from flowrl.novelty_image import ImagePseudoCounter, downsample, point_image_stream, quantize  # noqa: E402
+from flowrl.frames import downsample  # noqa: E402
+from flowrl.novelty_image import ImagePseudoCounter, point_image_stream, quantize  # noqa: E402
 
 IMAGE_COUNTS = np.round(np.geomspace(1, 100, 8)).astype(int)  # 8 frames visited 1..100 times
 IMAGE_SETTING = dict(lr=3e-3, batch_size=32, steps_per_update=8, flow_kwargs=dict(transforms=2, hidden_features=(16,)))
