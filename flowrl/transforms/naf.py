@@ -44,7 +44,7 @@ __all__ = ["DeepSigmoid"]
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_INV_1) = 1
 
 #: Starting grid of the numerical inverse for small batches (see :meth:`DeepSigmoid.inverse`).
-START_GRID = torch.sinh(torch.linspace(-10.0, 10.0, 33, dtype=torch.float64))
+START_GRID = torch.sinh(torch.linspace(-10.0, 10.0, 33))  # float32: `.to(y)` is free for float32 targets on the CPU
 #: Largest number of targets for which the inverse starts from :data:`START_GRID`.
 GRID_MAX_VALUES = 256
 
