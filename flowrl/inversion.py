@@ -59,8 +59,13 @@ def default_tolerance(dtype: torch.dtype) -> float:
 def _solve(
     fn: MonotoneFn, y: Tensor, tol: float, max_iter: int, max_expansions: int, x0: Tensor,
     lo: Optional[Tensor] = None, hi: Optional[Tensor] = None,
-) -> Tensor:
-    """Newton from ``x0`` inside a bracket ``[lo, hi]`` (default: the whole line).
+) -> tuple[Tensor, Tensor]:
+    """Newton from ``x0`` inside a bracket ``[lo, hi]`` (default: the whole line): the root and ``log f'``.
+
+    The root is the last Newton step, ``log f'`` is the one of the last
+    evaluation, a step of at most ``tol * (1 + |x|)`` away: its error is
+    ``|f''/f'| * tol * (1 + |x|)``, float32 rounding for a smooth map, and it
+    saves the evaluation of ``f'`` at the root (a fifth of a small solve).
 
     Every evaluation narrows the bracket (``f(x) < y`` moves ``lo`` to ``x``,
     else ``hi``).  While a side is still open, a step towards it is capped at
@@ -90,7 +95,7 @@ def _solve(
         inside = (newton > lo) & (newton < hi)  # False for a NaN or infinite step
         step_small = (delta.abs() <= x.abs().mul_(tol).add_(tol)) | (fx == y)
         if bool((done | step_small).all()):
-            return torch.where(step_small & inside, newton, x)
+            return torch.where(step_small & inside, newton, x), logd
         closed = torch.isfinite(lo) & torch.isfinite(hi)
         if bool((inside & closed).all()):  # short path: plain Newton steps inside closed brackets
             done = done | step_small
@@ -101,7 +106,7 @@ def _solve(
         exhausted = closed & ((mid <= lo) | (mid >= hi) | ((hi - lo) <= tol * (1 + x.abs())))
         done = done | step_small | exhausted
         if bool(done.all()):
-            return torch.where(step_small & inside, newton, x)
+            return torch.where(step_small & inside, newton, x), logd
         if bool((expansions > max_expansions).any()):
             break
         cap = step * (1 + x.abs())
@@ -170,9 +175,10 @@ def invert_monotone(
         max_iter: evaluations (Newton, expansion or bisection steps) before :class:`InversionError`.
         max_expansions: capped steps towards an open side before :class:`InversionError`.
         x0: initial guess (default ``y``), e.g. a cheap linearisation of ``f``.
-        log_derivative: ``x -> log f'(x)`` alone, for the final log-det, where
-            it is cheaper than ``fn`` (UMNN: one integrand value instead of a
-            quadrature); default ``fn(x)[1]``.
+        log_derivative: ``x -> log f'(x)`` alone, for the final log-det under
+            autograd, where it is cheaper than ``fn`` (UMNN: one integrand value
+            instead of a quadrature); default ``fn(x)[1]``.  Without autograd the
+            solve's last evaluation gives the log-det.
         grid: increasing 1-D points at which ``fn`` is first evaluated in one
             batched call (``fn`` must then broadcast an input of shape
             ``(G, *y.shape)`` against its parameters): each target starts
@@ -199,9 +205,9 @@ def invert_monotone(
             start, lo, hi = _grid_start(fn, y.detach(), grid)
         else:
             start = y.detach() if x0 is None else x0.detach().to(y.dtype)
-        x_star = _solve(fn, y.detach(), tol, max_iter, max_expansions, start, lo, hi)
+        x_star, logd_star = _solve(fn, y.detach(), tol, max_iter, max_expansions, start, lo, hi)
     if not torch.is_grad_enabled():
-        return x_star, -log_fprime(x_star)
+        return x_star, -logd_star
     f_star, logd_star = fn(x_star)
     x = x_star - (f_star - y) * torch.exp(-logd_star)  # one differentiable Newton step
     return x, -log_fprime(x)
