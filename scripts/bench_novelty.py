@@ -41,12 +41,13 @@ ZOO_SAC = dict(learning_rate=3e-4, buffer_size=50_000, batch_size=512, ent_coef=
 
 
 def run_one(job: tuple) -> dict:
-    method, seed, steps, beta, eval_episodes, novelty_extra, time_limit, progress, until_success = job
+    method, seed, steps, beta, eval_episodes, novelty_extra, time_limit, progress, until_success, raw_obs = job
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
 
     from agents.novelty import attach_novelty
 
@@ -76,6 +77,9 @@ def run_one(job: tuple) -> dict:
             return time_limit is None or time.perf_counter() - self.start < time_limit
 
     env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed)
+    normalize = not raw_obs and method != "sac-zoo"  # the Zoo's tuned setting has normalize: False
+    if normalize:
+        env = VecNormalize(env, norm_obs=True, norm_reward=False)
     kwargs: dict = {}
     callbacks: list = []
     if METHODS[method] is not None:
@@ -90,6 +94,9 @@ def run_one(job: tuple) -> dict:
     wall = time.perf_counter() - t0
     steps = int(model.num_timesteps)
     eval_env = make_vec_env("MountainCarContinuous-v0", n_envs=1, seed=seed + 1000)
+    if normalize:  # the policy sees observations normalised with the training statistics, frozen
+        eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False)
+        eval_env.obs_rms = env.obs_rms.copy()
     ret, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
     return {
         "method": method, "seed": seed, "steps": steps, "wall_s": wall,
@@ -114,10 +121,13 @@ def main() -> None:
     p.add_argument("--progress", default=None, help="append progress lines (every 500 steps) to this file")
     p.add_argument("--until-success", action="store_true",
                    help="stop each run at its first success (for sweeps: the final return is then not comparable)")
+    p.add_argument("--raw-obs", action="store_true",
+                   help="feed SAC raw observations (default: VecNormalize, observations only, for every method "
+                        "but sac-zoo; see the module docstring)")
     args = p.parse_args()
     extra = {"sac+flow": args.flow_options}
     jobs = [(m, s, args.steps, args.beta, args.eval_episodes, extra, args.time_limit, args.progress,
-             args.until_success)
+             args.until_success, args.raw_obs)
             for s in args.seeds for m in args.methods]
     with get_context("spawn").Pool(args.jobs) as pool:
         results = []
@@ -128,7 +138,8 @@ def main() -> None:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(r) + "\n")
     print(f"\nMountainCarContinuous-v0, {args.steps} steps, seeds {args.seeds}, beta {args.beta}, "
-          f"SB3 default SAC, {args.jobs} runs in parallel")
+          f"SB3 default SAC, observations {'raw' if args.raw_obs else 'VecNormalize-d (sac-zoo: raw)'}, "
+          f"{args.jobs} runs in parallel")
     print(f"{'method':10s} {'steps run':>10s} {'reached goal':>12s} {'first success (per seed)':>26s} {'final det. return':>18s} "
           f"{'ms/step':>8s} {'steps/s vs sac':>15s}")
     base = [r["steps"] / r["wall_s"] for r in results if r["method"] == "sac"]

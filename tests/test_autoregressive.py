@@ -269,6 +269,31 @@ def test_naf_policy_like_inverse_uses_its_grid_for_small_batches():
     assert counts["grid"] < counts["plain"], counts
 
 
+def test_no_grad_inverse_reuses_its_last_evaluation_for_the_log_det():
+    """Without autograd the log-det comes from the solve's last evaluation: one map call fewer, same values."""
+    torch.manual_seed(1)
+    dsf = DeepSigmoid(hidden=8, min_slope=0.1)
+    params = 2 * torch.randn(64, dsf.num_params)
+    y = torch.randn(64) * 4
+    calls = []
+    apply = dsf._apply
+    dsf._apply = lambda v, p: calls.append(1) or apply(v, p)
+    try:
+        with torch.no_grad():
+            x_fast, ld_fast = dsf.inverse(y, params)
+        fast_calls, calls[:] = len(calls), []
+        with torch.enable_grad():
+            x_ref, ld_ref = dsf.inverse(y, params.requires_grad_())
+        ref_calls = len(calls)
+    finally:
+        del dsf._apply
+    assert fast_calls == ref_calls - 2, (fast_calls, ref_calls)  # no differentiable step, no final log-det
+    assert torch.allclose(x_fast, x_ref.detach(), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ld_fast, ld_ref.detach(), atol=1e-5)
+    fx, logd = dsf.forward(x_fast, params.detach())
+    assert torch.allclose(fx, y, atol=1e-4) and torch.allclose(ld_fast, -logd, atol=1e-5)
+
+
 def test_implicit_gradient_of_the_inverse_is_exact():
     """``x = f^{-1}(y; a)`` for ``f = x^3 + a x``: ``dx/dy = 1 / f'``, ``dx/da = -x / f'``."""
     a = torch.tensor([0.5, 2.0, 1.0], dtype=F64, requires_grad=True)
