@@ -126,7 +126,9 @@ class MetricsCallback(BaseCallback):
         if has_intrinsic:
             self._intrinsic += [float(i.get("intrinsic_reward", 0.0)) for i in infos]
         if self.tracker is not None:
-            pts = self._points(infos, self.locals.get("new_obs"))
+            normalizer = self.model.get_vec_normalize_env()  # coverage is over the raw observations
+            new_obs = normalizer.get_original_obs() if normalizer is not None else self.locals.get("new_obs")
+            pts = self._points(infos, new_obs)
             if pts is not None:
                 self.tracker.update(pts)
         for k, info in enumerate(infos):
@@ -180,12 +182,13 @@ class MetricsCallback(BaseCallback):
 
 def save_checkpoint(
     model: BaseAlgorithm, ckpt_root: str, extra: Optional[dict] = None, extra_arrays: Optional[dict] = None,
-    save_replay_buffer: bool = True, keep: int = 2,
+    save_replay_buffer: bool = True, keep: int = 2, extra_files: Optional[dict[str, Callable[[str], None]]] = None,
 ) -> str:
     """Write ``ckpt_root/step_<N>`` atomically and point ``ckpt_root/latest`` at it; returns its path.
 
     The folder holds ``model.zip``, the replay buffer (off-policy, when
-    asked), ``state.json`` (``extra``) and ``arrays.npz`` (``extra_arrays``).
+    asked), ``state.json`` (``extra``), ``arrays.npz`` (``extra_arrays``) and
+    one file per ``extra_files`` item (``name -> writer(path)``).
     Only the ``keep`` most recent checkpoints are kept.
     """
     os.makedirs(ckpt_root, exist_ok=True)
@@ -200,6 +203,8 @@ def save_checkpoint(
     write_json_atomic(os.path.join(tmp, "state.json"), {"num_timesteps": model.num_timesteps, **(extra or {})})
     if extra_arrays:
         np.savez(os.path.join(tmp, "arrays.npz"), **extra_arrays)
+    for file_name, write in (extra_files or {}).items():
+        write(os.path.join(tmp, file_name))
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)

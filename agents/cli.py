@@ -86,12 +86,13 @@ def _eval(run_dir: str, episodes: Optional[int], stochastic: bool) -> int:
 
 
 def _plot(run_dir: str) -> int:
-    from .factory import load_run, make_env, novelty_density_fn
+    from .factory import load_obs_normalizer, load_run, make_env, novelty_density_fn
     from .plots import plot_run
 
     cfg, model = load_run(run_dir)
     env = make_env(cfg)
-    paths = plot_run(run_dir, model=model, env=env, density=novelty_density_fn(model))
+    paths = plot_run(run_dir, model=model, env=env, density=novelty_density_fn(model),
+                     normalize=load_obs_normalizer(run_dir))
     env.close()
     for path in paths:
         print(path)

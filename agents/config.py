@@ -38,6 +38,9 @@ class EnvConfig(_Strict):
     id: str = Field(description="gymnasium id, e.g. flowrl/PointMaze-UMaze-v0")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of gym.make")
     n_envs: int = Field(1, ge=1, description="number of environments in the vectorised env")
+    normalize_obs: bool = Field(
+        False, description="show the agent VecNormalize-d observations (running mean/std, saved with the "
+                           "model); a novelty bonus models the raw ones either way")
 
 
 class AlgoConfig(_Strict):

@@ -17,6 +17,7 @@ updated constructor arguments and the callbacks to pass to ``learn``.
       progress*.csv      SB3's logger scalars (losses, novelty statistics)
       checkpoints/       atomic checkpoints (latest -> step_<N>/)
       final_model.zip    the trained agent
+      vecnormalize.pkl   observation statistics (env.normalize_obs; also in each checkpoint)
       coverage.npz       visitation counts
       summary.json       final figures (success, coverage, wall time)
       *.png              pictures (see agents.plots)
@@ -25,6 +26,7 @@ updated constructor arguments and the callbacks to pass to ``learn``.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +48,7 @@ from stable_baselines3.common.logger import (
 )
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import envs  # noqa: F401  (registers the flowrl/ environments)
 from envs.coverage import CoverageTracker, maze_tracker
@@ -56,8 +58,11 @@ from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_
 
 __all__ = [
     "ALGORITHMS", "resolve_device", "make_env", "build_model", "coverage_tracker", "train", "TrainResult",
-    "load_run", "evaluate", "novelty_density_fn",
+    "load_run", "load_obs_normalizer", "evaluate", "novelty_density_fn",
 ]
+
+#: The VecNormalize statistics, saved beside each model file (final model and checkpoints).
+OBS_STATS_FILE = "vecnormalize.pkl"
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
 
@@ -72,13 +77,18 @@ def resolve_device(device: str) -> str:
 
 
 def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
-    """The vectorised, Monitor-wrapped training env of ``cfg`` (seeded with ``seed``)."""
+    """The vectorised, Monitor-wrapped training env of ``cfg`` (seeded with ``seed``).
+
+    With ``env.normalize_obs`` it is wrapped in ``VecNormalize`` (observations
+    only, fresh statistics; :func:`train` restores them when it resumes).
+    """
     try:
         gym.spec(cfg.env.id)
     except gym.error.Error as err:
         raise ConfigError(f"env.id: {err}") from None
-    return make_vec_env(cfg.env.id, n_envs=cfg.env.n_envs, seed=cfg.seed if seed is None else seed,
-                        env_kwargs=dict(cfg.env.kwargs))
+    env = make_vec_env(cfg.env.id, n_envs=cfg.env.n_envs, seed=cfg.seed if seed is None else seed,
+                       env_kwargs=dict(cfg.env.kwargs))
+    return VecNormalize(env, norm_obs=True, norm_reward=False) if cfg.env.normalize_obs else env
 
 
 def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm]) -> tuple[Any, dict]:
@@ -254,8 +264,15 @@ def train(
     if cfg.wandb:
         wandb_run, wandb_cb = _start_wandb(cfg, run_dir)
         callbacks.append(wandb_cb)
+    if resume_dir and isinstance(env, VecNormalize):
+        stats = os.path.join(ckpt, OBS_STATS_FILE)
+        if not os.path.exists(stats):
+            raise ConfigError(f"env.normalize_obs: the checkpoint {ckpt!r} has no observation statistics "
+                              f"({OBS_STATS_FILE}); it was trained without normalize_obs")
+        env = VecNormalize.load(stats, env.venv)
     model, novelty_callbacks = build_model(cfg, env, device)
     tracker = coverage_tracker(env)
+    normalizer = env if isinstance(env, VecNormalize) else None
     if resume_dir:
         model = _restore(model, ckpt, env, device, tracker)
         if cfg.novelty:
@@ -274,7 +291,8 @@ def train(
     def checkpoint() -> str:
         extra = {"episodes": metrics.episodes, "successes": metrics.successes, "first_success": metrics.first_success}
         arrays = {"coverage_counts": tracker.counts} if tracker is not None else None
-        return save_checkpoint(model, ckpt_root, extra, arrays)
+        files = {OBS_STATS_FILE: normalizer.save} if normalizer is not None else None
+        return save_checkpoint(model, ckpt_root, extra, arrays, extra_files=files)
 
     if on_model is not None:
         on_model(model)
@@ -295,9 +313,14 @@ def train(
     tmp = os.path.join(run_dir, f".final_model_{os.getpid()}.zip")
     model.save(tmp)
     os.replace(tmp, os.path.join(run_dir, "final_model.zip"))
+    if normalizer is not None:
+        tmp = os.path.join(run_dir, f".{OBS_STATS_FILE}_{os.getpid()}")
+        normalizer.save(tmp)
+        os.replace(tmp, os.path.join(run_dir, OBS_STATS_FILE))
     if tracker is not None:
         np.savez(os.path.join(run_dir, "coverage.npz"), **tracker.state_dict())
-    eval_stats = evaluate_model(model, cfg, cfg.eval.episodes, cfg.eval.deterministic)
+    normalize = normalizer.normalize_obs if normalizer is not None else None
+    eval_stats = evaluate_model(model, cfg, cfg.eval.episodes, cfg.eval.deterministic, normalize=normalize)
     summary = {
         "timesteps": int(model.num_timesteps), "episodes": metrics.episodes, "train_successes": metrics.successes,
         "first_success_step": metrics.first_success,
@@ -310,7 +333,7 @@ def train(
         from .plots import plot_run
 
         paths = plot_run(run_dir, model=model, env=env, tracker=tracker,
-                         density=novelty_density_fn(model))
+                         density=novelty_density_fn(model), normalize=normalize)
         if wandb_run is not None:
             import wandb
 
@@ -349,18 +372,37 @@ def _restore(model: BaseAlgorithm, ckpt: str, env: VecEnv, device: str, tracker:
     return loaded
 
 
-def load_run(run_dir: str, checkpoint: bool = False) -> tuple[TrainConfig, BaseAlgorithm]:
-    """The config and the final model (or the latest checkpoint) of a run directory."""
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(cfg_path):
-        raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml)")
-    cfg = config_from_dict(read_yaml(cfg_path))
+def _model_path(run_dir: str, checkpoint: bool) -> str:
+    """``final_model.zip`` of a run, or the latest checkpoint's ``model.zip`` (asked for, or no final model)."""
     path = os.path.join(run_dir, "final_model.zip")
     if checkpoint or not os.path.exists(path):
         ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
         if ckpt is None:
             raise ConfigError(f"{run_dir!r} has neither final_model.zip nor a checkpoint")
         path = os.path.join(ckpt, "model.zip")
+    return path
+
+
+def load_obs_normalizer(run_dir: str, checkpoint: bool = False) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """``obs -> normalised obs`` with the statistics saved beside the model :func:`load_run` loads.
+
+    ``None`` for a run trained without ``env.normalize_obs``.
+    """
+    path = os.path.join(os.path.dirname(_model_path(run_dir, checkpoint)), OBS_STATS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        stats = pickle.load(f)  # a VecNormalize without its env: normalize_obs needs only the statistics
+    return stats.normalize_obs
+
+
+def load_run(run_dir: str, checkpoint: bool = False) -> tuple[TrainConfig, BaseAlgorithm]:
+    """The config and the final model (or the latest checkpoint) of a run directory."""
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(cfg_path):
+        raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml)")
+    cfg = config_from_dict(read_yaml(cfg_path))
+    path = _model_path(run_dir, checkpoint)
     if cfg.policy == "flow":
         from . import policies  # noqa: F401  (the pickled policy class lives there)
     model = ALGORITHMS[cfg.algo.name].load(path, device=resolve_device(cfg.device))
@@ -368,15 +410,22 @@ def load_run(run_dir: str, checkpoint: bool = False) -> tuple[TrainConfig, BaseA
 
 
 def evaluate_model(model: BaseAlgorithm, cfg: TrainConfig, episodes: int, deterministic: bool = True,
-                   seed: int = 10_000) -> dict:
-    """Run ``episodes`` episodes on a fresh env; success rate, mean return and length, coverage."""
+                   seed: int = 10_000, normalize: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> dict:
+    """Run ``episodes`` episodes on a fresh env; success rate, mean return and length, coverage.
+
+    ``normalize`` maps raw observations to what the model was trained on
+    (:func:`load_obs_normalizer`); needed when ``cfg.env.normalize_obs``.
+    """
+    if cfg.env.normalize_obs and normalize is None:
+        raise ValueError("the model was trained on normalised observations (env.normalize_obs): pass normalize=, "
+                         "e.g. load_obs_normalizer(run_dir)")
     env = gym.make(cfg.env.id, **cfg.env.kwargs)
     returns, lengths, successes = [], [], []
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
         done, ret, n, success = False, 0.0, 0, False
         while not done:
-            action, _ = model.predict(obs, deterministic=deterministic)
+            action, _ = model.predict(obs if normalize is None else normalize(obs), deterministic=deterministic)
             obs, r, term, trunc, info = env.step(action)
             ret, n, done = ret + float(r), n + 1, term or trunc
             success = success or bool(info.get("is_success", False))
@@ -392,6 +441,7 @@ def evaluate(run_dir: str, episodes: Optional[int] = None, deterministic: Option
     """Evaluate a run's final model; writes ``eval.json`` in the run directory and returns its content."""
     cfg, model = load_run(run_dir)
     stats = evaluate_model(model, cfg, episodes or cfg.eval.episodes,
-                           cfg.eval.deterministic if deterministic is None else deterministic)
+                           cfg.eval.deterministic if deterministic is None else deterministic,
+                           normalize=load_obs_normalizer(run_dir))
     write_json_atomic(os.path.join(run_dir, "eval.json"), stats)
     return stats

@@ -148,8 +148,11 @@ def _probe_states(env, k: int = 4) -> np.ndarray:
     return centres[picks]
 
 
-def plot_policy_samples(run_dir: str, model, env, n: int = 300) -> Optional[str]:
-    """``policy_samples.png``: ``n`` stochastic actions at a few states, for 2-D Box action spaces."""
+def plot_policy_samples(run_dir: str, model, env, n: int = 300, normalize: Optional[Callable] = None) -> Optional[str]:
+    """``policy_samples.png``: ``n`` stochastic actions at a few states, for 2-D Box action spaces.
+
+    ``normalize`` maps raw observations to the model's inputs (``env.normalize_obs`` runs).
+    """
     space = model.action_space
     if getattr(space, "shape", None) != (2,):
         return None
@@ -165,7 +168,7 @@ def plot_policy_samples(run_dir: str, model, env, n: int = 300) -> Optional[str]
     fig, axes = plt.subplots(1, len(states), figsize=(3.2 * len(states), 3.2))
     for ax, s, label in zip(np.atleast_1d(axes), states, labels):
         obs = np.repeat(np.asarray(s, dtype=np.float32)[None], n, 0)
-        actions, _ = model.predict(obs, deterministic=False)
+        actions, _ = model.predict(obs if normalize is None else normalize(obs), deterministic=False)
         ax.scatter(actions[:, 0], actions[:, 1], s=3, alpha=0.4)
         ax.set(xlim=(space.low[0], space.high[0]), ylim=(space.low[1], space.high[1]), title=f"state {label}",
                xlabel="action x", aspect="equal")
@@ -179,8 +182,11 @@ def plot_policy_samples(run_dir: str, model, env, n: int = 300) -> Optional[str]
 
 
 def plot_run(run_dir: str, model=None, env=None, tracker: Optional[CoverageTracker] = None,
-             density: Optional[Callable] = None) -> list[str]:
-    """Every picture that can be made from what is given or saved in ``run_dir``; returns their paths."""
+             density: Optional[Callable] = None, normalize: Optional[Callable] = None) -> list[str]:
+    """Every picture that can be made from what is given or saved in ``run_dir``; returns their paths.
+
+    ``normalize``: raw observations -> the model's inputs, for a model trained with ``env.normalize_obs``.
+    """
     base = None
     if env is not None:
         base = env.envs[0].unwrapped if hasattr(env, "envs") else getattr(env, "unwrapped", env)
@@ -193,5 +199,5 @@ def plot_run(run_dir: str, model=None, env=None, tracker: Optional[CoverageTrack
     if density is not None:
         paths.append(plot_density(run_dir, base, density))
     if model is not None:
-        paths.append(plot_policy_samples(run_dir, model, base))
+        paths.append(plot_policy_samples(run_dir, model, base, normalize=normalize))
     return [p for p in paths if p]

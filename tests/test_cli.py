@@ -16,7 +16,7 @@ import torch
 from agents.callbacks import latest_checkpoint, save_checkpoint
 from agents.cli import main
 from agents.config import load_config
-from agents.factory import evaluate, load_run, train
+from agents.factory import evaluate, evaluate_model, load_obs_normalizer, load_run, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -182,6 +182,37 @@ def test_eval_reports_success_on_a_trivial_maze(tmp_path):
         "env.id=flowrl/PointMaze-v0", "env.kwargs.layout=[\"####\", \"#SG#\", \"####\"]", "eval.episodes=2"]))
     stats = evaluate(result.run_dir, episodes=3)
     assert stats["episodes"] == 3 and 0.0 <= stats["success_rate"] <= 1.0 and stats["length_mean"] >= 1
+
+
+def test_normalized_observations_are_saved_restored_and_used_for_eval_and_coverage(tmp_path):
+    """env.normalize_obs: VecNormalize statistics travel with the final model and each checkpoint,
+    a resumed run continues from them, eval normalises with them, and coverage stays in raw coordinates."""
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    items = tiny(path, tmp_path, steps=200, **{"run.name": "n", "env.normalize_obs": "true"})
+    items = [i for i in items if not i.startswith("env.kwargs")] + ["env.id=MountainCarContinuous-v0"]
+    first = train(load_config(path, items))
+    run_dir = first.run_dir
+    stats = first.model.get_vec_normalize_env()
+    assert stats is not None and stats.obs_rms.count > 200  # updated on every step (and reset)
+    normalize = load_obs_normalizer(run_dir)
+    raw = np.array([-0.5, 0.01], dtype=np.float32)
+    assert np.allclose(normalize(raw), stats.normalize_obs(raw)) and not np.allclose(normalize(raw), raw)
+    ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    assert os.path.exists(os.path.join(ckpt, "vecnormalize.pkl"))
+    # Coverage counts raw observations: 200 steps never reach |velocity| > 0.063, the border rows of the
+    # 20x20 grid over the raw box; normalised velocities (unit scale) would land there.
+    with np.load(os.path.join(run_dir, "coverage.npz")) as data:
+        counts = data["counts"]
+    assert counts.sum() > 0 and counts[0].sum() == 0 and counts[-1].sum() == 0
+    assert evaluate(run_dir, episodes=1)["episodes"] == 1
+    with pytest.raises(ValueError, match="normalize_obs"):
+        evaluate_model(first.model, first_cfg := load_config(os.path.join(run_dir, "config.yaml")), 1)
+    assert first_cfg.env.normalize_obs
+    seen = {}
+    resumed = train(load_config(os.path.join(run_dir, "config.yaml"), [f"resume={run_dir}", "total_timesteps=260"]),
+                    on_model=lambda m: seen.setdefault("mean", m.get_vec_normalize_env().obs_rms.mean.copy()))
+    assert np.allclose(seen["mean"], stats.obs_rms.mean)  # restored, not fresh (fresh: zeros)
+    assert resumed.model.get_vec_normalize_env().obs_rms.count > stats.obs_rms.count
 
 
 # -------------------------------------------------------------------- wandb
