@@ -417,8 +417,8 @@ def evaluate_model(model: BaseAlgorithm, cfg: TrainConfig, episodes: int, determ
     (:func:`load_obs_normalizer`); needed when ``cfg.env.normalize_obs``.
     """
     if cfg.env.normalize_obs and normalize is None:
-        raise ValueError("the model was trained on normalised observations (env.normalize_obs): pass normalize=, "
-                         "e.g. load_obs_normalizer(run_dir)")
+        raise ConfigError(f"env.normalize_obs: the model was trained on normalised observations but their "
+                          f"statistics are missing ({OBS_STATS_FILE} beside the model; load_obs_normalizer(run_dir))")
     env = gym.make(cfg.env.id, **cfg.env.kwargs)
     returns, lengths, successes = [], [], []
     for k in range(episodes):
