@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .novelty.options import NoveltyOptions, format_errors
+
 __all__ = [
     "ConfigError", "EnvConfig", "AlgoConfig", "RunConfig", "EvalConfig", "TrainConfig",
     "load_config", "parse_overrides", "apply_overrides", "config_from_dict", "save_config",
@@ -79,7 +81,7 @@ class TrainConfig(_Strict):
     flow: str = Field("realnvp", description="flow of the policy when policy=flow (flowrl.available_flows())")
     flow_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the policy's flow")
     policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="other SB3 policy_kwargs")
-    novelty: Optional[dict[str, Any]] = Field(None, description="novelty bonus options (agents.novelty); null = off")
+    novelty: Optional[NoveltyOptions] = Field(None, description="novelty bonus options (agents.novelty); null = off")
     total_timesteps: int = Field(10_000, ge=1)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -107,16 +109,7 @@ class TrainConfig(_Strict):
 
 
 def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{key}: {msg}")
-    return "invalid config: " + "; ".join(lines)
+    return "invalid config: " + (format_errors(err) or "<root>: invalid")
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -111,7 +111,7 @@ def _attach_novelty(cfg: TrainConfig, algo_class, algo_kwargs: dict, env: VecEnv
     except ImportError as err:  # pragma: no cover - only while the novelty module is missing
         raise ConfigError(f"novelty: needs agents.novelty.attach_novelty ({err})") from None
     try:
-        return attach_novelty(algo_class, algo_kwargs, env, dict(cfg.novelty))
+        return attach_novelty(algo_class, algo_kwargs, env, cfg.novelty)
     except ValueError as err:
         raise ConfigError(f"novelty: {err}") from None
 

@@ -81,12 +81,50 @@ __all__ = [
 ]
 
 ESTIMATORS = ("density", "cell", "cell_bound", "pg_exact", "pg_first_order")
+KERNELS = ("gaussian", "box")
 _LOG_COUNT_BOUND = 60.0  # |log N| is clamped here so that N stays finite in float32
 
 
 def bonus_from_count(count: Tensor, beta: float = 1.0) -> Tensor:
-    """Count-based bonus ``beta / sqrt(N + 0.01)``."""
-    return beta * torch.rsqrt(count + 0.01)
+    """Count-based bonus ``beta / sqrt(N + 1)``: ``beta`` for a state never seen, decreasing with its count."""
+    return beta * torch.rsqrt(count + 1.0)
+
+
+def _check_projection(
+    project: Optional[Sequence[int] | Callable[[Tensor], Tensor]], obs_dim: int
+) -> tuple[Optional[Callable[[Tensor], Tensor]], int]:
+    """``(projection or None, number of counted features)``; a bad projection raises here, not mid-training."""
+    if project is None:
+        return None, obs_dim
+    if callable(project):
+        fn = project
+        try:
+            out = fn(torch.zeros(2, obs_dim))
+        except Exception as err:  # the user's function: report what it raised
+            raise ValueError(f"project failed on a (2, {obs_dim}) batch of zeros: {err!r}") from err
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"project must map (batch, {obs_dim}) tensors to (batch, k) tensors; "
+                             f"it returned {shape} for a (2, {obs_dim}) batch")
+        return fn, int(out.shape[1])
+    idx = list(project)
+    if not idx or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx):
+        raise ValueError(f"project must be a callable or a non-empty list of feature indices, got {project!r}")
+    bad = [i for i in idx if not -obs_dim <= i < obs_dim]
+    if bad:
+        raise ValueError(f"project indices {bad} are out of range for {obs_dim} features")
+    index = torch.as_tensor([int(i) % obs_dim for i in idx])
+    return _IndexProjection(index), len(idx)
+
+
+class _IndexProjection:
+    """``x[:, index]`` (a picklable projection)."""
+
+    def __init__(self, index: Tensor):
+        self.index = index
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.index_select(1, self.index.to(x.device))
 
 
 class RunningNormalizer(nn.Module):
@@ -94,15 +132,31 @@ class RunningNormalizer(nn.Module):
 
     Statistics are kept in float64; ``clip`` bounds normalised values so that a
     far outlier cannot blow up a model fed with them.
+
+    With ``redundancy=True`` (vectors only) it also keeps the running
+    covariance and masks *redundant* features to 0 after normalising: a
+    feature is constant when ``sigma <= 1e-6 * max(1, |mu|)`` and a duplicate
+    when ``|corr| >= 1 - 1e-6`` with an earlier feature that is kept (any
+    affine copy, e.g. an achieved goal that repeats the position).  Such
+    features carry no information about where the agent has been; left in,
+    each would add a dimension to every count cell.  ``effective_dim`` is the
+    number of features kept.  The mask is recomputed at every :meth:`update`.
     """
 
-    def __init__(self, shape: Sequence[int], clip: float = 5.0, eps: float = 1e-8):
+    def __init__(self, shape: Sequence[int], clip: float = 5.0, eps: float = 1e-8, redundancy: bool = False):
         super().__init__()
         self.clip = float(clip)
         self.eps = float(eps)
+        self.redundancy = bool(redundancy)
+        if self.redundancy and len(tuple(shape)) != 1:
+            raise ValueError(f"redundancy masking needs vector observations, got shape {tuple(shape)}")
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(tuple(shape), dtype=torch.float64))
         self.register_buffer("m2", torch.zeros(tuple(shape), dtype=torch.float64))
+        if self.redundancy:
+            d = int(tuple(shape)[0])
+            self.register_buffer("comoment", torch.zeros(d, d, dtype=torch.float64))
+            self.register_buffer("keep", torch.ones(d, dtype=torch.bool))
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
@@ -111,12 +165,36 @@ class RunningNormalizer(nn.Module):
         if n == 0:
             return
         b_mean = x.mean(0)
-        b_m2 = ((x - b_mean) ** 2).sum(0)
+        centred = x - b_mean
+        b_m2 = (centred**2).sum(0)
         total = self.count + n
         delta = b_mean - self.mean
+        scale = self.count * n / total
         self.mean += delta * n / total
-        self.m2 += b_m2 + delta**2 * self.count * n / total
+        self.m2 += b_m2 + delta**2 * scale
+        if self.redundancy:
+            self.comoment += centred.T @ centred + torch.outer(delta, delta) * scale
         self.count.fill_(total)
+        if self.redundancy:
+            self.keep.copy_(self._kept_features())
+
+    def _kept_features(self) -> Tensor:
+        """Features neither constant nor an affine copy of an earlier kept feature."""
+        var = self.m2 / self.count.clamp(min=1.0)
+        keep = var.sqrt() > 1e-6 * self.mean.abs().clamp(min=1.0)
+        if self.count.item() < 2:
+            return torch.ones_like(keep)
+        sd = var.clamp(min=1e-300).sqrt()
+        corr = (self.comoment / self.count) / torch.outer(sd, sd)
+        for i in range(keep.numel()):
+            if keep[i] and bool((corr[i, :i].abs()[keep[:i]] >= 1.0 - 1e-6).any()):
+                keep[i] = False
+        return keep
+
+    @property
+    def effective_dim(self) -> int:
+        """Number of features kept (all of them without ``redundancy``)."""
+        return int(self.keep.sum()) if self.redundancy else self.mean.numel()
 
     @property
     def std(self) -> Tensor:
@@ -127,7 +205,8 @@ class RunningNormalizer(nn.Module):
         if self.count.item() < 2:  # nothing to normalise with yet: identity
             return x.clamp(-self.clip, self.clip) if self.clip > 0 else x
         z = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return z.clamp(-self.clip, self.clip) if self.clip > 0 else z
+        z = z.clamp(-self.clip, self.clip) if self.clip > 0 else z
+        return z * self.keep.to(z.dtype) if self.redundancy else z
 
 
 class ObservationBuffer(nn.Module):
@@ -163,13 +242,17 @@ class OnlineDensityModel(nn.Module):
     Args:
         obs_shape: shape of one observation.
         lr: Adam step size.  batch_size: minibatch drawn from the buffer per step.
-        steps_per_update: training steps taken by each :meth:`update`.
+        steps_per_update: training steps taken by each :meth:`update`; ``None`` (default):
+            the budget follows the data, ``steps_per_observation`` steps per observation
+            received, whatever the chunk sizes (fractions carry over to the next update).
+        steps_per_observation: Adam steps per new observation when ``steps_per_update`` is ``None``.
         buffer_size: the last ``buffer_size`` observations are kept for training.
         clip: normalised observations are clipped to ``[-clip, clip]`` (0: no clip).
         normalize: keep a running mean/std normaliser (else observations are used as given).
         seed: seeds the model's initialisation and its own generator (minibatches, jitter).
         model_shape: shape of what :meth:`encode` returns, which the normaliser
             and the buffer hold (default ``obs_shape``: ``encode`` is the identity).
+        redundancy: mask constant and duplicated features (see :class:`RunningNormalizer`).
 
     Subclasses implement :meth:`loss` on a batch of *normalised* observations.
     Inputs are numpy arrays or tensors of shape ``(batch, *obs_shape)``
@@ -182,13 +265,15 @@ class OnlineDensityModel(nn.Module):
         obs_shape: Sequence[int],
         *,
         lr: float = 1e-3,
-        batch_size: int = 256,
-        steps_per_update: int = 1,
+        batch_size: int = 128,
+        steps_per_update: Optional[int] = None,
+        steps_per_observation: float = 1.0,
         buffer_size: int = 100_000,
         clip: float = 5.0,
         normalize: bool = True,
         seed: Optional[int] = None,
         model_shape: Optional[Sequence[int]] = None,
+        redundancy: bool = False,
     ):
         super().__init__()
         self.obs_shape = tuple(int(s) for s in obs_shape)
@@ -198,13 +283,17 @@ class OnlineDensityModel(nn.Module):
         for name, v in dict(lr=lr, batch_size=batch_size, buffer_size=buffer_size).items():
             if not v > 0:
                 raise ValueError(f"{name} must be positive, got {v}")
-        if steps_per_update < 0:
-            raise ValueError(f"steps_per_update must be >= 0, got {steps_per_update}")
+        if steps_per_update is not None and not (isinstance(steps_per_update, (int, np.integer)) and steps_per_update >= 0):
+            raise ValueError(f"steps_per_update must be None or an int >= 0, got {steps_per_update!r}")
+        if not (isinstance(steps_per_observation, (int, float)) and 0 <= steps_per_observation < math.inf):
+            raise ValueError(f"steps_per_observation must be a finite number >= 0, got {steps_per_observation!r}")
         self.lr = float(lr)
         self.batch_size = int(batch_size)
-        self.steps_per_update = int(steps_per_update)
+        self.steps_per_update = None if steps_per_update is None else int(steps_per_update)
+        self.steps_per_observation = float(steps_per_observation)
+        self._owed_steps = 0.0  # fraction of a step carried to the next update
         self.use_normalizer = bool(normalize)
-        self.normalizer = RunningNormalizer(self.model_shape, clip=clip)
+        self.normalizer = RunningNormalizer(self.model_shape, clip=clip, redundancy=redundancy and normalize)
         self.buffer = ObservationBuffer(buffer_size, self.model_shape)
         self.register_buffer("n_total", torch.zeros((), dtype=torch.float64))
         self.seed = seed
@@ -227,8 +316,11 @@ class OnlineDensityModel(nn.Module):
             raise ValueError(
                 f"observations have shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, self.obs_shape))})"
             )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("observations contain NaN or inf values")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = (~finite).flatten(1).any(0).nonzero().flatten().tolist()
+            raise ValueError(f"observations contain NaN or inf values in feature(s) {bad[:10]}"
+                             f"{' ...' if len(bad) > 10 else ''} (flattened index of one observation)")
         return x
 
     def encode(self, x: Tensor) -> Tensor:
@@ -257,13 +349,27 @@ class OnlineDensityModel(nn.Module):
         return torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
 
     def update(self, obs: Any, steps: Optional[int] = None) -> dict[str, float]:
-        """Add ``obs`` to the model's experience, then take ``steps`` (default ``steps_per_update``) steps."""
+        """Add ``obs`` to the model's experience, then take ``steps`` training steps.
+
+        Default ``steps``: ``steps_per_update``, or, when that is ``None``,
+        ``steps_per_observation`` per observation in ``obs`` (so 32 updates of
+        16 observations train as much as one of 512).
+        """
         x = self.encode(self.as_batch(obs))
         if self.use_normalizer:
             self.normalizer.update(x)
         self.buffer.add(x)
         self.n_total += x.shape[0]
-        return self.train_steps(self.steps_per_update if steps is None else steps)
+        if steps is None:
+            steps = self.steps_per_update if self.steps_per_update is not None else self._steps_owed(x.shape[0])
+        return self.train_steps(steps)
+
+    def _steps_owed(self, n_new: int) -> int:
+        """Whole steps owed for ``n_new`` observations at ``steps_per_observation``; the fraction carries over."""
+        self._owed_steps += self.steps_per_observation * n_new
+        steps = int(self._owed_steps)
+        self._owed_steps -= steps
+        return steps
 
     def train_steps(self, steps: int) -> dict[str, float]:
         """``steps`` Adam steps on minibatches drawn uniformly from the buffer."""
@@ -286,42 +392,64 @@ class OnlineDensityModel(nn.Module):
         return {"loss": total / steps}
 
     # ------------------------------------------------------------ persistence
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        sd = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
+    def get_extra_state(self) -> dict:
+        """Optimiser, generator and step-budget state: saved under ``_extra_state`` by ``state_dict``."""
         # A copy: Adam's state dict holds references to its live step counters.
-        sd[prefix + "_optimizer"] = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
-        sd[prefix + "_generator"] = self.generator.get_state()
-        return sd
+        return {
+            "optimizer": None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "owed_steps": self._owed_steps,
+        }
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        state_dict = dict(state_dict)
-        opt = state_dict.pop("_optimizer", None)
-        gen = state_dict.pop("_generator", None)
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if opt is not None:
+    def set_extra_state(self, state: dict) -> None:
+        if state.get("optimizer") is not None:
             self.optimizer = self._make_optimizer()
-            self.optimizer.load_state_dict(opt)
-        if gen is not None:
-            self.generator.set_state(gen)
-        return out
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self._owed_steps = float(state.get("owed_steps", 0.0))
 
 
 class FlowPseudoCounter(OnlineDensityModel):
     """Pseudo-counts from a normalizing flow fitted online to the observations.
 
+    The default is a *kernel count*: the flow is fitted to observations
+    jittered by ``N(0, sigma^2 I)`` with ``sigma = h / sqrt(2 pi)``, so it models
+    the Gaussian-smoothed visitation density ``rho_sigma``, and
+    ``N(x) = N_total * h^d * rho_sigma(x)`` is the number of past observations
+    within a soft cell of side ``h`` around ``x`` (exact for a state visited
+    ``n`` times at one point: ``N = n``).  A smooth target is what a flow fits
+    well, and a count costs one flow evaluation.
+
     Args:
         obs_dim: size of the observation vectors.
         flow: any flow name of :func:`flowrl.available_flows` that takes vectors.
         estimator: one of :data:`ESTIMATORS` (see the module docstring).
-        resolution: side ``h`` of a count cell in normalised observation space.
-        cell_samples: points per cell for ``estimator="cell"``.
-        smoothing: training jitter, uniform in a cell of side ``smoothing * resolution`` (0: off).
+        resolution: side ``h`` of a count cell in normalised observation space, or
+            ``"auto"``: the ``+-2 sigma`` box of the kept features is cut into about
+            ``cells`` cells whatever their number ``d``, ``h = 4 * cells ** (-1 / d)``
+            (0.4 for 2 features, 1.26 for 4): with a fixed side, every added
+            dimension would divide the counts of visited states by ``4 / h``.
+        cells: the number of cells of ``resolution="auto"``.
+        project: what to count on: ``None`` (every feature), a list of feature
+            indices, or a callable mapping a float32 tensor ``(batch, obs_dim)`` to
+            ``(batch, k)`` (checked once here, on zeros).
+        redundancy: mask constant and duplicated features (see :class:`RunningNormalizer`).
+        kernel: training jitter, ``"gaussian"`` (the kernel count, with ``estimator="density"``)
+            or ``"box"`` (uniform in a cell, what the ``cell`` estimators assume).
+        cell_samples: points per cell for ``estimator="cell"``/``"cell_bound"``.
+        smoothing: scales the jitter (``sigma = smoothing * h / sqrt(2 pi)``, or a box
+            of side ``smoothing * h``); 0: off.
         ema: decay of the parameter average counts are read from (0: read the trained flow).
         pg_lr: SGD step of the prediction-gain estimators (default ``lr``).
-        lr, batch_size, steps_per_update, buffer_size, clip, normalize, seed:
+        lr, batch_size, steps_per_update, steps_per_observation, buffer_size, clip, normalize, seed:
             see :class:`OnlineDensityModel`.
         flow_kwargs: options of the flow (e.g. ``transforms``, ``hidden_features``).
+
+    >>> import torch
+    >>> counter = FlowPseudoCounter(2, seed=0, flow_kwargs=dict(transforms=1, hidden_features=(8,)))
+    >>> _ = counter.update(torch.zeros(64, 2))           # 64 visits of one state
+    >>> counter.pseudo_count(torch.zeros(1, 2)).shape
+    torch.Size([1])
     """
 
     def __init__(
@@ -329,15 +457,20 @@ class FlowPseudoCounter(OnlineDensityModel):
         obs_dim: int,
         flow: str = "nsf",
         *,
-        estimator: str = "cell",
-        resolution: float = 0.4,
+        estimator: str = "density",
+        resolution: float | str = "auto",
+        cells: float = 100.0,
+        project: Optional[Sequence[int] | Callable[[Tensor], Tensor]] = None,
+        redundancy: bool = True,
+        kernel: str = "gaussian",
         cell_samples: int = 16,
         smoothing: float = 1.0,
         ema: float = 0.99,
         pg_lr: Optional[float] = None,
         lr: float = 1e-3,
-        batch_size: int = 256,
-        steps_per_update: int = 1,
+        batch_size: int = 128,
+        steps_per_update: Optional[int] = None,
+        steps_per_observation: float = 1.0,
         buffer_size: int = 100_000,
         clip: float = 5.0,
         normalize: bool = True,
@@ -346,30 +479,42 @@ class FlowPseudoCounter(OnlineDensityModel):
     ):
         if not isinstance(obs_dim, (int, np.integer)) or obs_dim < 1:
             raise ValueError(f"obs_dim must be a positive int, got {obs_dim!r}")
+        self._projection, model_dim = _check_projection(project, int(obs_dim))
         super().__init__(
             (int(obs_dim),), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
-            buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,
+            steps_per_observation=steps_per_observation, buffer_size=buffer_size, clip=clip,
+            normalize=normalize, seed=seed, model_shape=(model_dim,), redundancy=redundancy,
         )
         spec = flow_spec(flow)
         if not spec.vector:
             raise ValueError(f"flow {flow!r} does not model vectors")
-        if obs_dim < spec.min_dim:
-            raise ValueError(f"flow {flow!r} needs obs_dim >= {spec.min_dim}, got {obs_dim}; choose another flow")
+        if model_dim < spec.min_dim:
+            raise ValueError(f"flow {flow!r} needs at least {spec.min_dim} counted features, got {model_dim}; "
+                             f"choose another flow")
         self.obs_dim = int(obs_dim)
         self._init_counter(
             flow, estimator=estimator, resolution=resolution, cell_samples=cell_samples, smoothing=smoothing,
-            ema=ema, pg_lr=pg_lr, seed=seed, flow_kwargs=flow_kwargs,
+            ema=ema, pg_lr=pg_lr, seed=seed, flow_kwargs=flow_kwargs, kernel=kernel, cells=cells,
         )
 
+    def encode(self, x: Tensor) -> Tensor:
+        """The counted features: ``project(x)`` (every feature without a projection)."""
+        return x if self._projection is None else self._projection(x)
+
     def _init_counter(
-        self, flow: str, *, estimator: str, resolution: float, cell_samples: int, smoothing: float,
+        self, flow: str, *, estimator: str, resolution: float | str, cell_samples: int, smoothing: float,
         ema: float, pg_lr: Optional[float], seed: Optional[int], flow_kwargs: Optional[dict],
+        kernel: str = "box", cells: float = 100.0,
     ) -> None:
         """Build the flow over ``model_shape`` and the estimators' settings (shared with image counters)."""
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-        if not resolution > 0:
-            raise ValueError(f"resolution must be positive, got {resolution}")
+        if resolution != "auto" and not (isinstance(resolution, (int, float)) and resolution > 0):
+            raise ValueError(f"resolution must be a positive number or 'auto', got {resolution!r}")
+        if not (isinstance(cells, (int, float)) and cells > 1):
+            raise ValueError(f"cells must be a number > 1, got {cells!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if cell_samples < 1:
             raise ValueError(f"cell_samples must be >= 1, got {cell_samples}")
         self.event_numel = math.prod(self.model_shape)
@@ -387,13 +532,34 @@ class FlowPseudoCounter(OnlineDensityModel):
         # noise otherwise makes the density of rarely seen states jitter.
         self.ema_flow = copy.deepcopy(self.flow).requires_grad_(False) if self.ema > 0 else None
         self.estimator = estimator
-        self.resolution = float(resolution)
+        self.kernel = kernel
+        self.resolution = resolution if resolution == "auto" else float(resolution)
+        self.cells = float(cells)
         if smoothing < 0:
             raise ValueError(f"smoothing must be >= 0, got {smoothing}")
         self.smoothing = float(smoothing)
         self.pg_lr = float(self.lr if pg_lr is None else pg_lr)
         offsets = torch.quasirandom.SobolEngine(self.event_numel, scramble=True, seed=0).draw(int(cell_samples))
         self.register_buffer("cell_offsets", (offsets - 0.5).to(torch.float32).reshape(-1, *self.model_shape))
+
+    @property
+    def cell_side(self) -> float:
+        """``h``: the given ``resolution``, or ``4 * cells ** (-1 / d)`` over the ``d`` kept features."""
+        if self.resolution != "auto":
+            return float(self.resolution)
+        d = self.normalizer.effective_dim if self.use_normalizer else self.event_numel
+        return 4.0 * self.cells ** (-1.0 / max(d, 1))
+
+    def _cell_sides(self, z: Tensor) -> Tensor:
+        """Per-feature cell sides, shape ``model_shape``: ``h``, and for masked (redundant) features
+        ``sqrt(2 pi)`` (jitter ``N(0, 1)``, the base distribution's) or 1 (box), which the flow fits
+        at once and the count's volume divides out exactly."""
+        h = self.cell_side
+        sides = z.new_full(self.model_shape, h)
+        if self.use_normalizer and self.normalizer.redundancy:
+            masked = math.sqrt(2 * math.pi) if self.kernel == "gaussian" else 1.0
+            sides = torch.where(self.normalizer.keep.to(z.device), sides, sides.new_tensor(masked))
+        return sides
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.flow.parameters())
@@ -416,9 +582,12 @@ class FlowPseudoCounter(OnlineDensityModel):
         return self._model_log_prob(self.scoring_flow, z)
 
     def loss(self, z: Tensor) -> Tensor:
-        if self.smoothing > 0:  # box-kernel smoothing: a uniform jitter within a cell of side s * h
+        if self.smoothing > 0 and self.kernel == "gaussian":  # fit rho_sigma, sigma = s * h / sqrt(2 pi)
+            e = torch.randn(z.shape, generator=self.generator).to(z)
+            z = z + self.smoothing / math.sqrt(2 * math.pi) * self._cell_sides(z) * e
+        elif self.smoothing > 0:  # box kernel: a uniform jitter within a cell of side s * h
             u = torch.rand(z.shape, generator=self.generator).to(z)
-            z = z + self.smoothing * self.resolution * (u - 0.5)
+            z = z + self.smoothing * self._cell_sides(z) * (u - 0.5)
         return -self._model_log_prob(self.flow, z).mean()
 
     @torch.no_grad()
@@ -446,7 +615,9 @@ class FlowPseudoCounter(OnlineDensityModel):
         return fn(z)
 
     def _log_cell_volume(self) -> float:
-        return self.event_numel * math.log(self.resolution)
+        if self.use_normalizer and self.normalizer.redundancy:
+            return float(self._cell_sides(self.n_total.new_zeros((), dtype=torch.float64)).log().sum())
+        return self.event_numel * math.log(self.cell_side)
 
     def _log_n_total(self) -> float:
         return math.log(max(float(self.n_total), 1.0))
@@ -496,7 +667,7 @@ class FlowPseudoCounter(OnlineDensityModel):
         ``geometric=True``: ``mean_j log rho(z + h * u_j)`` instead.
         """
         k = self.cell_offsets.shape[0]
-        pts = z.unsqueeze(1) + self.resolution * self.cell_offsets.to(z.dtype).unsqueeze(0)
+        pts = z.unsqueeze(1) + self._cell_sides(z) * self.cell_offsets.to(z.dtype).unsqueeze(0)
         lp = self._flow_log_prob(pts.reshape(-1, *self.model_shape)).reshape(z.shape[0], k)
         if geometric:
             return lp.mean(dim=1)
@@ -528,7 +699,7 @@ class FlowPseudoCounter(OnlineDensityModel):
     def extra_repr(self) -> str:
         return (
             f"model_shape={self.model_shape}, flow={self.flow_name!r}, estimator={self.estimator!r}, "
-            f"resolution={self.resolution}"
+            f"resolution={self.resolution!r}"
         )
 
 

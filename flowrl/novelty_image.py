@@ -151,7 +151,7 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
             ``"affine"``; 0: none).
         estimator: ``"cell"``, ``"density"`` or ``"cell_bound"`` (or a prediction
             gain; see :mod:`flowrl.novelty`).
-        cell_samples, ema, pg_lr, lr, batch_size, steps_per_update, buffer_size, seed:
+        cell_samples, ema, pg_lr, lr, batch_size, steps_per_update, steps_per_observation, buffer_size, seed:
             as for :class:`flowrl.novelty.FlowPseudoCounter`.
         flow_kwargs: options of the image flow; default :data:`SMALL_IMAGE_FLOW`
             (2 steps per level, conditioners of width 16: the measured setting,
@@ -185,7 +185,8 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
         pg_lr: Optional[float] = None,
         lr: float = 1e-3,
         batch_size: int = 64,
-        steps_per_update: int = 1,
+        steps_per_update: Optional[int] = None,
+        steps_per_observation: float = 1.0,
         buffer_size: int = 100_000,
         seed: Optional[int] = None,
         flow_kwargs: Optional[dict] = None,
@@ -207,6 +208,7 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
             raise ValueError(f"flow {flow!r} does not model images; choose 'glow' or 'realnvp'")
         super(FlowPseudoCounter, self).__init__(
             shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
+            steps_per_observation=steps_per_observation,
             buffer_size=buffer_size, normalize=False, seed=seed, model_shape=model_shape,
         )
         self._init_frames(shape, size_hw, grey, max_value, channels_last)

@@ -41,7 +41,7 @@ class RNDNovelty(OnlineDensityModel):
         hidden_features: widths of both networks.
         embedding_dim: output size ``k`` of the target network.
         error_decay: decay of the running average ``s`` of the training error.
-        lr, batch_size, steps_per_update, buffer_size, clip, normalize, seed:
+        lr, batch_size, steps_per_update, steps_per_observation, buffer_size, clip, normalize, seed:
             see :class:`flowrl.novelty.OnlineDensityModel`.
     """
 
@@ -54,7 +54,8 @@ class RNDNovelty(OnlineDensityModel):
         error_decay: float = 0.99,
         lr: float = 1e-3,
         batch_size: int = 256,
-        steps_per_update: int = 1,
+        steps_per_update: Optional[int] = None,
+        steps_per_observation: float = 1.0,
         buffer_size: int = 100_000,
         clip: float = 5.0,
         normalize: bool = True,
@@ -65,6 +66,7 @@ class RNDNovelty(OnlineDensityModel):
         check_rnd_settings(embedding_dim, error_decay)
         super().__init__(
             (int(obs_dim),), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
+            steps_per_observation=steps_per_observation,
             buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,
         )
         self.obs_dim = int(obs_dim)

@@ -48,7 +48,7 @@ class ImageRND(FrameInput, RNDNovelty):
         channels_last: ``False``: frames ``(B, C, H, W)``; ``True``: ``(B, H, W, C)``;
             ``None``: whichever layout the batch's shape matches.
         channels: output channels of the strided convolutions (each halves ``h`` and ``w``).
-        embedding_dim, error_decay, lr, batch_size, steps_per_update, buffer_size, seed:
+        embedding_dim, error_decay, lr, batch_size, steps_per_update, steps_per_observation, buffer_size, seed:
             as for :class:`flowrl.rnd.RNDNovelty`.
     """
 
@@ -65,7 +65,8 @@ class ImageRND(FrameInput, RNDNovelty):
         error_decay: float = 0.99,
         lr: float = 1e-3,
         batch_size: int = 64,
-        steps_per_update: int = 1,
+        steps_per_update: Optional[int] = None,
+        steps_per_observation: float = 1.0,
         buffer_size: int = 100_000,
         seed: Optional[int] = None,
     ):
@@ -76,6 +77,7 @@ class ImageRND(FrameInput, RNDNovelty):
         check_rnd_settings(embedding_dim, error_decay)
         OnlineDensityModel.__init__(
             self, shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
+            steps_per_observation=steps_per_observation,
             buffer_size=buffer_size, clip=5.0, normalize=True, seed=seed, model_shape=model_shape,
         )
         self._init_frames(shape, size_hw, grey, max_value, channels_last)

@@ -16,12 +16,12 @@ from flowrl.novelty import OnlineDensityModel
 from .bonus import NoveltyBonus, image_max_value, observation_shape
 from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
 from .callback import NoveltyCallback
-from .options import parse_options
+from .options import NoveltyOptions, parse_options
 
 __all__ = ["attach_novelty", "novelty_callbacks", "find_novelty", "novelty_density", "make_novelty_bonus"]
 
 
-def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict] = None) -> NoveltyBonus:
+def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict | NoveltyOptions] = None) -> NoveltyBonus:
     """A :class:`NoveltyBonus` for ``observation_space`` from a plain options dict.
 
     A 3-D ``Box`` (HWC or CHW frames, e.g. uint8 images) gets the image
@@ -34,7 +34,9 @@ def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict] 
     return NoveltyBonus(opts, shape)
 
 
-def attach_novelty(algo_class: type, algo_kwargs: dict, env: Any, novelty: dict) -> tuple[dict, list[BaseCallback]]:
+def attach_novelty(
+    algo_class: type, algo_kwargs: dict, env: Any, novelty: dict | NoveltyOptions
+) -> tuple[dict, list[BaseCallback]]:
     """Constructor kwargs and ``learn`` callbacks that give ``algo_class`` a novelty bonus.
 
     Off-policy algorithms get ``replay_buffer_class``/``replay_buffer_kwargs``,
@@ -45,11 +47,16 @@ def attach_novelty(algo_class: type, algo_kwargs: dict, env: Any, novelty: dict)
     The bonus models the raw observations (it keeps its own normaliser), but
     the agent's networks see what the env gives them: wrap the env in
     ``VecNormalize(env, norm_reward=False)`` where observations are badly
-    scaled.  On MountainCarContinuous-v0 (velocity ~1e-2) SAC with the flow
-    bonus first reaches the goal after a median of about 500 steps with
-    normalised observations and 4.5k without: the bonus finds the way at once,
-    but the policy needs thousands of Adam steps to learn to read the
-    velocity (``scripts/bench_novelty.py``).
+    scaled (a policy needs thousands of Adam steps to learn to read a feature
+    of scale 1e-2, bonus or not).
+
+    >>> from stable_baselines3 import SAC
+    >>> import gymnasium as gym, envs
+    >>> env = gym.make("flowrl/PointMaze-Open-v0")
+    >>> kwargs, callbacks = attach_novelty(SAC, {}, env, {"kind": "flow", "beta": 0.5})
+    >>> model = SAC("MlpPolicy", env, device="cpu", **kwargs)
+    >>> model.learn(64, callback=callbacks)  # doctest: +ELLIPSIS
+    <stable_baselines3.sac.sac.SAC object at ...>
     """
     if not isinstance(algo_class, type) or not issubclass(algo_class, BaseAlgorithm):
         raise ValueError(f"algo_class must be an SB3 algorithm class, got {algo_class!r}")

@@ -1,7 +1,7 @@
 """``NoveltyBonus``: the density model an agent shares between its buffer and its callback.
 
 It turns raw observations (never the ``VecNormalize``-d ones) into the
-intrinsic reward ``beta * bonus(x)``, collects the observations the agent
+intrinsic reward, collects the observations the agent
 visits and updates the model every ``update_every`` environment steps.  It
 pickles to its options plus a CPU state dict, so an SB3 ``model.save`` that
 pickles the buffer's kwargs carries the density model, its normaliser, its
@@ -28,7 +28,7 @@ from flowrl.novelty_image import ImagePseudoCounter
 from flowrl.rnd import RNDNovelty
 from flowrl.rnd_image import ImageRND
 
-from .options import NoveltyOptions, parse_options
+from .options import NoveltyOptions, model_kwargs, parse_options
 
 __all__ = ["NoveltyBonus", "observation_dim", "observation_shape", "image_max_value"]
 
@@ -80,7 +80,23 @@ def image_max_value(space: spaces.Space, obs_key: Optional[str]) -> float:
 
 
 class NoveltyBonus:
-    """Intrinsic reward ``beta * b(x)`` from an online novelty model, shared by buffer and callback.
+    """Intrinsic reward from an online novelty model, shared by buffer and callback.
+
+    With ``g(x)`` in ``(0, 1]`` the novelty of a state (``1 / sqrt(N(x) + 1)`` for a
+    pseudo-count ``N``; ``1 - exp(-e(x) / s)`` for RND's normalised error):
+
+    * ``form="nonpositive"`` (default): ``r_int = beta * (g(x) - 1)``, in ``[-beta, 0]``;
+    * ``form="positive"``: ``r_int = beta * g(x)`` (RND: ``beta * e(x) / s``).
+
+    Why non-positive: an episode that ends at a terminal goal ends the stream
+    of intrinsic reward.  A positive bonus on every step then makes reaching
+    the goal cost every bonus the agent would otherwise still collect (about
+    ``beta / (1 - gamma)``), so an agent that has found the goal learns to avoid
+    it.  Shifted to be non-positive, the same differences between novel and
+    familiar states drive exploration (a constant shift changes no preference
+    between non-terminal behaviours), but ending an episode is never a loss of
+    bonus.  On tasks where a failure terminates, the shift makes failing cheaper
+    in the same way; use ``"positive"`` there.
 
     ``obs_shape``: an int or ``(obs_dim,)`` for vectors, ``(C, H, W)`` for
     frames whose pixel values lie in ``[0, max_value]`` (see :func:`observation_shape`).
@@ -104,32 +120,36 @@ class NoveltyBonus:
 
     def _build_model(self) -> OnlineDensityModel:
         o = self.options
-        common = dict(lr=o.lr, batch_size=o.batch_size, steps_per_update=o.steps_per_update,
-                      buffer_size=o.buffer_size, seed=o.seed)
         hidden = o.hidden_features if isinstance(o.hidden_features, int) else tuple(o.hidden_features)
         if self.is_image and o.kind == "rnd":
-            model = ImageRND(
+            model: OnlineDensityModel = ImageRND(
                 self.obs_shape, size=tuple(o.image_size), grey=o.image_grey, max_value=self.max_value,
                 channels_last=False, channels=(hidden,) if isinstance(hidden, int) else hidden,
-                embedding_dim=o.embedding_dim, **common,
+                embedding_dim=o.embedding_dim, **model_kwargs(o, flow_options=False),
             )
         elif self.is_image:
+            kwargs = model_kwargs(o)
+            for vector_only in ("resolution", "cells", "kernel", "smoothing"):
+                kwargs.pop(vector_only, None)
+            if o.image_levels is not None:
+                kwargs["levels"] = o.image_levels
             model = ImagePseudoCounter(
-                self.obs_shape, o.flow or "glow", size=tuple(o.image_size), grey=o.image_grey,
-                levels=o.image_levels, max_value=self.max_value, channels_last=False, estimator=o.estimator,
-                cell_samples=o.cell_samples or 64, ema=o.ema, flow_kwargs=o.flow_kwargs or None, **common,
+                self.obs_shape, size=tuple(o.image_size), grey=o.image_grey, max_value=self.max_value,
+                channels_last=False, **kwargs,
             )
         elif o.kind == "flow":
-            model = FlowPseudoCounter(
-                self.obs_dim, o.flow or "realnvp", estimator=o.estimator, resolution=o.resolution,
-                cell_samples=o.cell_samples or 8, smoothing=o.smoothing, ema=o.ema,
-                flow_kwargs=o.flow_kwargs, **common,
-            )
+            model = FlowPseudoCounter(self.obs_dim, project=o.project, **model_kwargs(o))
         else:
-            model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim, **common)
+            model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim,
+                               **model_kwargs(o, flow_options=False))
         # Eval mode between updates (``train_steps`` switches to training and back): scoring then
         # needs no mode switch, and image counters evaluate each distinct frame once.
-        return model.to(o.device).eval()
+        return model.to(self.device).eval()
+
+    @property
+    def device(self) -> str:
+        """Where the density model lives (``device="auto"``: the CPU until the agent's device is known)."""
+        return "cpu" if self.options.device == "auto" else self.options.device
 
     @property
     def beta(self) -> float:
@@ -180,10 +200,19 @@ class NoveltyBonus:
 
     # ------------------------------------------------------------ rewards
     def intrinsic(self, obs: Any) -> torch.Tensor:
-        """``beta * b(x)`` of raw observations under the current model, shape ``(batch,)``."""
+        """The intrinsic reward of raw observations under the current model, shape ``(batch,)``."""
         x = self.select(obs)
         with torch.no_grad():
-            return self.model.bonus(x, beta=self.beta).detach()
+            b = self.model.bonus(x)
+            if self.options.form == "positive":
+                return self.beta * b
+            novelty = b if isinstance(self.model, FlowPseudoCounter) else -torch.expm1(-b)  # g(x) in (0, 1]
+            return self.beta * (novelty - 1.0)
+
+    def saturated(self, intrinsic: np.ndarray) -> np.ndarray:
+        """Whether each intrinsic reward is within 5 % of the largest (a state that reads as never seen)."""
+        top = 0.0 if self.options.form == "nonpositive" else self.beta
+        return np.asarray(intrinsic) >= top - 0.05 * self.beta
 
     def log_density(self, obs: Any) -> np.ndarray:
         """``log rho(x)`` of the flow model in its normalised space (flow bonus only)."""
@@ -227,7 +256,7 @@ class NoveltyBonus:
         }
 
     def __setstate__(self, state: dict) -> None:
-        self.options = NoveltyOptions(**state["options"])
+        self.options = parse_options(state["options"])
         self.obs_dim = state["obs_dim"]
         self.obs_shape = tuple(state.get("obs_shape", (self.obs_dim,)))
         self.max_value = float(state.get("max_value", 255.0))

@@ -5,7 +5,9 @@ Per step it adds ``info["intrinsic_reward"]`` (``beta * b(x)`` under the model
 at collection time) and ``info["extrinsic_reward"]`` (the environment's raw
 reward, before ``VecNormalize``), and logs ``rollout/intrinsic_reward`` and
 ``rollout/extrinsic_reward`` (step means), ``rollout/intrinsic_ep_return`` and
-``rollout/extrinsic_ep_return`` (episode sums), ``novelty/loss`` and
+``rollout/extrinsic_ep_return`` (episode sums), ``novelty/saturated`` (the
+share of steps whose bonus is within 5 % of its largest value: states that
+read as never seen; near 1 the bonus carries no information), ``novelty/loss`` and
 ``novelty/n_total``; off-policy agents also log ``train/intrinsic_reward``,
 the mean bonus of the last minibatch they trained on.
 """
@@ -82,6 +84,7 @@ class NoveltyCallback(BaseCallback):
             info["intrinsic_reward"] = float(intrinsic[i])
             info["extrinsic_reward"] = float(extrinsic[i])
         self.logger.record_mean("rollout/intrinsic_reward", float(intrinsic.mean()))
+        self.logger.record_mean("novelty/saturated", float(self.bonus.saturated(intrinsic).mean()))
         self.logger.record_mean("rollout/extrinsic_reward", float(extrinsic.mean()))
         self._ep_intrinsic += intrinsic
         self._ep_extrinsic += extrinsic

@@ -1,115 +1,152 @@
-"""Options of the novelty bonus: a plain dict in, validated settings out."""
+"""Options of the novelty bonus: one validated model, used as the ``novelty:`` section of a run config.
+
+Only the options of the *bonus* have defaults here (``kind``, ``beta``,
+``form``, ``score``, ``update_every``, ...).  Every option of the density
+model defaults to ``None``, which means "the library's default": the
+constructors of :class:`flowrl.novelty.FlowPseudoCounter`,
+:class:`flowrl.novelty_image.ImagePseudoCounter`, :class:`flowrl.rnd.RNDNovelty`
+and :class:`flowrl.rnd_image.ImageRND` state those defaults once, and an agent
+gets exactly the counter a library user gets.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
-from flowrl.novelty import ESTIMATORS
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["NoveltyOptions", "parse_options"]
+from flowrl.novelty import ESTIMATORS, KERNELS
 
-_FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cell_samples", "smoothing", "ema",
+__all__ = ["NoveltyOptions", "parse_options", "FORMS", "model_kwargs"]
+
+FORMS = ("nonpositive", "positive")
+_FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cells", "kernel", "cell_samples", "smoothing", "ema",
               "image_levels"}
 _RND_ONLY = {"hidden_features", "embedding_dim"}
+#: Options passed to the density model's constructor when given (``None``: the library's default).
+_MODEL_OPTIONS = ("lr", "batch_size", "steps_per_update", "steps_per_observation", "buffer_size", "seed")
+_FLOW_OPTIONS = ("estimator", "resolution", "cells", "kernel", "cell_samples", "smoothing", "ema")
 
 
-@dataclass
-class NoveltyOptions:
-    """Every option of the bonus, with its default.
+class NoveltyOptions(BaseModel):
+    """Every option of the bonus.
 
-    ``kind``: ``"flow"`` (flow pseudo-count) or ``"rnd"``; ``beta``: weight of
-    the intrinsic reward; ``score``: ``"next"`` scores the state an action
+    The bonus: ``kind`` (``"flow"`` pseudo-count or ``"rnd"``); ``beta``, its
+    weight; ``form``: ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
+    with ``b = 1 / sqrt(N + 1)`` in ``(0, 1]``, ``"positive"`` gives ``beta * b(x)``
+    (see :class:`agents.novelty.bonus.NoveltyBonus` for why the default never
+    rewards staying alive); ``score``: ``"next"`` scores the state an action
     leads to, ``"current"`` the state it was taken in; ``update_every``:
-    environment steps (per env) between updates of the density model, each
-    taking ``steps_per_update`` Adam steps of size ``lr`` on ``batch_size``
-    observations from a buffer of the last ``buffer_size``; ``obs_key``: the
-    key of a Dict observation to model; ``device``: of the density model.
-    Flow options: ``flow``, ``flow_kwargs`` (size), ``estimator``,
-    ``resolution``, ``cell_samples``, ``smoothing``, ``ema`` (see
-    :class:`flowrl.novelty.FlowPseudoCounter`).  The agent's default flow is
-    ``realnvp``, not the counter's ``nsf``: the spline flow counts better
-    (``scripts/bench_pseudocounts.py``) but its training step costs about ten
-    times more here, which every environment step pays; pass
-    ``{"flow": "nsf", "resolution": 0.4}`` to trade speed for counts.  RND options:
-    ``hidden_features``, ``embedding_dim``.
+    environment steps (per env) between updates of the density model;
+    ``obs_key``: the key of a Dict observation to count on; ``project``: the
+    features to count on, a list of indices (or, from Python, a callable
+    ``(batch, d) tensor -> (batch, k) tensor``); ``device``: of the density
+    model (``"auto"``: the agent's).
 
-    Image observations (a 3-D ``Box``): ``flow`` defaults to ``"glow"``
-    (``"realnvp"`` also models images); frames are area-averaged to
-    ``image_size`` ``(h, w)``, made grey if ``image_grey`` and quantised to
-    ``image_levels`` levels (see :class:`flowrl.novelty_image.ImagePseudoCounter`);
-    ``resolution`` and ``smoothing`` do not apply (the cell is a quantisation level);
-    an empty ``flow_kwargs`` means the counter's small glow and ``cell_samples``
-    defaults to 64.  Scoring dominates the cost for off-policy agents (every
-    minibatch is scored): the counter evaluates each *distinct* quantised
-    frame once, ``distinct * cell_samples`` flow evaluations, and memoises
-    the values until its next update, so repeated frames cost almost nothing.
-    With ``kind="rnd"`` frames go to :class:`flowrl.rnd_image.ImageRND`
-    (area-averaged to ``image_size``, grey if ``image_grey``; ``hidden_features``
-    are then the channels of its strided convolutions).
+    The density model (``None``: the library's default): ``flow``,
+    ``flow_kwargs``, ``estimator``, ``resolution`` (a number or ``"auto"``),
+    ``cells``, ``kernel``, ``cell_samples``, ``smoothing``, ``ema``, ``lr``,
+    ``batch_size``, ``steps_per_update``, ``steps_per_observation``,
+    ``buffer_size``, ``seed`` (see :class:`flowrl.novelty.FlowPseudoCounter`).
+    Image observations (a 3-D ``Box``): ``image_size``, ``image_levels``,
+    ``image_grey`` (see :class:`flowrl.novelty_image.ImagePseudoCounter`).  RND:
+    ``hidden_features``, ``embedding_dim``.
     """
 
-    kind: str = "flow"
-    beta: float = 0.5
-    score: str = "next"
-    update_every: int = 16
-    steps_per_update: int = 8
-    lr: float = 1e-3
-    batch_size: int = 128
-    buffer_size: int = 100_000
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+    kind: Literal["flow", "rnd"] = "flow"
+    beta: float = Field(0.5, ge=0, allow_inf_nan=False)
+    form: Literal["nonpositive", "positive"] = "nonpositive"
+    score: Literal["next", "current"] = "next"
+    update_every: int = Field(16, ge=1)
     obs_key: Optional[str] = None
-    device: str = "cpu"
+    project: Optional[Union[list[int], Callable]] = None
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     seed: Optional[int] = None
-    flow: Optional[str] = None  # "realnvp" for vectors, "glow" for images
-    flow_kwargs: dict = field(default_factory=dict)
-    estimator: str = "cell"
-    resolution: float = 0.2
-    cell_samples: Optional[int] = None  # 8 for vectors, 64 for images
-    smoothing: float = 1.0
-    ema: float = 0.99
-    image_size: Any = (8, 8)
-    image_levels: int = 2
+    # the density model: None = the library's default
+    flow: Optional[str] = None
+    flow_kwargs: dict[str, Any] = Field(default_factory=dict)
+    estimator: Optional[Literal[ESTIMATORS]] = None  # type: ignore[valid-type]  # a tuple of literals
+    resolution: Optional[Union[float, Literal["auto"]]] = None
+    cells: Optional[float] = Field(None, gt=1)
+    kernel: Optional[Literal[KERNELS]] = None  # type: ignore[valid-type]
+    cell_samples: Optional[int] = Field(None, ge=1)
+    smoothing: Optional[float] = Field(None, ge=0)
+    ema: Optional[float] = Field(None, ge=0, lt=1)
+    lr: Optional[float] = Field(None, gt=0)
+    batch_size: Optional[int] = Field(None, ge=1)
+    steps_per_update: Optional[int] = Field(None, ge=0)
+    steps_per_observation: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    buffer_size: Optional[int] = Field(None, ge=1)
+    image_size: Union[int, tuple[int, int]] = (8, 8)
+    image_levels: Optional[int] = Field(None, ge=2)
     image_grey: bool = True
-    hidden_features: Any = (64, 64)
-    embedding_dim: int = 16
+    hidden_features: Union[int, tuple[int, ...]] = (64, 64)
+    embedding_dim: int = Field(16, ge=1)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: Any) -> Any:
+        if v is not None and v != "auto" and not v > 0:
+            raise ValueError(f"must be a positive number or 'auto', got {v!r}")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: Any) -> tuple[int, int]:
+        size = (v, v) if isinstance(v, int) else tuple(v)
+        if not all(s >= 1 for s in size):
+            raise ValueError(f"must be an int or (h, w) of positive ints, got {v!r}")
+        return size  # type: ignore[return-value]
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("must list at least one feature index")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> "NoveltyOptions":
+        misplaced = sorted(self.model_fields_set & (_FLOW_ONLY if self.kind == "rnd" else _RND_ONLY))
+        if misplaced:
+            raise ValueError(f"option(s) {misplaced} do not apply to kind={self.kind!r}")
+        return self
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The options as a plain dict (what :func:`parse_options` reads back)."""
+        return self.model_dump()
 
 
-def parse_options(novelty: Optional[dict]) -> NoveltyOptions:
-    """Validate ``novelty`` (unknown or misplaced keys and bad values raise ``ValueError``)."""
-    given = dict(novelty or {})
-    known = {f.name for f in fields(NoveltyOptions)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"unknown novelty option(s) {unknown}; accepted: {sorted(known)}")
-    opts = NoveltyOptions(**given)
-    if opts.kind not in ("flow", "rnd"):
-        raise ValueError(f"novelty kind must be 'flow' or 'rnd', got {opts.kind!r}")
-    misplaced = sorted(set(given) & (_FLOW_ONLY if opts.kind == "rnd" else _RND_ONLY))
-    if misplaced:
-        raise ValueError(f"novelty option(s) {misplaced} do not apply to kind={opts.kind!r}")
-    if opts.score not in ("next", "current"):
-        raise ValueError(f"novelty score must be 'next' or 'current', got {opts.score!r}")
-    if opts.estimator not in ESTIMATORS:
-        raise ValueError(f"novelty estimator must be one of {ESTIMATORS}, got {opts.estimator!r}")
-    for name in ("beta",):
-        if not getattr(opts, name) >= 0:
-            raise ValueError(f"novelty {name} must be >= 0, got {getattr(opts, name)}")
-    for name in ("update_every", "batch_size", "buffer_size", "lr"):
-        if not getattr(opts, name) > 0:
-            raise ValueError(f"novelty {name} must be positive, got {getattr(opts, name)}")
-    if opts.steps_per_update < 0:
-        raise ValueError(f"novelty steps_per_update must be >= 0, got {opts.steps_per_update}")
-    size = (opts.image_size,) * 2 if isinstance(opts.image_size, int) else tuple(opts.image_size)
-    if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
-        raise ValueError(f"novelty image_size must be an int or (h, w) of positive ints, got {opts.image_size!r}")
-    opts.image_size = size
-    if opts.cell_samples is not None and not (isinstance(opts.cell_samples, int) and opts.cell_samples >= 1):
-        raise ValueError(f"novelty cell_samples must be a positive int, got {opts.cell_samples!r}")
-    if not isinstance(opts.image_levels, int) or opts.image_levels < 2:
-        raise ValueError(f"novelty image_levels must be an int >= 2, got {opts.image_levels!r}")
-    if not isinstance(opts.flow_kwargs, dict):
-        raise ValueError(f"novelty flow_kwargs must be a dict, got {type(opts.flow_kwargs).__name__}")
-    return opts
+def model_kwargs(opts: NoveltyOptions, flow_options: bool = True) -> dict[str, Any]:
+    """Constructor arguments of the density model: only the options that were given."""
+    names = _MODEL_OPTIONS + (_FLOW_OPTIONS if flow_options else ())
+    out = {k: getattr(opts, k) for k in names if getattr(opts, k) is not None}
+    if flow_options and opts.flow is not None:
+        out["flow"] = opts.flow
+    if flow_options and opts.flow_kwargs:
+        out["flow_kwargs"] = dict(opts.flow_kwargs)
+    return out
+
+
+def parse_options(novelty: Optional[dict | NoveltyOptions]) -> NoveltyOptions:
+    """Validate ``novelty``; unknown keys and bad values raise ``ValueError`` naming the key."""
+    if isinstance(novelty, NoveltyOptions):
+        return novelty
+    if novelty is not None and not isinstance(novelty, dict):
+        raise ValueError(f"novelty options must be a mapping, got {type(novelty).__name__}")
+    try:
+        return NoveltyOptions.model_validate(dict(novelty or {}))
+    except ValidationError as err:
+        raise ValueError(format_errors(err, "novelty")) from None
+
+
+def format_errors(err: ValidationError, prefix: str = "") -> str:
+    """One line per error, ``key: reason`` (dotted keys under ``prefix``)."""
+    lines = []
+    for e in err.errors():
+        key = ".".join([prefix, *(str(p) for p in e["loc"])] if prefix else [str(p) for p in e["loc"]]) or prefix
+        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(e["type"], e["msg"])
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)

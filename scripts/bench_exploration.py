@@ -1,0 +1,286 @@
+"""Exploration benchmark: does a novelty bonus let the agent *solve* sparse tasks, not only spread out?
+
+For each task, bonus (flow pseudo-count, RND, none), policy (Gaussian, RealNVP
+flow) and seed, SAC trains with the demo's settings and the script records:
+the first training step that reaches the goal, the deterministic evaluation
+success at fixed budgets (``--budgets``, 10 episodes each), the coverage of the
+visited states, the bonus saturation (share of steps whose bonus is within 5 %
+of its largest value: states that read as never seen) and env steps per
+second.  It prints one Markdown table (median and spread over seeds), writes
+every run to ``OUT/runs.jsonl`` and a PNG of evaluation success against steps
+with 95 % bootstrap confidence bands per method and task.
+
+Tasks: ``open``, ``umaze``, ``rooms`` (``flowrl/PointMaze-*``), ``mountaincar``
+(``flowrl/SparseMountainCar-v0``, observations normalised for the agent) and
+``robotics-umaze``: Gymnasium-Robotics' goal-conditioned ``PointMaze_UMaze-v3``
+(a MuJoCo ball; Dict observation flattened to 8-D: achieved goal, desired goal,
+position and velocity; fixed start and goal; the episode ends at the goal),
+installed by ``make bench``.
+
+    python scripts/bench_exploration.py --tasks umaze --seeds 0 1 2 3 4 --steps 30000 --jobs 2
+    python scripts/bench_exploration.py --tasks robotics-umaze --methods flow/gaussian none/gaussian
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+BONUSES = ("flow", "rnd", "none")
+POLICIES = ("gaussian", "flow")
+TASKS = ("open", "umaze", "rooms", "mountaincar", "robotics-umaze")
+# Gymnasium-Robotics' U-maze with the start (r) and the goal (g) fixed.
+ROBOTICS_UMAZE = [[1, 1, 1, 1, 1], [1, "r", 0, 0, 1], [1, 1, 1, 0, 1], [1, "g", 0, 0, 1], [1, 1, 1, 1, 1]]
+
+
+def make_env(task: str, seed: int = 0):
+    """One gymnasium env of ``task`` with ``info["is_success"]`` and a 2-D ``info["position"]`` where it has one."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers flowrl/ ids)
+
+    if task in ("open", "umaze", "rooms"):
+        name = {"open": "Open", "umaze": "UMaze", "rooms": "Rooms"}[task]
+        return gym.make(f"flowrl/PointMaze-{name}-v0", max_episode_steps=200, max_speed=0.25)
+    if task == "mountaincar":
+        return gym.make("flowrl/SparseMountainCar-v0")
+    if task == "robotics-umaze":
+        import gymnasium_robotics
+
+        gym.register_envs(gymnasium_robotics)
+        env = gym.make("PointMaze_UMaze-v3", maze_map=ROBOTICS_UMAZE, continuing_task=False, max_episode_steps=300)
+        return _RoboticsInfo(gym.wrappers.FlattenObservation(env))
+    raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+
+
+def _robotics_info_class():
+    import gymnasium as gym
+
+    class RoboticsInfo(gym.Wrapper):
+        """``info["is_success"]`` and ``info["position"]`` (the achieved goal) for Gymnasium-Robotics mazes."""
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            info = dict(info, is_success=bool(info.get("success", False)), position=obs[:2].copy())
+            return obs, reward, terminated, truncated, info
+
+    return RoboticsInfo
+
+
+def _RoboticsInfo(env):  # noqa: N802  (a class built on first use: gymnasium is imported lazily)
+    return _robotics_info_class()(env)
+
+
+def coverage_tracker(task: str, env):
+    """A tracker of the visited 2-D positions (maze cells; a 20x20 grid otherwise)."""
+    import numpy as np
+
+    from envs.coverage import CoverageTracker, maze_tracker
+
+    if task in ("open", "umaze", "rooms"):
+        return maze_tracker(env)
+    if task == "mountaincar":
+        return CoverageTracker((-1.2, 0.6, -0.07, 0.07), 20)
+    free = np.array([[c != 1 for c in row] for row in ROBOTICS_UMAZE])[::-1]  # row 0 of the map is the top
+    return CoverageTracker((-2.5, 2.5, -2.5, 2.5), 5, valid=free)  # the 5x5 map of unit cells, centred
+
+
+def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], beta: float) -> dict:
+    """Train one agent; return its figures."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents import FlowSACPolicy, attach_novelty
+
+    env = make_vec_env(lambda: make_env(task), n_envs=1, seed=seed)
+    if task == "mountaincar":
+        env = VecNormalize(env, norm_obs=True, norm_reward=False)
+    eval_env = make_env(task)
+    kwargs: dict = dict(learning_starts=1000, batch_size=128, buffer_size=50_000)
+    callbacks: list = []
+    if bonus != "none":
+        kwargs, callbacks = attach_novelty(SAC, kwargs, env, {"kind": bonus, "beta": beta})
+    if policy == "flow":
+        policy_cls, policy_kwargs = FlowSACPolicy, dict(flow="realnvp", net_arch=[64, 64],
+                                                        flow_kwargs=dict(transforms=2, hidden_features=[64, 64]))
+    else:
+        policy_cls, policy_kwargs = "MlpPolicy", dict(net_arch=[64, 64])
+    model = SAC(policy_cls, env, seed=seed, device="cpu", policy_kwargs=policy_kwargs, **kwargs)
+    tracker = coverage_tracker(task, eval_env)
+
+    def evaluate(episodes: int = 10) -> float:
+        wins = 0
+        for ep in range(episodes):
+            obs, _ = eval_env.reset(seed=10_000 + ep)
+            done, info = False, {}
+            while not done:
+                x = env.normalize_obs(obs) if isinstance(env, VecNormalize) else obs
+                action, _ = model.predict(x, deterministic=True)
+                obs, _, terminated, truncated, info = eval_env.step(action)
+                done = terminated or truncated
+            wins += bool(info.get("is_success", False))
+        return wins / episodes
+
+    class Record(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.first, self.successes, self.episodes, self.evals = None, 0, 0, {}
+            self.saturated: list[float] = []
+            self.t_learn = 0.0
+
+        def _on_step(self) -> bool:
+            infos = self.locals["infos"]
+            for done, info in zip(self.locals["dones"], infos):
+                if "position" in info:
+                    tracker.update(np.asarray(info["position"], dtype=np.float64)[None])
+                elif task == "mountaincar":
+                    tracker.update(env.get_original_obs()[:, :2])
+                if "intrinsic_reward" in info:
+                    r = info["intrinsic_reward"]
+                    self.saturated.append(float(r >= -0.05 * beta))  # the default non-positive form: cap 0
+                if done:
+                    self.episodes += 1
+                    if info.get("is_success"):
+                        self.successes += 1
+                        self.first = self.first or self.num_timesteps
+            if self.num_timesteps in budgets:
+                t = time.perf_counter()
+                self.evals[self.num_timesteps] = evaluate()
+                self.t_learn -= time.perf_counter() - t  # evaluation time is not training time
+            return True
+
+    record = Record()
+    t0 = time.perf_counter()
+    model.learn(steps, callback=[*callbacks, record])
+    wall = time.perf_counter() - t0 + record.t_learn
+    tail = record.saturated[-10_000:]
+    return dict(task=task, bonus=bonus, policy=policy, seed=seed, steps=steps, first_success=record.first,
+                train_successes=record.successes, episodes=record.episodes,
+                evals={str(k): v for k, v in record.evals.items()}, coverage=tracker.fraction,
+                saturation=float(np.mean(tail)) if tail else None, steps_per_s=steps / wall)
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float(v.mean())
+    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))
+    means = v[idx].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def table(rows: list[dict], budgets: list[int]) -> str:
+    import numpy as np
+
+    head = ("| task | bonus | policy | reached goal | first success (median) | "
+            + " | ".join(f"eval @ {b:,}" for b in budgets) + " | coverage | saturation | steps/s |")
+    lines = [head, "|" + "---|" * (8 + len(budgets))]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["bonus"], r["policy"]), []).append(r)
+    for (task, bonus, policy), rs in sorted(groups.items()):
+        firsts = [r["first_success"] for r in rs if r["first_success"]]
+        evals = []
+        for b in budgets:
+            v = [r["evals"].get(str(b)) for r in rs if r["evals"].get(str(b)) is not None]
+            evals.append(f"{np.mean(v):.2f} ({sum(x >= 0.9 for x in v)}/{len(v)} >= 0.9)" if v else "-")
+        sat = [r["saturation"] for r in rs if r["saturation"] is not None]
+        lines.append(
+            f"| {task} | {bonus} | {policy} | {len(firsts)}/{len(rs)} | "
+            f"{(f'{int(np.median(firsts)):,}' if firsts else '-')} | " + " | ".join(evals)
+            + f" | {np.mean([r['coverage'] for r in rs]):.0%} | {(f'{np.mean(sat):.0%}' if sat else '-')} | "
+            f"{np.mean([r['steps_per_s'] for r in rs]):.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], budgets: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        methods = sorted({(r["bonus"], r["policy"]) for r in rows if r["task"] == task})
+        for bonus, policy in methods:
+            rs = [r for r in rows if (r["task"], r["bonus"], r["policy"]) == (task, bonus, policy)]
+            xs, mean, lo, hi = [], [], [], []
+            for b in budgets:
+                v = [r["evals"][str(b)] for r in rs if str(b) in r["evals"]]
+                if v:
+                    xs.append(b)
+                    mean.append(np.mean(v))
+                    ci = bootstrap_ci(v)
+                    lo.append(ci[0])
+                    hi.append(ci[1])
+            line = ax.plot(xs, mean, marker="o", label=f"{bonus} bonus, {policy} policy")[0]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set_title(task)
+        ax.set_xlabel("env steps")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0][0].set_ylabel("deterministic eval success")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["umaze"], choices=TASKS)
+    p.add_argument("--methods", nargs="+", default=[f"{b}/{q}" for b in BONUSES for q in POLICIES],
+                   help="bonus/policy pairs, e.g. flow/flow rnd/gaussian none/gaussian")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--steps", type=int, default=30_000)
+    p.add_argument("--budgets", type=int, nargs="+", default=None, help="eval points (default: thirds of --steps)")
+    p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (one core each)")
+    p.add_argument("--out", default=os.path.join("runs", "bench_exploration"))
+    args = p.parse_args()
+    methods = [tuple(m.split("/")) for m in args.methods]
+    for bonus, policy in methods:
+        if bonus not in BONUSES or policy not in POLICIES:
+            p.error(f"method {bonus}/{policy}: bonus must be one of {BONUSES}, policy one of {POLICIES}")
+    budgets = args.budgets or [args.steps // 3, 2 * args.steps // 3, args.steps]
+    if max(budgets) > args.steps:
+        p.error("every budget must be <= --steps")
+    os.makedirs(args.out, exist_ok=True)
+    jobs = [(t, b, q, s, args.steps, budgets, args.beta) for t in args.tasks for b, q in methods for s in args.seeds]
+    print(f"{len(jobs)} runs of {args.steps:,} steps, {args.jobs} at a time", flush=True)
+    rows = []
+    with cf.ProcessPoolExecutor(args.jobs) as pool, open(os.path.join(args.out, "runs.jsonl"), "a") as log:
+        futures = {pool.submit(run_one, *job): job for job in jobs}
+        for fut in cf.as_completed(futures):
+            row = fut.result()
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(f"  {row['task']} {row['bonus']}/{row['policy']} seed {row['seed']}: first {row['first_success']}, "
+                  f"eval {row['evals']}, coverage {row['coverage']:.0%}, {row['steps_per_s']:.0f} steps/s", flush=True)
+    print()
+    print(table(rows, budgets))
+    path = os.path.join(args.out, "success_curves.png")
+    plot(rows, budgets, path)
+    print(f"\nruns: {os.path.join(args.out, 'runs.jsonl')}; success curves: {path}")
+
+
+if __name__ == "__main__":
+    main()
