@@ -193,7 +193,7 @@ class LipschitzMLP(nn.Module):
 
     Every weight acting on ``x`` is spectrally normalised to ``coeff`` and
     ``f`` is LipSwish (Lip <= 1).  Call :meth:`weights` once per transform
-    call (it runs power iteration in training mode), then :meth:`apply` as
+    call (it runs power iteration in training mode), then :meth:`evaluate` as
     often as needed (fixed-point iterations see one fixed function).
     """
 
@@ -226,7 +226,7 @@ class LipschitzMLP(nn.Module):
         update = self.training if update is None else update
         return [layer.weight_sn(update) for layer in self.layers]
 
-    def apply(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None,
+    def evaluate(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None,
               slopes: bool = False, slopes_grad: bool = True) -> tuple[Tensor, Optional[Linearisation]]:
         """``g(x, c)`` with the given normalised weights, and its :class:`Linearisation` if ``slopes``.
 
@@ -246,5 +246,5 @@ class LipschitzMLP(nn.Module):
         return h, (Linearisation(weights, derivs) if slopes else None)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.apply(self.weights(), x, context)[0]
+        return self.evaluate(self.weights(), x, context)[0]
 
