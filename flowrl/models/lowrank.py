@@ -25,7 +25,7 @@ def _check(transforms: int) -> None:
         raise ValueError(f"transforms must be >= 1, got {transforms}")
 
 
-@register_flow("planar", numerical_inverse=True, test_kwargs=_SMALL)
+@register_flow("planar", test_kwargs=_SMALL)
 def build_planar(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -58,7 +58,7 @@ def build_radial(
     return _orient([RadialMap(dim, context_dim, hidden_features) for _ in range(transforms)], closed_form)
 
 
-@register_flow("sylvester", numerical_inverse=True, test_kwargs=_SMALL)
+@register_flow("sylvester", test_kwargs=_SMALL)
 def build_sylvester(
     shape: tuple[int, ...],
     context_dim: int = 0,

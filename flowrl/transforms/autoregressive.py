@@ -34,7 +34,8 @@ class MaskedAutoregressive(Transform):
         context_dim: size of the optional context.
         hidden_features: MADE hidden widths.
         order: autoregressive order (a permutation of ``0..D-1``).
-        numerical_inverse: whether ``tau``'s inverse is numerical.
+
+    Its inverse is analytic exactly when ``tau``'s is (``bijection.analytic_inverse``).
     """
 
     #: cost hint: ``inverse`` takes ``D`` sequential passes (memory-saving backprop stores this layer's input)
@@ -47,17 +48,15 @@ class MaskedAutoregressive(Transform):
         context_dim: int = 0,
         hidden_features: Sequence[int] | int = (64, 64),
         order: Optional[Sequence[int] | Tensor] = None,
-        numerical_inverse: bool = False,
     ):
         super().__init__()
         self.dim = int(dim)
         self.bijection = bijection
         self.made = MADE(dim, bijection.num_params, context_dim, hidden_features, order)
-        self._numerical = bool(numerical_inverse)
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return not self._numerical
+    def analytic_inverse(self) -> bool:
+        return bool(self.bijection.analytic_inverse)
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.dim:

@@ -71,6 +71,11 @@ class Coupling(Transform):
         self.conditioner = conditioner
         self.context_dim = context_dim
 
+    @property
+    def analytic_inverse(self) -> bool:
+        """Exact when ``tau``'s inverse is (``bijection.analytic_inverse``)."""
+        return bool(self.bijection.analytic_inverse)
+
     def _params(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
         inp = cat_context(x.index_select(1, self.identity_idx), context)
         out = self.conditioner(inp)

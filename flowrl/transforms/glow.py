@@ -99,6 +99,11 @@ class ActNorm(Transform):
             self._seen_initialized = bool(self.initialized)
         return not self._seen_initialized
 
+    @property
+    def awaits_initialisation(self) -> bool:
+        """Whether the next :meth:`forward` batch sets ``b`` and ``s`` (no device sync once initialised)."""
+        return self._needs_init()
+
     def reinitialize_on_next_batch(self) -> None:
         """Forget the initialisation: the next :meth:`forward` batch sets ``b`` and ``s`` again."""
         self.initialized.fill_(False)

@@ -76,6 +76,8 @@ class DeepSigmoid(ElementwiseBijection):
     ``spread`` (default 1): the initial shifts of the sigmoids span ``[-spread, spread]``.
     """
 
+    analytic_inverse = False  # inverted by bisection (flowrl.inversion.invert_monotone)
+
     def __init__(
         self, hidden: int = 16, layers: int = 1, min_slope: float = 1e-3, tol: Optional[float] = None,
         spread: float = 1.0,

@@ -30,6 +30,8 @@ __all__ = ["SumOfSquaresPolynomial"]
 class SumOfSquaresPolynomial(ElementwiseBijection):
     """SOS transformer with ``polynomials`` squares of degree ``degree`` on ``[-bound, bound]``."""
 
+    analytic_inverse = False  # inverted by bisection (flowrl.inversion.invert_monotone)
+
     def __init__(
         self, polynomials: int = 3, degree: int = 4, bound: float = 5.0, eps: float = 1e-3, tol: Optional[float] = None
     ):

@@ -50,6 +50,8 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
         tol: tolerance of the numerical inverse.
     """
 
+    analytic_inverse = False  # inverted by bisection (flowrl.inversion.invert_monotone)
+
     def __init__(
         self,
         signal: int = 16,
