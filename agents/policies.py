@@ -250,6 +250,18 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
         low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
         return (low + (high - low) * (np.tanh(scaled_action) + 1.0) / 2.0).astype(self.action_space.dtype)
 
+    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """SB3's rollout step, with actions and their log-density from one pass (:meth:`FlowDistribution.actions_and_log_prob`)."""
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            latent_pi, latent_vf = self.mlp_extractor(features)
+        else:
+            pi_features, vf_features = features
+            latent_pi = self.mlp_extractor.forward_actor(pi_features)
+            latent_vf = self.mlp_extractor.forward_critic(vf_features)
+        actions, log_prob = self._get_action_dist_from_latent(latent_pi).actions_and_log_prob(deterministic)
+        return actions.reshape((-1, *self.action_space.shape)), self.value_net(latent_vf), log_prob  # type: ignore[misc]
+
     def _get_action_dist_from_latent(self, latent_pi: Tensor) -> FlowDistribution:  # type: ignore[override]
         return self.action_dist.proba_distribution(latent_pi)  # type: ignore[union-attr, return-value]
 
