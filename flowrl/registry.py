@@ -154,6 +154,16 @@ def build_flow(
             independent of depth for every exact flow, slower backward).
         **kwargs: the family's own options; ``transforms`` (number of layers)
             and ``hidden_features`` (hidden widths) are shared by most.
+
+    Example:
+        >>> import torch, flowrl
+        >>> flow = flowrl.build_flow("realnvp", 2, context_dim=3, transforms=2, hidden_features=(16,))
+        >>> c = torch.randn(5, 3)
+        >>> flow.log_prob(torch.randn(5, 2), c).shape
+        torch.Size([5])
+        >>> x, log_p = flow.rsample_and_log_prob(4, c)  # 4 samples per context row, one pass
+        >>> x.shape, log_p.shape
+        (torch.Size([4, 5, 2]), torch.Size([4, 5]))
     """
     spec = flow_spec(name)
     shape = (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)

@@ -25,6 +25,15 @@ cheaper (PPO, Pendulum-v1, 3 seeds: 0.88x the Gaussian's steps/s against 0.69x).
 
 Flow PPO actions: the rollout stores the pre-squash value ``u`` and NAF's slope
 floor is 0.1 (the policy's defaults; see :class:`agents.FlowActorCriticPolicy`).
+Recorded with this script (PPO, Pendulum-v1), the reasons for both defaults:
+with box actions (``store_pre_squash=False``), a good policy saturates the
+torque and a third of the rollout sat on the bound, scored at the clamped
+point ``|u| = 7.25``; NAF-PPO's approximate KL per update reached 1 to 7000.
+With NAF's own slope floor (1e-3) the policy reached the bound by flattening
+one sigmoid until its samples sat at ``|u| ~ 1e3..1e4``, where a small slope
+change moved a stored action's log-density by thousands of nats (approximate
+KL per update up to 7000); with a floor of 0.1, ``|u|`` stays below about 50
+and the KL near 0.04.
 
 Flow PPO entropy: with ``ent_coef == 0`` the entropy term is multiplied by zero,
 so the flows default to ``entropy_samples=0`` (no Monte-Carlo entropy pass; SB3

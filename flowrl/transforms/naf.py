@@ -14,17 +14,15 @@ through the layers: ``log dy/dx = LSE_k(log w_k + log a_k + log sigmoid(u_k)
 + log sigmoid(-u_k) + log du_k/dx) - log y - log(1 - y)``.
 Each sum over sigmoids is one batched matrix product with the mixing
 weights after a shift by the largest term (:func:`_log_mix`), not a
-logsumexp over the whole ``n x k`` grid: DDSF's numerical inverse, which
-evaluates the transformer 5 to 10 times a dimension, runs about twice as fast.
+logsumexp over the whole ``n x k`` grid (the numerical inverse evaluates the
+transformer several times a dimension, so this cost counts twice).
 
 The pseudo-parameters come from a conditioner (MADE).  Fixed offsets spread
 the sigmoids' shifts over ``[-spread, spread]`` (and tilt DDSF's hidden
 mixing rows apart), so zero pseudo-parameters give the smooth near-identity
 ``logit(mean_k sigmoid(x + beta_k))``, not ``k`` copies of one sigmoid (which
-get identical gradients and stay a single affine map for ever: before this
-offset, NAF fitted two-moons no better than a 2-layer MAF, 1.96 nats against
-1.43 now).  The inverse is numerical
-(:func:`flowrl.inversion.invert_monotone`).
+get identical gradients and stay a single affine map for ever).  The inverse
+is numerical (:func:`flowrl.inversion.invert_monotone`).
 """
 
 from __future__ import annotations
@@ -151,9 +149,9 @@ class DeepSigmoid(ElementwiseBijection):
         Small batches (at most :data:`GRID_MAX_VALUES` targets) start from one
         batched evaluation on :data:`START_GRID` (``sinh`` of 33 points in
         ``[-10, 10]``, spanning ``|x| <= 1.1e4``), which brackets every root
-        and puts Newton within a few steps of it: a trained NAF policy's roots
-        sit far out in flat tails, where a start from ``y`` needs about 9
-        evaluations and the grid about 3.6.  For a small batch the grid's 33x
+        and puts Newton within a few steps of it, also where a trained NAF
+        policy's roots sit: far out in flat tails, where a start from ``y``
+        needs several more evaluations.  For a small batch the grid's extra
         arithmetic is free (per-op overhead dominates); a large batch starts
         from ``y`` instead.
         """
