@@ -56,7 +56,9 @@ def _check_flow_name(flow: str) -> None:
     if not isinstance(flow, str):
         raise ValueError(f"flow must be the name of a registered flow, got {flow!r}")
     if flow not in flowrl.available_flows():
-        raise ValueError(f"unknown flow {flow!r} for the policy; available flows: {', '.join(flowrl.available_flows())}")
+        raise ValueError(
+            f"unknown flow {flow!r} for the policy; available flows: {', '.join(flowrl.available_flows())}"
+        )
 
 
 def _implements(t: Transform, method: str) -> bool:
@@ -104,7 +106,9 @@ def build_action_flow(
     if not spec.vector:
         raise ValueError(f"flow {flow!r} works on images only and cannot model a vector of actions")
     if action_dim < spec.min_dim:
-        raise ValueError(f"flow {flow!r} needs at least {spec.min_dim} action dimensions, the action space has {action_dim}")
+        raise ValueError(
+            f"flow {flow!r} needs at least {spec.min_dim} action dimensions, the action space has {action_dim}"
+        )
     inner = flowrl.build_flow(flow, action_dim, context_dim, base=base, validate_args=False, **kwargs)
     transform, base_dist = inner.transform, inner.base
     _check_both_directions(flow, transform)

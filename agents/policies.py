@@ -261,7 +261,7 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
         return (low + (high - low) * (np.tanh(scaled_action) + 1.0) / 2.0).astype(self.action_space.dtype)
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """SB3's rollout step, with actions and their log-density from one pass (:meth:`FlowDistribution.actions_and_log_prob`)."""
+        """SB3's rollout step; actions and log-density from one pass (:meth:`FlowDistribution.actions_and_log_prob`)."""
         features = self.extract_features(obs)
         if self.share_features_extractor:
             latent_pi, latent_vf = self.mlp_extractor(features)

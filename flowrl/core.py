@@ -9,7 +9,7 @@ matching point).  Transforms act on tensors of shape ``(batch, *event_shape)``;
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -142,27 +142,31 @@ class Compose(Transform):
         if len(self.transforms) == 0:
             raise ValueError("Compose needs at least one transform")
 
+    @property
+    def _steps(self) -> Sequence[Transform]:
+        return cast(Sequence[Transform], self.transforms)  # a ModuleList of transforms
+
     def parts(self, inverted: bool = False) -> Parts:
-        steps = [(t, inverted) for t in self.transforms]
+        steps = [(t, inverted) for t in self._steps]
         return Parts(steps[::-1] if inverted else steps)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])
-        for t in self.transforms:
+        for t in self._steps:
             x, ld = t(x, context)
             total = total + ld
         return x, total
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total = z.new_zeros(z.shape[0])
-        for t in reversed(self.transforms):
+        for t in reversed(self._steps):
             z, ld = t.inverse(z, context)
             total = total + ld
         return z, total
 
     def jacobian_mask(self, dim: int) -> Optional[Tensor]:
         mask = torch.eye(dim, dtype=torch.bool)
-        for t in self.transforms:
+        for t in self._steps:
             m = t.jacobian_mask(dim)
             if m is None:
                 return None

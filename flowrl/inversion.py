@@ -120,8 +120,9 @@ def _solve(
     left = ~done
     if bool((expansions > max_expansions).any()):
         raise InversionError(
-            f"could not bracket the root of a monotone map for {int((left & (expansions > max_expansions)).sum().item())} "
-            f"of {y.numel()} values after {max_expansions} expansions (is the map onto the real line? are the targets finite?)"
+            f"could not bracket the root of a monotone map for "
+            f"{int((left & (expansions > max_expansions)).sum().item())} of {y.numel()} values after "
+            f"{max_expansions} expansions (is the map onto the real line? are the targets finite?)"
         )
     raise InversionError(
         f"numerical inverse did not converge for {int(left.sum().item())} of {y.numel()} values in {max_iter} "

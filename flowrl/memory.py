@@ -116,7 +116,10 @@ DOUBLE_BACKWARD_MESSAGE = (
 class Block:
     """One step of a flattened stack: ``apply`` runs it, ``reconstruct`` undoes it."""
 
-    analytic_inverse: bool = True
+    @property
+    def analytic_inverse(self) -> bool:
+        """Whether this step's reconstruction is exact (not a numerical solve)."""
+        return True
 
     @property
     def keeps_input(self) -> bool:
@@ -142,7 +145,7 @@ class TransformBlock(Block):
     inverted: bool
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
+    def analytic_inverse(self) -> bool:
         return bool(self.module.analytic_inverse)
 
     @property
@@ -168,7 +171,7 @@ class LiftedBlock(Block):
     around: Callable[[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]]], tuple[Tensor, Tensor]]
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
+    def analytic_inverse(self) -> bool:
         return self.block.analytic_inverse
 
     @property
@@ -192,11 +195,11 @@ class SegmentBlock(Block):
     blocks: tuple[Block, ...]
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
+    def analytic_inverse(self) -> bool:
         return all(b.analytic_inverse for b in self.blocks)
 
     @property
-    def keeps_input(self) -> bool:  # type: ignore[override]
+    def keeps_input(self) -> bool:
         return any(b.keeps_input for b in self.blocks)
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -380,7 +383,7 @@ def _plan(blocks: list[Block], keep_inputs: bool = True) -> tuple[_Plan, list[nn
     index: dict[int, int] = {}
     per_block = []
     for b in blocks:
-        mine = []
+        mine: list[tuple[int, nn.Parameter]] = []
         for p in (p for m in b.submodules() for p in m.parameters()):
             if not p.requires_grad or any(q is p for _, q in mine):
                 continue
@@ -396,7 +399,7 @@ class _MemorySavingStack(torch.autograd.Function):
     """Forward without storing activations; backward rebuilds them block by block."""
 
     @staticmethod
-    def forward(ctx, plan: _Plan, x: Tensor, context: Optional[Tensor], *params: Tensor):  # type: ignore[override]
+    def forward(ctx, plan: _Plan, x: Tensor, context: Optional[Tensor], *params: Tensor):
         # the stack's input and the inputs of steps whose reconstruction is sequential are kept
         kept: list[Tensor] = []
         kept_at: list[int] = []
@@ -417,7 +420,7 @@ class _MemorySavingStack(torch.autograd.Function):
         return y, logdet
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, grad_logdet: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_y: Tensor, grad_logdet: Tensor):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
         plan: _Plan = ctx.plan
@@ -461,7 +464,8 @@ class _MemorySavingStack(torch.autograd.Function):
             for j, (idx, _) in enumerate(plan.block_params[k]):
                 g = grads[i + j] if grads else None
                 if g is not None:
-                    grad_params[idx] = g if grad_params[idx] is None else grad_params[idx] + g
+                    known = grad_params[idx]
+                    grad_params[idx] = g if known is None else known + g
             y = x
         grad_x = grad_y if ctx.needs_input_grad[1] else None
         return (None, grad_x, grad_context, *grad_params)

@@ -80,7 +80,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .core import Compose, Transform
 from .flow import Flow

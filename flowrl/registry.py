@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import torch
 
 from .core import Transform
-from .distributions import ConditionalDiagonalNormal, StandardNormal
+from .distributions import BaseDistribution, ConditionalDiagonalNormal, StandardNormal
 from .flow import Flow
 from .memory import MemorySaving
 
@@ -192,6 +192,7 @@ def build_flow(
                 "(see flowrl.memory.memory_saving(..., allow_numerical_inverse=True) to opt in)"
             )
         transform = MemorySaving(transform, strict=memory_saving == "strict")
+    base_dist: BaseDistribution
     if base == "normal":
         base_dist = StandardNormal(shape)
     elif base == "conditional":

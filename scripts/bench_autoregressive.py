@@ -38,8 +38,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import flowrl  # noqa: E402
 from flow_cases import perturb  # noqa: E402
+
+import flowrl  # noqa: E402
 
 OURS = {
     "maf": {},

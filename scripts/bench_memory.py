@@ -219,7 +219,8 @@ def _drift(args, depth: int) -> dict[str, float]:
             loss.backward()
             opts[m].step()
             losses[m] = loss.item()
-    param_gap = max((p - q).abs().max().item() for p, q in zip(flows["plain"].parameters(), flows["saving"].parameters()))
+    pairs = zip(flows["plain"].parameters(), flows["saving"].parameters())
+    param_gap = max((p - q).abs().max().item() for p, q in pairs)
     # gradient error of memory saving alone: the plain stack at the memory-saving copy's parameters
     flows["plain"].load_state_dict(flows["saving"].state_dict())
     x, c = _data(args, 7)
@@ -316,7 +317,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             d = _drift(args, depth)
             rows.append([str(depth), f"{d['drift']:.2e}", f"{d['grad_rel']:.2e}", f"{d['loss_plain']:.4f}",
                          f"{d['loss_saving']:.4f}", f"{d['param_gap']:.2e}"])
-        print(f"\nFloat32, after {args.train_steps} Adam steps of a plain and a memory-saving copy on the same batches:")
+        print(f"\nFloat32, after {args.train_steps} Adam steps of a plain and a memory-saving copy on the same "
+              "batches:")
         print("rebuilt-activation error and gradient difference at the same (trained) parameters; final losses;")
         print("parameter gap between the two trajectories (float32 round-off amplified by training)")
         print(_table(["depth", "max |x_rebuilt - x|", "grad rel. diff", "loss plain", "loss saving",

@@ -14,8 +14,8 @@ import torch
 from ..core import Compose, Inverse, Transform
 from ..registry import register_flow, register_transform
 from ..transforms.autoregressive import MaskedAutoregressive
-from ..transforms.elementwise import Affine, ElementwiseBijection
 from ..transforms.bnaf import BlockNAF
+from ..transforms.elementwise import Affine, ElementwiseBijection
 from ..transforms.naf import DeepSigmoid
 from ..transforms.permutations import ReversePermutation
 from ..transforms.sos import SumOfSquaresPolynomial

@@ -11,7 +11,7 @@ from ..transforms.lowrank import PlanarMap, RadialMap, SylvesterMap
 _SMALL = dict(transforms=2, hidden_features=(8,))
 
 
-def _orient(maps: list[Transform], closed_form: str) -> Transform:
+def _orient(maps: Sequence[Transform], closed_form: str) -> Transform:
     """Put the closed-form direction of each map on the sampling side (default) or the density side."""
     if closed_form == "sample":
         return Compose([Inverse(m) for m in reversed(maps)])
@@ -76,7 +76,9 @@ def build_sylvester(
     _check(transforms)
     (dim,) = shape
     maps = [
-        SylvesterMap(dim, context_dim, variant, rank, reflections, reverse=(i % 2 == 1), hidden_features=hidden_features)
+        SylvesterMap(
+            dim, context_dim, variant, rank, reflections, reverse=(i % 2 == 1), hidden_features=hidden_features
+        )
         for i in range(transforms)
     ]
     return _orient(maps, closed_form)
@@ -86,4 +88,6 @@ register_transform("planar_map", lambda d, c: PlanarMap(d, c, (8,)))
 register_transform("radial_map", lambda d, c: RadialMap(d, c, (8,)))
 register_transform("sylvester_orthogonal", lambda d, c: SylvesterMap(d, c, "orthogonal", hidden_features=(8,)))
 register_transform("sylvester_householder", lambda d, c: SylvesterMap(d, c, "householder", hidden_features=(8,)))
-register_transform("sylvester_triangular", lambda d, c: SylvesterMap(d, c, "triangular", reverse=True, hidden_features=(8,)))
+register_transform(
+    "sylvester_triangular", lambda d, c: SylvesterMap(d, c, "triangular", reverse=True, hidden_features=(8,))
+)

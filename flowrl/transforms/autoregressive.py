@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core import Transform
 from ..made import MADE
@@ -37,6 +37,8 @@ class MaskedAutoregressive(Transform):
 
     Its inverse is analytic exactly when ``tau``'s is (``bijection.analytic_inverse``).
     """
+
+    made: MADE
 
     #: cost hint: ``inverse`` takes ``D`` sequential passes (memory-saving backprop stores this layer's input)
     sequential_inverse = True

@@ -45,6 +45,10 @@ class Coupling(Transform):
             ``|B| * bijection.num_params``.
     """
 
+    identity_idx: Tensor
+    transform_idx: Tensor
+    conditioner: nn.Module
+
     def __init__(
         self,
         mask: Tensor,

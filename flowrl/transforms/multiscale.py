@@ -102,7 +102,7 @@ class FactorOut(Transform):
         return Parts([(self.inner, inverted)], self.around)
 
     def around(self, x: Tensor, run: Callable[[Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """``(run(x[:, :keep]), x[:, keep:])``: ``run`` (any steps of ``inner``, either direction) on the kept channels."""
+        """``(run(x[:, :keep]), x[:, keep:])``: ``run`` (steps of ``inner``, either direction) on the kept channels."""
         y, ld = run(x[:, : self.keep])
         return torch.cat([y, x[:, self.keep:]], dim=1), ld
 

@@ -114,8 +114,9 @@ class DeepSigmoid(ElementwiseBijection):
             a = F.softplus(a_raw + _SOFTPLUS_INV_1) + self.min_slope
             b = b + self._shift_offset.to(b)
             w_logits = w_raw.unflatten(-1, (n, k))
-            if self._mix_offset[n] is not None:
-                w_logits = w_logits + self._mix_offset[n].to(w_logits)
+            mix_offset = self._mix_offset[n]
+            if mix_offset is not None:
+                w_logits = w_logits + mix_offset.to(w_logits)
             log_w = torch.log_softmax(w_logits, dim=-1)
             out.append((log_u, a, torch.log(a), b, log_w, None if log_u is None else log_u.exp(), log_w.exp()))
         return out

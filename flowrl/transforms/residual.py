@@ -22,8 +22,9 @@ Evaluation mode is deterministic: the spectral-norm estimates are frozen
 (``|error| <= D L^{n+1} / ((n+1)(1-L))``, ``L = coeff ** n_layers``).  The
 traces are exact (``D`` basis probes) when ``D <= eval_probes``; otherwise
 ``m = eval_probes`` fixed Rademacher probes add an error whose standard
-deviation (over the probe draw) is at most ``sqrt(2 D / m) (-log(1 - L))``.  With the default ``eval_exact_dim = 64`` the
-eval log-det is exact (to float precision) up to 64 dimensions.
+deviation (over the probe draw) is at most ``sqrt(2 D / m) (-log(1 - L))``.
+With the default ``eval_exact_dim = 64`` the eval log-det is exact (to float
+precision) up to 64 dimensions.
 
 The inverse solves ``x = z - g(x)`` by fixed-point iteration (tolerance,
 iteration cap, :class:`~flowrl.inversion.FixedPointError`); it is
@@ -54,6 +55,8 @@ __all__ = ["ResidualBlock"]
 
 class ResidualBlock(Transform):
     """``z = x + g(x, c)`` over vectors of size ``dim``; see the module docstring for the options."""
+
+    g: LipschitzMLP
 
     analytic_inverse = False
 
@@ -141,6 +144,7 @@ class ResidualBlock(Transform):
             return power_series_logdet(lin.jvp, probes, weights)[0]
         with torch.no_grad():
             value, w = power_series_logdet(lin.detach().jvp, probes, weights, neumann=True)
+        assert w is not None  # neumann=True returns the Neumann weights
         if self.grad_in_forward:
             params = [p for p in self.g.parameters() if p.requires_grad]
             return _ForwardGradLogdet.apply(value, x, context, probes, w, self, *params)
@@ -241,7 +245,7 @@ class _ForwardGradLogdet(torch.autograd.Function):
         mask = fctx.input_mask
         if bool((grad_out == grad_out[:1]).all()):
             scale = grad_out[:1]
-            grads = []
+            grads: list[Optional[Tensor]] = []
             it = iter(saved)
             for i, needed in enumerate(mask):
                 if not needed:
