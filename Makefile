@@ -20,7 +20,10 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) scripts/demo.py $(DEMO_ARGS)
 
+# Lint (ruff), type check (mypy on flowrl/, settings in pyproject.toml), then the suite with its doctests.
 test: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -n 2 --dist loadgroup
 
 test-slow: $(STAMP)

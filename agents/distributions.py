@@ -56,7 +56,9 @@ def _check_flow_name(flow: str) -> None:
     if not isinstance(flow, str):
         raise ValueError(f"flow must be the name of a registered flow, got {flow!r}")
     if flow not in flowrl.available_flows():
-        raise ValueError(f"unknown flow {flow!r} for the policy; available flows: {', '.join(flowrl.available_flows())}")
+        raise ValueError(
+            f"unknown flow {flow!r} for the policy; available flows: {', '.join(flowrl.available_flows())}"
+        )
 
 
 def _implements(t: Transform, method: str) -> bool:
@@ -104,7 +106,9 @@ def build_action_flow(
     if not spec.vector:
         raise ValueError(f"flow {flow!r} works on images only and cannot model a vector of actions")
     if action_dim < spec.min_dim:
-        raise ValueError(f"flow {flow!r} needs at least {spec.min_dim} action dimensions, the action space has {action_dim}")
+        raise ValueError(
+            f"flow {flow!r} needs at least {spec.min_dim} action dimensions, the action space has {action_dim}"
+        )
     inner = flowrl.build_flow(flow, action_dim, context_dim, base=base, validate_args=False, **kwargs)
     transform, base_dist = inner.transform, inner.base
     _check_both_directions(flow, transform)
@@ -129,6 +133,9 @@ class FlowDistribution(Distribution):
       gradient reaches the flow and the features; ``K = entropy_samples``
       (``0``: return ``None`` and let SB3 fall back to ``-log_prob`` of the
       stored actions, cheaper but not the entropy's gradient).
+    * ``actions_and_log_prob(deterministic)``: actions and their log-density
+      from one sampling pass (what a PPO/A2C rollout step stores; the policy's
+      ``forward`` calls it, so no second pass rescores the sample).
     * ``log_prob_from_params(latent)``: actions and their log-density from one
       reparameterised pass (what SAC's actor loss needs).
 
@@ -175,7 +182,6 @@ class FlowDistribution(Distribution):
         self.flow: Optional[Flow] = None
         self._unsquashed: Optional[Flow] = None  # the flow without its squash (shares its modules)
         self.context: Optional[Tensor] = None
-        self._last_sample: Optional[tuple[Tensor, Tensor, int]] = None
 
     # ------------------------------------------------------------ SB3 protocol
     def proba_distribution_net(self, latent_dim: int) -> Flow:
@@ -193,7 +199,6 @@ class FlowDistribution(Distribution):
         if self.flow is None:
             raise ValueError("call proba_distribution_net(latent_dim) before proba_distribution")
         self.context = latent
-        self._last_sample = None
         return self
 
     def _ready(self) -> tuple[Flow, Tensor]:
@@ -207,21 +212,32 @@ class FlowDistribution(Distribution):
         return (self._unsquashed, ctx) if self.pre_squash else (flow, ctx)  # type: ignore[return-value]
 
     def log_prob(self, actions: Tensor) -> Tensor:
-        """Exact ``log pi(a | c)`` (``log pi(u | c)`` with ``pre_squash``), shape ``(B,)``.
+        """Exact ``log pi(a | c)`` (``log pi(u | c)`` with ``pre_squash``) of given actions, shape ``(B,)``.
 
-        For the very tensor returned by the last :meth:`sample`, unmodified
-        (same version counter), the log-density of its sampling pass is
-        returned (no second pass), unless a box action
-        lies on the box boundary: then the batch is rescored in the density
-        direction, so that the value matches what scoring the stored action
-        later gives (SB3's PPO compares the two).
+        Always one pass in the density direction; the log-density of a fresh
+        sample comes with it from :meth:`actions_and_log_prob` instead.
         """
         flow, ctx = self._action_flow()
-        last = self._last_sample
-        if last is not None and actions is last[0] and actions._version == last[2]:  # not modified in place
-            if self.pre_squash or not bool(flow.transform.transforms[0].on_boundary(actions.detach()).any()):
-                return last[1]
         return flow.log_prob(actions.reshape(-1, self.action_dim).to(ctx.dtype), ctx)
+
+    def actions_and_log_prob(self, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Actions ``(B, D)`` and their log-density ``(B,)``: what a rollout step stores.
+
+        A sample and its log-density come from one sampling pass, except that
+        a batch with a box action on the boundary is rescored in the density
+        direction, so that the value matches what scoring the stored action
+        later gives (SB3's PPO compares the two).  ``deterministic``: the
+        :meth:`mode` and its :meth:`log_prob`.
+        """
+        if deterministic:
+            actions = self.mode()
+            return actions, self.log_prob(actions)
+        flow, ctx = self._action_flow()
+        samples, log_prob = flow.rsample_and_log_prob(1, ctx)
+        actions = samples[0]
+        if not self.pre_squash and bool(flow.transform.transforms[0].on_boundary(actions.detach()).any()):
+            return actions, self.log_prob(actions)
+        return actions, log_prob[0]
 
     def entropy(self) -> Optional[Tensor]:
         """Reparameterised Monte-Carlo entropy ``-(1/K) sum_k log pi(a_k | c)``, shape ``(B,)`` (see class doc)."""
@@ -232,14 +248,9 @@ class FlowDistribution(Distribution):
         return -log_prob.mean(dim=0)
 
     def sample(self) -> Tensor:
-        """One reparameterised action per context row, ``(B, D)`` (its log-density is kept for :meth:`log_prob`)."""
+        """One reparameterised action per context row, ``(B, D)``."""
         flow, ctx = self._action_flow()
-        actions, log_prob = flow.rsample_and_log_prob(1, ctx)
-        # Keep the very tensor handed out: log_prob() recognises it by identity
-        # (``actions[0]`` makes a new view object at every indexing).
-        sample = actions[0]
-        self._last_sample = (sample, log_prob[0], sample._version)
-        return sample
+        return flow.rsample(1, ctx)[0]
 
     def mode(self) -> Tensor:
         """Deterministic action: the base mode pushed through the flow (and the squash), ``(B, D)``."""

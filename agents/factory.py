@@ -81,6 +81,12 @@ def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
 
     With ``env.normalize_obs`` it is wrapped in ``VecNormalize`` (observations
     only, fresh statistics; :func:`train` restores them when it resumes).
+
+    Example:
+        >>> from agents.config import TrainConfig
+        >>> env = make_env(TrainConfig(env=dict(id="flowrl/PointMaze-v0", n_envs=2)))
+        >>> env.num_envs, env.observation_space.shape
+        (2, (2,))
     """
     try:
         gym.spec(cfg.env.id)

@@ -116,6 +116,13 @@ class FlowSACPolicy(SACPolicy):
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
     (see the module doc).  The deterministic action is the base mode pushed
     through the flow and the squash.
+
+    Example:
+        >>> from stable_baselines3 import SAC
+        >>> model = SAC(FlowSACPolicy, "Pendulum-v1", learning_starts=32, batch_size=32, device="cpu",
+        ...             policy_kwargs=dict(flow="naf", flow_kwargs=dict(transforms=1, hidden_features=(16,))))
+        >>> model.learn(48).policy.actor.action_dist.direction  # NAF: sampling and log-density in one pass
+        'sample'
     """
 
     def __init__(
@@ -158,8 +165,8 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
     Monte-Carlo estimate with ``entropy_samples`` samples per state (``0``:
     return ``None`` and let SB3 use ``-log_prob`` of the stored actions).
 
-    Speed: a rollout step is one sampling pass (its log-density is reused, not
-    recomputed); a minibatch is one density pass over the stored actions plus,
+    Cost: a rollout step is one sampling pass (:meth:`forward` keeps its
+    log-density); a minibatch is one density pass over the stored actions plus,
     with ``entropy_samples=K > 0``, a sampling pass over ``K`` actions per state
     and its backward.  SB3's PPO computes ``ent_coef * entropy_loss`` even when
     ``ent_coef == 0``, so with ``ent_coef=0`` pass ``entropy_samples=0``: the
@@ -172,24 +179,27 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
     it sends to the env, and in ``predict``, when ``squash_output`` is true).
     PPO's ratio ``pi_new(u) / pi_old(u)`` equals the ratio of the box densities
     (the squash's Jacobian does not depend on the parameters), but in ``u``
-    it stays exact for actions that float32 ``tanh`` rounds onto the boundary.
-    With box actions instead (``False``), every such action is scored at the
-    clamped point ``|u| = 7.25``: on Pendulum-v1, where a good policy saturates
-    the torque, a third of the rollout sat there and NAF-PPO's approximate KL
-    per update reached 1 to 7000 (``scripts/bench_policies.py``; see the
-    closing notes).  ``policy(obs)`` and ``evaluate_actions`` therefore see
+    it stays exact for actions that float32 ``tanh`` rounds onto the boundary;
+    box actions (``False``) score every such action at the clamped point
+    ``|u| = 7.25``.  ``policy(obs)`` and ``evaluate_actions`` therefore see
     ``u``; ``predict`` returns box actions either way.
 
     NAF: ``flow_kwargs["min_slope"]`` defaults to :data:`PPO_NAF_MIN_SLOPE`
-    (0.1; NAF's own default is 1e-3).  A policy that saturates its action
-    (Pendulum-v1's torque) reached the bound, with a floor of 1e-3, by
-    flattening one sigmoid until its samples sat at ``|u| ~ 1e3..1e4``; there
-    a small change of that slope moved a stored action's log-density by
-    thousands of nats (PPO's approximate KL per update: up to 7000).  With a
-    floor of 0.1 ``|u|`` stays below about 50 and the KL stays near 0.04.
+    (NAF's own default is 1e-3): a floor on every sigmoid's slope bounds how
+    far a policy that saturates its action can push ``|u|`` into a flat tail,
+    where a small change of the slope moves a stored action's log-density
+    (and PPO's ratio) by a lot.  ``scripts/bench_policies.py`` measures both
+    settings (README, Benchmarks).
 
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
     (see the module doc), ``entropy_samples``, ``store_pre_squash``.
+
+    Example:
+        >>> from stable_baselines3 import PPO
+        >>> model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, device="cpu",
+        ...             policy_kwargs=dict(flow="realnvp", flow_kwargs=dict(transforms=2, hidden_features=(16,))))
+        >>> model.learn(64).policy.action_dist.flow_name
+        'realnvp'
     """
 
     def __init__(
@@ -249,6 +259,18 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
             return super().unscale_action(scaled_action)
         low, high = self.action_space.low, self.action_space.high  # type: ignore[attr-defined]
         return (low + (high - low) * (np.tanh(scaled_action) + 1.0) / 2.0).astype(self.action_space.dtype)
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """SB3's rollout step; actions and log-density from one pass (:meth:`FlowDistribution.actions_and_log_prob`)."""
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            latent_pi, latent_vf = self.mlp_extractor(features)
+        else:
+            pi_features, vf_features = features
+            latent_pi = self.mlp_extractor.forward_actor(pi_features)
+            latent_vf = self.mlp_extractor.forward_critic(vf_features)
+        actions, log_prob = self._get_action_dist_from_latent(latent_pi).actions_and_log_prob(deterministic)
+        return actions.reshape((-1, *self.action_space.shape)), self.value_net(latent_vf), log_prob  # type: ignore[misc]
 
     def _get_action_dist_from_latent(self, latent_pi: Tensor) -> FlowDistribution:  # type: ignore[override]
         return self.action_dist.proba_distribution(latent_pi)  # type: ignore[union-attr, return-value]

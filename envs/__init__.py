@@ -14,8 +14,8 @@ Importing ``envs`` registers:
 
 from gymnasium.envs.registration import register, registry
 
-from .coverage import CoverageTracker, CoverageWrapper, maze_tracker
 from .bandit import TwoModeBandit
+from .coverage import CoverageTracker, CoverageWrapper, maze_tracker
 from .deep_sea import DeepSea
 from .layout import MazeLayout, available_layouts, load_layout
 from .maze import PointMaze, render_maze

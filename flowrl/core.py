@@ -9,12 +9,38 @@ matching point).  Transforms act on tensors of shape ``(batch, *event_shape)``;
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Transform", "Compose", "Inverse"]
+__all__ = ["Transform", "Parts", "Compose", "Inverse"]
+
+
+class Parts(NamedTuple):
+    """A transform seen as the transforms it is made of (see :meth:`Transform.parts`).
+
+    ``steps``: ``(transform, inverted)`` pairs in the order they are applied
+    (``inverted``: the step applies that transform's :meth:`~Transform.inverse`).
+    ``around``: ``None`` when the transform is the plain composition of its
+    steps; otherwise ``around(x, run)`` runs ``run`` (any run of consecutive
+    steps, in either direction) in the wrapper's frame, e.g. between a squeeze
+    and an unsqueeze.  It must distribute over composition,
+    ``around(x, g o f) = around(around(x, f), g)`` with log-dets added, which
+    holds for parameter-free reshuffles and for acting on a slice.
+    """
+
+    steps: list[tuple["Transform", bool]]
+    around: Optional[Callable[[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]]], tuple[Tensor, Tensor]]] = None
+
+
+def _transforms_below(module: nn.Module) -> Iterator["Transform"]:
+    """The nearest :class:`Transform` descendants of ``module`` (through plain modules such as ``ModuleList``)."""
+    for child in module.children():
+        if isinstance(child, Transform):
+            yield child
+        else:
+            yield from _transforms_below(child)
 
 
 class Transform(nn.Module):
@@ -24,20 +50,69 @@ class Transform(nn.Module):
     (noise -> data), each returning ``(output, logabsdet)`` with ``logabsdet``
     of shape ``(batch,)``.
 
-    Class attributes describe the transform to generic machinery:
+    Facts that generic machinery (the registry, memory-saving backprop, the
+    policies) reads from every transform, stated once by the transform itself:
 
-    * ``analytic_inverse``: ``True`` when :meth:`inverse` is exact in closed
-      form, ``False`` when it is found numerically (bisection, fixed point,
-      ODE solve).  Memory-saving backprop refuses numerical inverses.
+    * :attr:`analytic_inverse`: both directions are exact and closed-form (or
+      a finite exact procedure); ``False`` when one of them is found
+      numerically (bisection, fixed point, ODE solve).
+    * :attr:`sequential_inverse` / :attr:`sequential_forward`: that direction
+      takes ``D`` sequential passes (an autoregressive layer's inverse): a
+      cost hint; memory-saving backprop stores such a step's input rather than
+      rebuild it through the slow direction.
+    * :attr:`awaits_initialisation`: a data-dependent initialisation (ActNorm)
+      will happen on the next forward batch.
+    * :meth:`parts`: a wrapper's steps, so that machinery can open it up.
+
+    A leaf states a fact that differs from the default as a class attribute
+    (``analytic_inverse = False``) or a property; a wrapper that returns
+    :meth:`parts` gets all of them derived from its steps.
     """
-
-    analytic_inverse: bool = True
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:  # noqa: D401
         raise NotImplementedError
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def parts(self, inverted: bool = False) -> Optional[Parts]:
+        """This transform (its inverse if ``inverted``) as steps applied in order; ``None`` for a single step.
+
+        :class:`Compose` returns its children, :class:`Inverse` its base
+        transform inverted; multi-scale wrappers return their inner transform
+        with an ``around`` (squeeze/unsqueeze, slice/concatenate).
+        """
+        return None
+
+    @property
+    def analytic_inverse(self) -> bool:
+        """Whether both directions are exact in closed form (``False``: one is a numerical solve).
+
+        Memory-saving backprop refuses transforms whose inverse is numerical.
+        Default: ``True`` for a single step, all of its steps' for a wrapper.
+        """
+        parts = self.parts()
+        return parts is None or all(t.analytic_inverse for t, _ in parts.steps)
+
+    @property
+    def sequential_inverse(self) -> bool:
+        """Whether :meth:`inverse` takes ``D`` sequential passes (a cost hint; default ``False``)."""
+        parts = self.parts(inverted=True)
+        return parts is not None and any(_sequential(t, not inv) for t, inv in parts.steps)
+
+    @property
+    def sequential_forward(self) -> bool:
+        """Whether :meth:`forward` takes ``D`` sequential passes (a cost hint; default ``False``)."""
+        parts = self.parts()
+        return parts is not None and any(_sequential(t, not inv) for t, inv in parts.steps)
+
+    @property
+    def awaits_initialisation(self) -> bool:
+        """Whether a data-dependent initialisation will happen on the next forward batch.
+
+        Default: whether any transform inside awaits one (ActNorm before its first batch).
+        """
+        return any(t.awaits_initialisation for t in _transforms_below(self))
 
     def jacobian_mask(self, dim: int) -> Optional[Tensor]:
         """Declared zero pattern of ``dz/dx`` for a vector input of size ``dim``.
@@ -49,62 +124,49 @@ class Transform(nn.Module):
         return None
 
 
+def _sequential(t: Transform, forward: bool) -> bool:
+    """Whether running ``t`` in the given direction takes sequential passes."""
+    return t.sequential_forward if forward else t.sequential_inverse
+
+
 class Compose(Transform):
     """Composition ``f = f_K o ... o f_1``; ``log|det J_f| = sum_k log|det J_{f_k}|``.
 
-    ``memory_saving=True`` trains with O(1) activation memory in depth: the
-    backward pass rebuilds each block's input from its output with the exact
-    inverse instead of storing it (see :mod:`flowrl.memory`).
+    For O(1) activation memory in depth, wrap the stack with
+    :func:`flowrl.memory.memory_saving`.
     """
 
-    def __init__(self, transforms: Iterable[Transform], memory_saving: bool = False):
+    def __init__(self, transforms: Iterable[Transform]):
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
         if len(self.transforms) == 0:
             raise ValueError("Compose needs at least one transform")
-        self.memory_saving = False
-        if memory_saving:
-            self.enable_memory_saving()
-
-    def enable_memory_saving(self, allow_numerical_inverse: bool = False) -> "Compose":
-        """Switch this stack (and every stack nested in it) to memory-saving backprop.
-
-        ``ValueError`` if a transform inverts numerically, unless ``allow_numerical_inverse``.
-        """
-        from .memory import enable
-
-        enable(self, allow_numerical_inverse)
-        return self
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return all(t.analytic_inverse for t in self.transforms)
+    def _steps(self) -> Sequence[Transform]:
+        return cast(Sequence[Transform], self.transforms)  # a ModuleList of transforms
+
+    def parts(self, inverted: bool = False) -> Parts:
+        steps = [(t, inverted) for t in self._steps]
+        return Parts(steps[::-1] if inverted else steps)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        if self.memory_saving:
-            from .memory import memory_saving_call
-
-            return memory_saving_call(self, x, context)
         total = x.new_zeros(x.shape[0])
-        for t in self.transforms:
+        for t in self._steps:
             x, ld = t(x, context)
             total = total + ld
         return x, total
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        if self.memory_saving:
-            from .memory import memory_saving_call
-
-            return memory_saving_call(self, z, context, inverse=True)
         total = z.new_zeros(z.shape[0])
-        for t in reversed(self.transforms):
+        for t in reversed(self._steps):
             z, ld = t.inverse(z, context)
             total = total + ld
         return z, total
 
     def jacobian_mask(self, dim: int) -> Optional[Tensor]:
         mask = torch.eye(dim, dtype=torch.bool)
-        for t in self.transforms:
+        for t in self._steps:
             m = t.jacobian_mask(dim)
             if m is None:
                 return None
@@ -123,9 +185,8 @@ class Inverse(Transform):
         super().__init__()
         self.base_transform = transform
 
-    @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return self.base_transform.analytic_inverse
+    def parts(self, inverted: bool = False) -> Parts:
+        return Parts([(self.base_transform, not inverted)])
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         return self.base_transform.inverse(x, context)

@@ -14,7 +14,9 @@ def _generator(seed: int | torch.Generator) -> torch.Generator:
     return seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
 
 
-def two_moons(n: int, seed: int | torch.Generator = 0, dtype: torch.dtype = torch.float32, noise: float = 0.1) -> Tensor:
+def two_moons(
+    n: int, seed: int | torch.Generator = 0, dtype: torch.dtype = torch.float32, noise: float = 0.1
+) -> Tensor:
     """Two interleaved half circles (scaled by 1.5, roughly centred) plus Gaussian noise of std ``noise``."""
     g = _generator(seed)
     t = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
@@ -26,7 +28,9 @@ def two_moons(n: int, seed: int | torch.Generator = 0, dtype: torch.dtype = torc
     return pts.to(dtype)
 
 
-def eight_gaussians(n: int, seed: int | torch.Generator = 0, dtype: torch.dtype = torch.float32, std: float = 0.25) -> Tensor:
+def eight_gaussians(
+    n: int, seed: int | torch.Generator = 0, dtype: torch.dtype = torch.float32, std: float = 0.25
+) -> Tensor:
     """A mixture of 8 Gaussians of std ``std`` with centres evenly spaced on a circle of radius 2."""
     g = _generator(seed)
     k = torch.randint(0, 8, (n,), generator=g)

@@ -42,6 +42,8 @@ class BaseDistribution(nn.Module):
 class StandardNormal(BaseDistribution):
     """``N(0, I)``: ``log p(z) = -0.5 (||z||^2 + D log 2 pi)``."""
 
+    _anchor: Tensor
+
     def __init__(self, shape: Sequence[int] | int):
         super().__init__()
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)

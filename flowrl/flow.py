@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,17 @@ class Flow(nn.Module):
     broadcasts against ``batch``; ``sample(n)`` returns ``(n, *shape)`` and
     ``sample(n, context)`` with ``context`` of shape ``(*B, context_dim)``
     returns ``(n, *B, *shape)``: ``n`` samples per context row.
+
+    Example:
+        >>> import torch
+        >>> from flowrl import Compose, Flow, StandardNormal
+        >>> from flowrl.transforms.coupling import Coupling, alternating_mask
+        >>> from flowrl.transforms.elementwise import Affine
+        >>> flow = Flow(Compose([Coupling(alternating_mask(2, i % 2), Affine(), 0, (16,)) for i in range(2)]),
+        ...             StandardNormal(2))
+        >>> x = flow.sample(3)
+        >>> x.shape, flow.log_prob(x).shape
+        (torch.Size([3, 2]), torch.Size([3]))
     """
 
     def __init__(

@@ -25,6 +25,8 @@ __all__ = ["MADE", "MaskedLinear", "made_degrees"]
 class MaskedLinear(nn.Linear):
     """``y = (W * M) x + b`` with a fixed binary mask ``M`` (a buffer)."""
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor, bias: bool = True):
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
@@ -65,6 +67,11 @@ class MADE(nn.Module):
         activation: hidden nonlinearity.
         zero_last: start the output layer (and the context's direct map) at zero.
     """
+
+    order: Tensor
+    input_degrees: Tensor
+    output_layer: MaskedLinear
+    context_out: Optional[nn.Linear]
 
     def __init__(
         self,
@@ -114,7 +121,7 @@ class MADE(nn.Module):
             raise ValueError(f"MADE built with context_dim={self.context_dim} got context={context is not None}")
         h = x if context is None else torch.cat([x, context.to(x.dtype)], dim=-1)
         out = self.output_layer(self.hidden_layers(h))
-        if self.context_out is not None:
+        if self.context_out is not None and context is not None:
             out = out + self.context_out(context.to(x.dtype))
         return out.reshape(x.shape[0], self.dim, self.params_per_dim)
 
@@ -124,7 +131,7 @@ class MADE(nn.Module):
         h = self.hidden_layers(h)
         last, rows = self.output_layer, slice(i * self.params_per_dim, (i + 1) * self.params_per_dim)
         out = F.linear(h, last.weight[rows] * last.mask[rows], last.bias[rows])
-        if self.context_out is not None:
+        if self.context_out is not None and context is not None:
             out = out + F.linear(context.to(x.dtype), self.context_out.weight[rows])
         return out
 

@@ -11,51 +11,56 @@ context, and the stack's input) are saved for backward, so saved memory is
 independent of depth; one block's (segment's, below) graph is alive at a time
 during backward.
 
-The sampling direction works the same way with the roles swapped (apply
-``f_k^{-1}``, reconstruct with ``f_k``), which is what
-:meth:`flowrl.Flow.rsample_and_log_prob` uses.
+:class:`MemorySaving` wraps a transform (usually a :class:`~flowrl.core.Compose`)
+and runs it this way; :func:`memory_saving` is its checked constructor, and
+``build_flow(..., memory_saving=True)`` uses it.  The sampling direction works
+the same way with the roles swapped (apply ``f_k^{-1}``, reconstruct with
+``f_k``), which is what :meth:`flowrl.Flow.rsample_and_log_prob` uses.
+
+The stack is opened up through the transform protocol alone:
+:meth:`Transform.parts <flowrl.core.Transform.parts>` lists a wrapper's steps
+(a ``Compose``'s children, an ``Inverse``'s base inverted, a multi-scale
+level's inner stack with the ``around`` that squeezes or slices), recursively,
+so that a whole multi-scale Glow is one flat stack of steps; any transform
+without parts is one step.  A new wrapper needs no edit here.
 
 Recompute segments: the flat stack is cut into segments of
 :data:`SEGMENT_STEPS` consecutive steps (e.g. a Glow step's ActNorm, 1x1
 convolution and coupling plus the next step's ActNorm); backward rebuilds and
 recomputes a whole segment at once, with one ``autograd.grad`` call, and the
-reshuffles shared by its steps (a ``Squeezed`` level's squeeze/unsqueeze, a
-``FactorOut``'s slice and concatenation) are done once per segment instead of
-once per step.  Peak memory in backward is one segment's graph, which does not
-depend on depth.
+``around`` shared by consecutive steps of one wrapper (a squeezed level's
+squeeze/unsqueeze, a factored-out level's slice and concatenation) is done
+once per segment instead of once per step.  Peak memory in backward is one
+segment's graph, which does not depend on depth.
 
-Mixed strategy for sequential reconstructions: a step whose reconstruction
-direction takes ``D`` sequential passes (a transform with the cost hint
-``sequential_inverse = True``, e.g. ``MaskedAutoregressive`` in density
-training; ``sequential_forward = True`` for the sampling direction; an IAF is
-``Inverse`` of such layers, so its sampling training rebuilds with their
-inverse too) keeps its input instead: the forward pass stores it and backward
-starts that segment from it.  Saved memory then grows with depth by those
-steps' inputs only (one ``(batch, D)`` tensor per autoregressive layer, not its
-conditioner's activations); the stack's input is kept too (one tensor,
-independent of depth), which spares rebuilding the first segment.
+Mixed strategy for sequential reconstructions (the default): a step whose
+reconstruction direction takes ``D`` sequential passes (the protocol's
+``sequential_inverse``, e.g. ``MaskedAutoregressive`` in density training;
+``sequential_forward`` for the sampling direction, e.g. an IAF's layers)
+keeps its input instead: the forward pass stores it and backward starts that
+segment from it.  Saved memory then grows with depth by those steps' inputs
+only (one ``(batch, D)`` tensor per autoregressive layer, not its
+conditioner's activations).  ``strict=True`` (``build_flow(...,
+memory_saving="strict")``) keeps no such input and rebuilds it by the exact
+``D``-pass reconstruction: saved memory independent of depth for MAF/IAF too,
+at the price of ``D`` conditioner passes per layer in backward.
 
 Cost: one forward without grad, then per segment one reconstruction (the
 other direction, no grad; skipped for kept inputs) plus the usual
 forward-with-grad and backward, i.e. at most two extra passes compared with
-plain backprop.  Measured on CPU with ``scripts/bench_memory.py`` (process CPU
-time, memory-saving / plain, depths 1-64): RealNVP 1.4-1.6x, Glow 3x8x8 and
-3x16x16 1.5-1.7x, MAF density and IAF sampling 1.1-1.5x (mixed strategy; before
-it, 5x: the rebuild ran the ``D``-pass inverse).
+plain backprop (strict mode on autoregressive layers: the ``D``-pass
+reconstruction instead of one pass).  ``scripts/bench_memory.py`` measures
+time and saved memory of every mode against plain backprop.
 
 Numerical drift: a reconstructed input differs from the true activation by the
 round-off of the inverse, and that error is carried (and amplified by each
-block's inverse Lipschitz constant) down the stack.  Measured with
-``scripts/bench_memory.py`` (float32, after training; see
-:func:`reconstruction_drift`): RealNVP on 16-d vectors, max absolute error of
-a rebuilt activation 5e-7 at depth 1 growing to 3e-6 at depth 64 (both
-directions), gradients within 4e-7 relative of plain backprop at the same
-parameters; multi-scale Glow on 3x8x8 images, 4e-6 (1 step per level) to
-3e-5 (64 steps per level), gradients within 1.3e-5 relative.
-Drift grows with the stack's condition number, not only its depth: a stack
-whose scales saturate (outputs of 1e6 from unit inputs after 32 couplings)
-loses its activations entirely in float32.  Use float64, or plain backprop,
-for badly conditioned stacks.
+block's inverse Lipschitz constant) down the stack
+(:func:`reconstruction_drift` measures it; ``scripts/bench_memory.py``
+prints it with the gradient difference after training).  Drift grows with
+the stack's condition number, not only its depth: a stack whose scales
+saturate (outputs of 1e6 from unit inputs after 32 couplings) loses its
+activations entirely in float32.  Use float64, or plain backprop, for badly
+conditioned stacks.
 
 Refusals and caveats:
 
@@ -66,8 +71,8 @@ Refusals and caveats:
   the stack, so gradients are only as accurate as that tolerance.
 * Double backward (``create_graph=True``) is refused with a ``RuntimeError``.
 * When grad is disabled, or nothing requires grad, the plain stack runs.
-* While any block still awaits a data-dependent initialisation (ActNorm's
-  first batch: a submodule with an ``initialized`` flag that is false) the
+* While the stack still awaits a data-dependent initialisation (the
+  protocol's ``awaits_initialisation``: ActNorm before its first batch) the
   plain stack runs, so that the initialising call behaves exactly as without
   memory saving; later calls save memory.
 * Blocks must be deterministic given their input (no dropout in training mode,
@@ -85,10 +90,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .core import Compose, Inverse, Transform
-from .transforms.multiscale import FactorOut, Squeezed, squeeze, unsqueeze
+from .core import Parts, Transform
 
 __all__ = [
+    "MemorySaving",
     "memory_saving",
     "memory_saving_call",
     "flatten_blocks",
@@ -96,7 +101,6 @@ __all__ = [
     "segment_blocks",
     "SEGMENT_STEPS",
     "check_invertible",
-    "enable",
     "reconstruction_drift",
     "SavedTensorMeter",
     "DOUBLE_BACKWARD_MESSAGE",
@@ -112,7 +116,10 @@ DOUBLE_BACKWARD_MESSAGE = (
 class Block:
     """One step of a flattened stack: ``apply`` runs it, ``reconstruct`` undoes it."""
 
-    analytic_inverse: bool = True
+    @property
+    def analytic_inverse(self) -> bool:
+        """Whether this step's reconstruction is exact (not a numerical solve)."""
+        return True
 
     @property
     def keeps_input(self) -> bool:
@@ -132,19 +139,19 @@ class Block:
 
 @dataclass(frozen=True)
 class TransformBlock(Block):
-    """A leaf transform used in one direction (``inverted``: apply its ``inverse``)."""
+    """A single-step transform used in one direction (``inverted``: apply its ``inverse``)."""
 
     module: Transform
     inverted: bool
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
+    def analytic_inverse(self) -> bool:
         return bool(self.module.analytic_inverse)
 
     @property
-    def keeps_input(self) -> bool:  # type: ignore[override]
+    def keeps_input(self) -> bool:
         # reconstruct runs the module's other direction: forward when inverted, else inverse
-        return bool(getattr(self.module, "sequential_forward" if self.inverted else "sequential_inverse", False))
+        return bool(self.module.sequential_forward if self.inverted else self.module.sequential_inverse)
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return self.module.inverse(x, context) if self.inverted else self.module(x, context)
@@ -157,55 +164,25 @@ class TransformBlock(Block):
 
 
 @dataclass(frozen=True)
-class ConjugatedBlock(Block):
-    """``y = g^{-1}(b(g(x)))`` for a parameter-free reshuffle ``g``: a step of a ``Squeezed`` level."""
+class LiftedBlock(Block):
+    """A step of a wrapper with a frame: ``around(x, block)`` (see :class:`flowrl.core.Parts`)."""
 
     block: Block
-    fn: Callable[[Tensor], Tensor]
-    inverse_fn: Callable[[Tensor], Tensor]
+    around: Callable[[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]]], tuple[Tensor, Tensor]]
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
+    def analytic_inverse(self) -> bool:
         return self.block.analytic_inverse
 
     @property
-    def keeps_input(self) -> bool:  # type: ignore[override]
+    def keeps_input(self) -> bool:
         return self.block.keeps_input
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        y, ld = self.block.apply(self.fn(x), context)
-        return self.inverse_fn(y), ld
+        return self.around(x, lambda v: self.block.apply(v, context))
 
     def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        x, ld = self.block.reconstruct(self.fn(y), context)
-        return self.inverse_fn(x), ld
-
-    def submodules(self) -> list[nn.Module]:
-        return self.block.submodules()
-
-
-@dataclass(frozen=True)
-class SlicedBlock(Block):
-    """``y = (b(x[:, :keep]), x[:, keep:])``: a step of a factored-out level's inner stack."""
-
-    block: Block
-    keep: int
-
-    @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return self.block.analytic_inverse
-
-    @property
-    def keeps_input(self) -> bool:  # type: ignore[override]
-        return self.block.keeps_input
-
-    def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        y, ld = self.block.apply(x[:, : self.keep], context)
-        return torch.cat([y, x[:, self.keep:]], dim=1), ld
-
-    def reconstruct(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        x, ld = self.block.reconstruct(y[:, : self.keep], context)
-        return torch.cat([x, y[:, self.keep:]], dim=1), ld
+        return self.around(y, lambda v: self.block.reconstruct(v, context))
 
     def submodules(self) -> list[nn.Module]:
         return self.block.submodules()
@@ -218,11 +195,11 @@ class SegmentBlock(Block):
     blocks: tuple[Block, ...]
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
+    def analytic_inverse(self) -> bool:
         return all(b.analytic_inverse for b in self.blocks)
 
     @property
-    def keeps_input(self) -> bool:  # type: ignore[override]
+    def keeps_input(self) -> bool:
         return any(b.keeps_input for b in self.blocks)
 
     def apply(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -245,17 +222,15 @@ SEGMENT_STEPS = 4
 
 
 def _same_wrapper(a: Block, b: Block) -> bool:
-    if isinstance(a, ConjugatedBlock) and isinstance(b, ConjugatedBlock):
-        return a.fn is b.fn and a.inverse_fn is b.inverse_fn
-    return isinstance(a, SlicedBlock) and isinstance(b, SlicedBlock) and a.keep == b.keep
+    return isinstance(a, LiftedBlock) and isinstance(b, LiftedBlock) and a.around == b.around
 
 
 def merge_blocks(blocks: list[Block]) -> Block:
-    """One block running ``blocks`` in order, with shared reshuffles done once.
+    """One block running ``blocks`` in order, with shared frames entered once.
 
-    Consecutive steps of one ``Squeezed`` level (``unsqueeze o b o squeeze``) become
-    ``unsqueeze o (b_n o ... o b_1) o squeeze`` and consecutive steps on the same
-    kept channels of a ``FactorOut`` slice and concatenate once; recursively.
+    Consecutive steps in the same frame (``around(., b_k)``: e.g. ``unsqueeze o b_k o
+    squeeze`` for the steps of a squeezed level) become ``around(., b_n o ... o b_1)``,
+    which is the same map because ``around`` distributes over composition; recursively.
     """
     runs: list[list[Block]] = []
     for b in blocks:
@@ -268,26 +243,25 @@ def merge_blocks(blocks: list[Block]) -> Block:
         first = run[0]
         if len(run) == 1:
             merged.append(first)
-        elif isinstance(first, ConjugatedBlock):
-            merged.append(ConjugatedBlock(merge_blocks([b.block for b in run]), first.fn, first.inverse_fn))
         else:
-            merged.append(SlicedBlock(merge_blocks([b.block for b in run]), first.keep))  # type: ignore[attr-defined]
+            assert isinstance(first, LiftedBlock)
+            merged.append(LiftedBlock(merge_blocks([b.block for b in run if isinstance(b, LiftedBlock)]), first.around))
     return merged[0] if len(merged) == 1 else SegmentBlock(tuple(merged))
 
 
-def segment_blocks(blocks: list[Block], steps: Optional[int] = None) -> list[Block]:
+def segment_blocks(blocks: list[Block], steps: Optional[int] = None, keep_inputs: bool = True) -> list[Block]:
     """Cut the flat stack into recompute segments of at most ``steps`` steps (merged with :func:`merge_blocks`).
 
-    ``steps`` defaults to :data:`SEGMENT_STEPS`.  A step that keeps its input (its
-    reconstruction is sequential: ``keeps_input``) starts a new segment, whose
-    stored input then serves the whole segment.
+    ``steps`` defaults to :data:`SEGMENT_STEPS`.  With ``keep_inputs``, a step that
+    keeps its input (its reconstruction is sequential: ``keeps_input``) starts a new
+    segment, whose stored input then serves the whole segment.
     """
     steps = SEGMENT_STEPS if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"a recompute segment needs at least 1 step, got {steps}")
     segments: list[list[Block]] = []
     for b in blocks:
-        if not segments or b.keeps_input or len(segments[-1]) >= steps:
+        if not segments or (keep_inputs and b.keeps_input) or len(segments[-1]) >= steps:
             segments.append([b])
         else:
             segments[-1].append(b)
@@ -297,33 +271,19 @@ def segment_blocks(blocks: list[Block], steps: Optional[int] = None) -> list[Blo
 def flatten_blocks(transform: Transform, inverted: bool = False) -> list[Block]:
     """The steps of ``transform`` in the order they are applied (``inverted``: of its inverse).
 
-    The root's children are listed if it is a :class:`Compose`.  Nested plain
-    ``Compose`` and :class:`Inverse` wrappers are opened up (an inverted
-    composition applies its children's inverses in reverse order), and so are
-    the multi-scale wrappers ``Squeezed`` (each inner step between a squeeze and
-    an unsqueeze) and ``FactorOut`` (each inner step on the kept channels), so
-    that a whole multi-scale Glow is one flat stack whose steps all map the
-    level's input shape to itself.  Any other transform is one step.
+    Every transform that has :meth:`~flowrl.core.Transform.parts` is opened up,
+    recursively (an inverted composition applies its children's inverses in
+    reverse order; a wrapper's frame ``around`` is carried by each of its steps),
+    so that a whole multi-scale Glow is one flat stack whose steps all map the
+    stack's input shape to itself.  Any other transform is one step.
     """
-    if isinstance(transform, Compose):
-        children = list(transform.transforms)
-        if inverted:
-            children.reverse()
-        return [b for t in children for b in _flatten(t, inverted)]
-    return _flatten(transform, inverted)
-
-
-def _flatten(transform: Transform, inverted: bool) -> list[Block]:
-    kind = type(transform)
-    if kind is Compose:
-        return flatten_blocks(transform, inverted)
-    if kind is Inverse:
-        return _flatten(transform.base_transform, not inverted)
-    if kind is Squeezed:  # unsqueeze o f_n o ... o f_1 o squeeze = (unsqueeze o f_n o squeeze) o ...
-        return [ConjugatedBlock(b, squeeze, unsqueeze) for b in _flatten(transform.inner, inverted)]
-    if kind is FactorOut:
-        return [SlicedBlock(b, transform.keep) for b in _flatten(transform.inner, inverted)]
-    return [TransformBlock(transform, inverted)]
+    parts = transform.parts(inverted)
+    if parts is None:
+        return [TransformBlock(transform, inverted)]
+    blocks = [b for t, inv in parts.steps for b in flatten_blocks(t, inv)]
+    if parts.around is None:
+        return blocks
+    return [LiftedBlock(b, parts.around) for b in blocks]
 
 
 def check_invertible(transform: Transform, allow_numerical_inverse: bool = False) -> None:
@@ -333,7 +293,7 @@ def check_invertible(transform: Transform, allow_numerical_inverse: bool = False
     numerical = [
         type(m).__name__
         for m in transform.modules()
-        if isinstance(m, Transform) and not isinstance(m, (Compose, Inverse)) and not m.analytic_inverse
+        if isinstance(m, Transform) and m.parts() is None and not m.analytic_inverse
     ]
     if numerical:
         raise ValueError(
@@ -343,47 +303,62 @@ def check_invertible(transform: Transform, allow_numerical_inverse: bool = False
         )
 
 
-def enable(transform: Transform, allow_numerical_inverse: bool = False) -> int:
-    """Switch every :class:`Compose` inside ``transform`` (itself included) to memory saving.
+class MemorySaving(Transform):
+    """``transform`` run with O(1) activation memory in depth (see the module doc); the same map.
 
-    Nested stacks behind other wrappers (a multi-scale level ``Squeezed(Compose(...))``)
-    then save memory too: the outer backward recomputes such a block through its
-    inner memory-saving stack.  Returns the number of stacks switched.
+    ``strict``: keep no input of a step whose reconstruction is sequential (rebuild
+    it by the ``D``-pass direction instead), so that saved memory does not grow
+    with depth for autoregressive stacks either.
+
+    The wrapper is transparent: it shares the wrapped transform's submodules,
+    parameters and buffers (the same dictionaries, not copies), so parameter
+    names, the state dict and attribute access (``.transforms`` of a
+    ``Compose``) are those of ``transform``, and checkpoints load either way.
     """
-    check_invertible(transform, allow_numerical_inverse)
-    stacks = [m for m in transform.modules() if isinstance(m, Compose)]
-    for m in stacks:
-        m.memory_saving = True
-    return len(stacks)
+
+    def __init__(self, transform: Transform, allow_numerical_inverse: bool = False, strict: bool = False):
+        super().__init__()
+        check_invertible(transform, allow_numerical_inverse)
+        object.__setattr__(self, "stack", transform)  # not registered as a child: its contents are shared below
+        self._modules = transform._modules
+        self._parameters = transform._parameters
+        self._buffers = transform._buffers
+        self._non_persistent_buffers_set = transform._non_persistent_buffers_set
+        self.strict = bool(strict)
+        self.training = transform.training
+
+    stack: Transform
+
+    def train(self, mode: bool = True) -> "MemorySaving":
+        super().train(mode)
+        self.stack.training = mode  # its children are ours; its own flag is set here
+        return self
+
+    def parts(self, inverted: bool = False) -> Parts:
+        return Parts([(self.stack, inverted)])
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return memory_saving_call(self.stack, x, context, strict=self.strict)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return memory_saving_call(self.stack, z, context, inverse=True, strict=self.strict)
+
+    def jacobian_mask(self, dim: int) -> Optional[Tensor]:
+        return self.stack.jacobian_mask(dim)
+
+    def extra_repr(self) -> str:
+        return f"{type(self.stack).__name__}, strict={self.strict}"
 
 
-def memory_saving(transform: Transform, allow_numerical_inverse: bool = False) -> Transform:
-    """Make ``transform`` train with O(1) activation memory in depth; returns the transform to use.
+def memory_saving(
+    transform: Transform, allow_numerical_inverse: bool = False, strict: bool = False
+) -> MemorySaving:
+    """Make ``transform`` train with O(1) activation memory in depth: ``MemorySaving(transform, ...)``.
 
-    Every :class:`Compose` inside ``transform`` is switched in place, so the
-    structure and the state dict are unchanged (an IAF ``Inverse(Compose(...))``
-    saves memory in both directions, a multi-scale Glow at every level).  A
-    transform without any ``Compose`` is wrapped in a one-element memory-saving
-    ``Compose`` (its state-dict keys gain the prefix ``transforms.0.``).
+    ``ValueError`` if a step inverts numerically, unless ``allow_numerical_inverse``;
+    ``strict``: see :class:`MemorySaving`.
     """
-    check_invertible(transform, allow_numerical_inverse)
-    if not any(isinstance(m, Compose) for m in transform.modules()):
-        transform = Compose([transform])
-    enable(transform, allow_numerical_inverse)
-    return transform
-
-
-def _awaits_initialisation(blocks: list[Block]) -> bool:
-    """Whether a submodule has an ``initialized`` flag that is still false (one device sync at most)."""
-    flags = []
-    for b in blocks:
-        for m in (m for top in b.submodules() for m in top.modules()):
-            flag = getattr(m, "initialized", None)
-            if isinstance(flag, Tensor):
-                flags.append(flag.reshape(-1).bool())
-            elif flag is not None and not flag:
-                return True
-    return bool(flags) and not bool(torch.cat([f.to(flags[0].device) for f in flags]).all())
+    return MemorySaving(transform, allow_numerical_inverse, strict)
 
 
 def _run_plain(blocks: list[Block], x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -400,14 +375,15 @@ class _Plan:
 
     blocks: list[Block]
     block_params: list[list[tuple[int, nn.Parameter]]]
+    keep_inputs: bool = True
 
 
-def _plan(blocks: list[Block]) -> tuple[_Plan, list[nn.Parameter]]:
+def _plan(blocks: list[Block], keep_inputs: bool = True) -> tuple[_Plan, list[nn.Parameter]]:
     params: list[nn.Parameter] = []
     index: dict[int, int] = {}
     per_block = []
     for b in blocks:
-        mine = []
+        mine: list[tuple[int, nn.Parameter]] = []
         for p in (p for m in b.submodules() for p in m.parameters()):
             if not p.requires_grad or any(q is p for _, q in mine):
                 continue
@@ -416,20 +392,20 @@ def _plan(blocks: list[Block]) -> tuple[_Plan, list[nn.Parameter]]:
                 params.append(p)
             mine.append((index[id(p)], p))
         per_block.append(mine)
-    return _Plan(blocks, per_block), params
+    return _Plan(blocks, per_block, keep_inputs), params
 
 
 class _MemorySavingStack(torch.autograd.Function):
     """Forward without storing activations; backward rebuilds them block by block."""
 
     @staticmethod
-    def forward(ctx, plan: _Plan, x: Tensor, context: Optional[Tensor], *params: Tensor):  # type: ignore[override]
+    def forward(ctx, plan: _Plan, x: Tensor, context: Optional[Tensor], *params: Tensor):
         # the stack's input and the inputs of steps whose reconstruction is sequential are kept
         kept: list[Tensor] = []
         kept_at: list[int] = []
         y, logdet = x, x.new_zeros(x.shape[0])
         for k, block in enumerate(plan.blocks):
-            if k == 0 or block.keeps_input:
+            if k == 0 or (plan.keep_inputs and block.keeps_input):
                 kept.append(y)
                 kept_at.append(k)
             y, ld = block.apply(y, context)
@@ -444,7 +420,7 @@ class _MemorySavingStack(torch.autograd.Function):
         return y, logdet
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, grad_logdet: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_y: Tensor, grad_logdet: Tensor):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
         plan: _Plan = ctx.plan
@@ -488,22 +464,27 @@ class _MemorySavingStack(torch.autograd.Function):
             for j, (idx, _) in enumerate(plan.block_params[k]):
                 g = grads[i + j] if grads else None
                 if g is not None:
-                    grad_params[idx] = g if grad_params[idx] is None else grad_params[idx] + g
+                    known = grad_params[idx]
+                    grad_params[idx] = g if known is None else known + g
             y = x
         grad_x = grad_y if ctx.needs_input_grad[1] else None
         return (None, grad_x, grad_context, *grad_params)
 
 
 def memory_saving_call(
-    transform: Transform, x: Tensor, context: Optional[Tensor] = None, inverse: bool = False
+    transform: Transform, x: Tensor, context: Optional[Tensor] = None, inverse: bool = False, strict: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Apply ``transform`` (or its inverse) to ``x``, storing only the output for backward."""
+    """Apply ``transform`` (or its inverse) to ``x``, storing only the output for backward.
+
+    ``strict``: also rebuild the inputs of steps whose reconstruction is sequential.
+    """
     blocks = flatten_blocks(transform, inverted=inverse)
-    plan, params = _plan(segment_blocks(blocks))
+    keep_inputs = not strict
+    plan, params = _plan(segment_blocks(blocks, keep_inputs=keep_inputs), keep_inputs)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or (context is not None and context.requires_grad) or len(params) > 0
     )
-    if not needs_grad or _awaits_initialisation(blocks):
+    if not needs_grad or transform.awaits_initialisation:
         return _run_plain(blocks, x, context)
     return _MemorySavingStack.apply(plan, x, context, *params)
 

@@ -80,7 +80,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .core import Compose, Transform
 from .flow import Flow
@@ -286,7 +286,7 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
         if key != self._memo_key:
             self.clear_cache()
             self._memo_key = key
-            self._memo_ready = not _awaits_initialisation(self.scoring_flow)
+            self._memo_ready = not self.scoring_flow.transform.awaits_initialisation
         if not self._memo_ready:  # the initialising batch must be the batch as given
             self._memo_key = None
             return fn(z)
@@ -329,12 +329,6 @@ class ImagePseudoCounter(FrameInput, FlowPseudoCounter):
     def extra_repr(self) -> str:
         return (f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}, levels={self.levels}, "
                 f"flow={self.flow_name!r}, estimator={self.estimator!r}, preprocessing={self.preprocessing!r}")
-
-
-def _awaits_initialisation(module: nn.Module) -> bool:
-    """Whether a submodule has an ``initialized`` flag still false (ActNorm before its first batch)."""
-    flags = [m.initialized.reshape(-1) for m in module.modules() if isinstance(getattr(m, "initialized", None), Tensor)]
-    return bool(flags) and not bool(torch.cat([f.bool().to(flags[0].device) for f in flags]).all())
 
 
 def point_image_stream(

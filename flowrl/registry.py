@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from functools import cached_property
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import torch
 
 from .core import Transform
-from .distributions import ConditionalDiagonalNormal, StandardNormal
+from .distributions import BaseDistribution, ConditionalDiagonalNormal, StandardNormal
 from .flow import Flow
+from .memory import MemorySaving
 
 __all__ = [
     "FlowSpec",
@@ -36,9 +40,8 @@ class FlowSpec:
 
     ``image``: accepts an image shape ``(C, H, W)``; ``min_dim``: smallest
     vector dimension it supports; ``test_kwargs``: small settings for the
-    test suite; ``numerical_inverse``: sampling (or density, for IAF-like
-    flows) goes through a numerical solve; ``tolerance``: a looser
-    round-trip tolerance for numerically inverted flows (float64).
+    test suite; ``tolerance``: a looser round-trip tolerance for numerically
+    inverted flows (float64); ``slow``: its property tests are slow.
     """
 
     name: str
@@ -48,9 +51,22 @@ class FlowSpec:
     vector: bool = True
     min_dim: int = 1
     test_kwargs: dict = field(default_factory=dict)
-    numerical_inverse: bool = False
     tolerance: Optional[float] = None
     slow: bool = False
+
+    @cached_property
+    def numerical_inverse(self) -> bool:
+        """Whether one direction of the flow (built with ``test_kwargs``) is a numerical solve.
+
+        Read from the built transform's ``analytic_inverse`` (the transforms
+        state it; nothing is declared here); the global random state is left
+        as it was.  For a flow built with other options, read
+        ``flow.transform.analytic_inverse``.
+        """
+        shape = (max(2, self.min_dim),) if self.vector else (2, 4, 4)
+        with torch.random.fork_rng(devices=[]):
+            transform = self.builder(shape, 0, **self.test_kwargs)
+        return not transform.analytic_inverse
 
 
 _FLOWS: dict[str, FlowSpec] = {}
@@ -64,7 +80,6 @@ def register_flow(
     vector: bool = True,
     min_dim: int = 1,
     test_kwargs: Optional[dict] = None,
-    numerical_inverse: bool = False,
     tolerance: Optional[float] = None,
     slow: bool = False,
 ) -> Callable[[Callable[..., Transform]], Callable[..., Transform]]:
@@ -74,10 +89,7 @@ def register_flow(
         if name in _FLOWS:
             raise ValueError(f"flow {name!r} is already registered")
         doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
-        _FLOWS[name] = FlowSpec(
-            name, builder, doc, image, vector, min_dim, dict(test_kwargs or {}),
-            numerical_inverse, tolerance, slow,
-        )
+        _FLOWS[name] = FlowSpec(name, builder, doc, image, vector, min_dim, dict(test_kwargs or {}), tolerance, slow)
         return builder
 
     return decorator
@@ -121,7 +133,7 @@ def build_flow(
     base: str = "normal",
     base_hidden_features: Sequence[int] | int = (64,),
     validate_args: Optional[bool] = None,
-    memory_saving: bool = False,
+    memory_saving: bool | Literal["strict"] = False,
     **kwargs: Any,
 ) -> Flow:
     """Build the registered flow ``name`` over vectors of size ``dim`` (or images of shape ``dim``).
@@ -136,9 +148,22 @@ def build_flow(
         validate_args: check inputs for shape and finiteness (default: global setting).
         memory_saving: train with O(1) activation memory in depth by rebuilding
             activations from outputs in backward (:mod:`flowrl.memory`);
-            ``ValueError`` for flows whose inverse is numerical.
+            ``ValueError`` for flows whose inverse is numerical.  ``True`` keeps
+            the inputs of autoregressive (MAF/IAF) layers instead of rebuilding
+            them in ``D`` passes; ``"strict"`` rebuilds those too (saved memory
+            independent of depth for every exact flow, slower backward).
         **kwargs: the family's own options; ``transforms`` (number of layers)
             and ``hidden_features`` (hidden widths) are shared by most.
+
+    Example:
+        >>> import torch, flowrl
+        >>> flow = flowrl.build_flow("realnvp", 2, context_dim=3, transforms=2, hidden_features=(16,))
+        >>> c = torch.randn(5, 3)
+        >>> flow.log_prob(torch.randn(5, 2), c).shape
+        torch.Size([5])
+        >>> x, log_p = flow.rsample_and_log_prob(4, c)  # 4 samples per context row, one pass
+        >>> x.shape, log_p.shape
+        (torch.Size([4, 5, 2]), torch.Size([4, 5]))
     """
     spec = flow_spec(name)
     shape = (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)
@@ -157,16 +182,17 @@ def build_flow(
     if context_dim < 0:
         raise ValueError(f"context_dim must be >= 0, got {context_dim}")
     _check_kwargs(spec.builder, kwargs, f"flow {name!r}")
+    if memory_saving not in (False, True, "strict"):
+        raise ValueError(f"memory_saving must be False, True or 'strict', got {memory_saving!r}")
     transform = spec.builder(shape, context_dim, **kwargs)
     if memory_saving:
-        from .memory import memory_saving as _memory_saving
-
-        if spec.numerical_inverse:
+        if not transform.analytic_inverse:
             raise ValueError(
                 f"flow {name!r} inverts numerically; memory-saving backprop needs exact inverses "
                 "(see flowrl.memory.memory_saving(..., allow_numerical_inverse=True) to opt in)"
             )
-        transform = _memory_saving(transform)
+        transform = MemorySaving(transform, strict=memory_saving == "strict")
+    base_dist: BaseDistribution
     if base == "normal":
         base_dist = StandardNormal(shape)
     elif base == "conditional":

@@ -21,7 +21,7 @@ changed since the last training step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,10 @@ class SpectralLinear(nn.Module):
     (present when ``context_features > 0``) is free, because the Lipschitz
     constraint is only needed with respect to ``x``.
     """
+
+    u: Tensor
+    v: Tensor
+    context_weight: Optional[nn.Parameter]
 
     def __init__(
         self,
@@ -193,7 +197,7 @@ class LipschitzMLP(nn.Module):
 
     Every weight acting on ``x`` is spectrally normalised to ``coeff`` and
     ``f`` is LipSwish (Lip <= 1).  Call :meth:`weights` once per transform
-    call (it runs power iteration in training mode), then :meth:`apply` as
+    call (it runs power iteration in training mode), then :meth:`evaluate` as
     often as needed (fixed-point iterations see one fixed function).
     """
 
@@ -221,30 +225,44 @@ class LipschitzMLP(nn.Module):
         """Upper bound ``coeff ** n_layers`` of ``Lip_x(g)`` (given a converged power iteration)."""
         return self.coeff ** len(self.layers)
 
+    @property
+    def _linears(self) -> Sequence[SpectralLinear]:
+        return cast(Sequence[SpectralLinear], self.layers)
+
     def weights(self, update: Optional[bool] = None) -> list[Tensor]:
         """Normalised weights; ``update`` (default: ``self.training``) runs power iteration."""
         update = self.training if update is None else update
-        return [layer.weight_sn(update) for layer in self.layers]
+        return [layer.weight_sn(update) for layer in self._linears]
 
-    def apply(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None,
-              slopes: bool = False, slopes_grad: bool = True) -> tuple[Tensor, Optional[Linearisation]]:
+    @overload
+    def evaluate(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None,
+                 slopes: Literal[False] = False, slopes_grad: bool = True) -> tuple[Tensor, None]: ...
+
+    @overload
+    def evaluate(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None, *,
+                 slopes: Literal[True], slopes_grad: bool = True) -> tuple[Tensor, Linearisation]: ...
+
+    def evaluate(self, weights: list[Tensor], x: Tensor, context: Optional[Tensor] = None,
+                 slopes: bool = False, slopes_grad: bool = True) -> tuple[Tensor, Optional[Linearisation]]:
         """``g(x, c)`` with the given normalised weights, and its :class:`Linearisation` if ``slopes``.
 
         ``slopes_grad=False`` computes the activation slopes outside autograd (nothing is saved for them).
         """
-        first = self.layers[0]
+        layers = self._linears
+        first = layers[0]
         h = x @ weights[0].t() + first.bias
         if first.context_weight is not None:
             if context is None:
                 raise ValueError("this residual block is conditional but no context was given")
             h = h + context.to(x.dtype) @ first.context_weight.t()
         derivs = []
-        for act, w, layer in zip(self.activations, weights[1:], self.layers[1:]):
+        activations = cast(Sequence[LipSwish], self.activations)
+        for act, w, layer in zip(activations, weights[1:], layers[1:]):
             a, d = act.value_and_slope(h, slope_grad=not slopes or slopes_grad)
             derivs.append(d)
             h = a @ w.t() + layer.bias
         return h, (Linearisation(weights, derivs) if slopes else None)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.apply(self.weights(), x, context)[0]
+        return self.evaluate(self.weights(), x, context)[0]
 

@@ -15,7 +15,6 @@ import argparse
 import time
 
 import gymnasium as gym
-import numpy as np
 
 import envs  # noqa: F401  (registers flowrl/ ids)
 

@@ -45,10 +45,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from datasets import Digits, two_moons  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import flowrl  # noqa: E402
-from datasets import Digits, two_moons  # noqa: E402
 
 LIBS = ("flowrl", "zuko", "nflows")
 KINDS = ("realnvp", "nsf")
@@ -85,9 +85,8 @@ def build(lib: str, kind: str, dim: int, layers: int, hidden: tuple[int, ...], b
         f = flowrl.build_flow(kind, dim, transforms=layers, hidden_features=hidden, **extra)
         return Model(f, f.log_prob, f.sample)
     if lib == "zuko":
-        import zuko
-        from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
         from zuko.distributions import DiagNormal
+        from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
         from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
 
         if kind == "nsf":
@@ -105,8 +104,11 @@ def build(lib: str, kind: str, dim: int, layers: int, hidden: tuple[int, ...], b
     if lib == "nflows":
         from nflows.distributions import StandardNormal
         from nflows.flows import Flow
-        from nflows.transforms import (AffineCouplingTransform, CompositeTransform,
-                                       PiecewiseRationalQuadraticCouplingTransform)
+        from nflows.transforms import (
+            AffineCouplingTransform,
+            CompositeTransform,
+            PiecewiseRationalQuadraticCouplingTransform,
+        )
 
         net = lambda i, o: _ContextMLP(i, o, hidden)  # noqa: E731
         ts = []
@@ -241,7 +243,9 @@ def nll_table(args) -> list[tuple]:
     for dataset in ("moons", "digits"):
         for kind in KINDS:
             res = {lib: [results[(dataset, kind, s, lib)] for s in range(args.seeds)] for lib in LIBS}
-            stats = {lib: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else float("nan")) for lib, v in res.items()}
+            stats = {
+                lib: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else float("nan")) for lib, v in res.items()
+            }
             best = min(("zuko", "nflows"), key=lambda lib: stats[lib][0])
             diff = stats["flowrl"][0] - stats[best][0]
             se = math.sqrt((stats["flowrl"][1] ** 2 + stats[best][1] ** 2) / args.seeds)

@@ -25,6 +25,15 @@ cheaper (PPO, Pendulum-v1, 3 seeds: 0.88x the Gaussian's steps/s against 0.69x).
 
 Flow PPO actions: the rollout stores the pre-squash value ``u`` and NAF's slope
 floor is 0.1 (the policy's defaults; see :class:`agents.FlowActorCriticPolicy`).
+Recorded with this script (PPO, Pendulum-v1), the reasons for both defaults:
+with box actions (``store_pre_squash=False``), a good policy saturates the
+torque and a third of the rollout sat on the bound, scored at the clamped
+point ``|u| = 7.25``; NAF-PPO's approximate KL per update reached 1 to 7000.
+With NAF's own slope floor (1e-3) the policy reached the bound by flattening
+one sigmoid until its samples sat at ``|u| ~ 1e3..1e4``, where a small slope
+change moved a stored action's log-density by thousands of nats (approximate
+KL per update up to 7000); with a floor of 0.1, ``|u|`` stays below about 50
+and the KL near 0.04.
 
 Flow PPO entropy: with ``ent_coef == 0`` the entropy term is multiplied by zero,
 so the flows default to ``entropy_samples=0`` (no Monte-Carlo entropy pass; SB3
@@ -43,9 +52,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import gymnasium as gym  # noqa: E402
 from stable_baselines3 import PPO, SAC  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
@@ -74,7 +83,8 @@ def make_model(algo: str, variant: str, env_id: str, seed: int, args) -> object:
     flow_kw = {} if variant == "gaussian" else dict(flow=variant, flow_kwargs=dict(FLOW_KWARGS[variant]))
     if algo == "sac":
         policy = "MlpPolicy" if variant == "gaussian" else FlowSACPolicy
-        return SAC(policy, gym.make(env_id, **args.env_kwargs), learning_rate=args.lr, seed=seed, policy_kwargs=flow_kw or None, device="cpu")
+        return SAC(policy, gym.make(env_id, **args.env_kwargs), learning_rate=args.lr, seed=seed,
+                   policy_kwargs=flow_kw or None, device="cpu")
     policy = "MlpPolicy" if variant == "gaussian" else FlowActorCriticPolicy
     if variant != "gaussian":
         flow_kw["entropy_samples"] = args.entropy_samples
@@ -133,7 +143,8 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=500, help="SAC steps per interleaving chunk")
     for key in PPO_KEYS:
         kind = int if key in ("n_envs", "n_steps", "batch_size", "n_epochs") else float
-        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"PPO {key} (default: the env's preset)")
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                       help=f"PPO {key} (default: the env's preset)")
     p.add_argument("--flow-kwargs", nargs="*", default=[], metavar="FLOW.KEY=VALUE",
                    help="override a flow setting, e.g. realnvp.transforms=1 naf.hidden=4 (Python literals)")
     p.add_argument("--entropy-samples", type=int, default=None,
@@ -189,7 +200,8 @@ def parse_logs(paths: list[str], variants: list[str]) -> list[dict[str, dict]]:
 
 
 def print_table(algo: str, variants: list[str], results: list[dict[str, dict]]) -> None:
-    print(f"\n| {algo} variant | det return (mean ± sd) | stoch return | steps/s | steps/s ratio vs gaussian | min mode share |")
+    print(f"\n| {algo} variant | det return (mean ± sd) | stoch return | steps/s | steps/s ratio vs gaussian "
+          "| min mode share |")
     print("|---|---|---|---|---|---|")
     for v in variants:
         det = np.array([r[v]["det"] for r in results])
@@ -197,8 +209,10 @@ def print_table(algo: str, variants: list[str], results: list[dict[str, dict]]) 
         sps = np.array([r[v]["sps"] for r in results])
         ratio = np.array([r[v]["sps"] / r["gaussian"]["sps"] for r in results])
         mode = np.array([r[v]["mode"] for r in results])
+        min_mode = np.nanmean(mode) if not np.all(np.isnan(mode)) else float("nan")
+        per_seed = ", ".join(f"{x:.2f}" for x in ratio)
         print(f"| {v} | {det.mean():.2f} ± {det.std():.2f} | {sto.mean():.2f} ± {sto.std():.2f} | {sps.mean():.1f} "
-              f"| {ratio.mean():.2f} (per seed {', '.join(f'{x:.2f}' for x in ratio)}) | {np.nanmean(mode) if not np.all(np.isnan(mode)) else float('nan'):.2f} |")
+              f"| {ratio.mean():.2f} (per seed {per_seed}) | {min_mode:.2f} |")
 
 
 if __name__ == "__main__":

@@ -129,7 +129,8 @@ def _time_fwd_bwd(model, x, reps: int) -> tuple[float, str]:
 
 
 def speed_table(reps: int, dims=(2, 16, 64)) -> None:
-    print("\n## Speed: log_prob forward+backward, batch 1024, 1 thread (CPU seconds, median of reps; NFE incl. backward)\n")
+    print("\n## Speed: log_prob forward+backward, batch 1024, 1 thread "
+          "(CPU seconds, median of reps; NFE incl. backward)\n")
     print("| dim | model | seconds | NFE | ratio vs peer |")
     print("|---|---|---|---|---|")
     for dim in dims:
@@ -177,7 +178,8 @@ def _saved_bytes(fn) -> int:
 
 
 def memory_table(dim: int = 16, batch: int = 256) -> None:
-    print(f"\n## Memory: bytes kept for backward (saved tensors alive after forward) by one training log_prob (dim {dim}, batch {batch})\n")
+    print("\n## Memory: bytes kept for backward (saved tensors alive after forward) by one training log_prob "
+          f"(dim {dim}, batch {batch})\n")
     print("| model | depth | option | saved MiB |")
     print("|---|---|---|---|")
     x = torch.randn(batch, dim)
@@ -186,7 +188,7 @@ def memory_table(dim: int = 16, batch: int = 256) -> None:
             torch.manual_seed(0)
             flow = flowrl.build_flow("resflow", dim, transforms=depth, logdet="series", estimator="fixed",
                                      n_terms=10, neumann_grad=neumann)
-            mib = _saved_bytes(lambda: flow.log_prob(x).sum()) / 2**20
+            mib = _saved_bytes(lambda: flow.log_prob(x).sum()) / 2**20  # noqa: B023 (called in this iteration)
             print(f"| resflow (10 series terms) | {depth} | {label} | {mib:.2f} |", flush=True)
     for depth in (1, 4):
         for adjoint in (True, False):
@@ -196,7 +198,7 @@ def memory_table(dim: int = 16, batch: int = 256) -> None:
             with torch.no_grad():
                 for p in flow.parameters():
                     p.add_(0.1 * torch.randn_like(p))
-            mib = _saved_bytes(lambda: flow.log_prob(x).sum()) / 2**20
+            mib = _saved_bytes(lambda: flow.log_prob(x).sum()) / 2**20  # noqa: B023 (called in this iteration)
             nfe = cnf_nfe(flow, reset=True)
             label = "adjoint" if adjoint else "backprop through solver"
             print(f"| ffjord | {depth} | {label} (forward NFE {nfe}) | {mib:.2f} |", flush=True)

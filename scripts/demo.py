@@ -71,7 +71,8 @@ def main() -> None:
     cmds = {v: [sys.executable, os.path.abspath(__file__), "--child", v, "--config", args.config, "--seed",
                 str(args.seed), "--out", args.out, *(["--steps", str(args.steps)] if args.steps else [])]
             for v in VARIANTS}
-    print(f"training {len(cmds)} agents on {args.config} ({'one after the other' if args.sequential else 'in parallel'})")
+    order = "one after the other" if args.sequential else "in parallel"
+    print(f"training {len(cmds)} agents on {args.config} ({order})")
     codes = {}
     if args.sequential:
         for v, cmd in cmds.items():

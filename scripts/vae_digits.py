@@ -28,7 +28,9 @@ class VAE(nn.Module):
     def __init__(self, flow: str | None, latent: int = 8, features: int = 64, layers: int = 8):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(64, 128), nn.ELU(), nn.Linear(128, features), nn.ELU())
-        self.decoder = nn.Sequential(nn.Linear(latent, 128), nn.ELU(), nn.Linear(128, 128), nn.ELU(), nn.Linear(128, 64))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, 128), nn.ELU(), nn.Linear(128, 128), nn.ELU(), nn.Linear(128, 64)
+        )
         if flow is None:
             self.posterior = ConditionalDiagonalNormal(latent, features, (64,))
         else:

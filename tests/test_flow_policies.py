@@ -364,18 +364,15 @@ def test_rollout_scores_its_own_sample_without_a_second_pass(name, pre_squash, m
         _, stored_log_prob, _ = policy.evaluate_actions(obs, actions)
     assert calls == [1]  # stored actions are scored in the density direction
     torch.testing.assert_close(rollout_log_prob, stored_log_prob, rtol=1e-5, atol=1e-5)
-    # a sample modified in place is rescored
+    # log_prob keeps no hidden state: any tensor it is given, a fresh sample included, is scored
     dist = policy.get_distribution(obs)
-    edited = dist.sample()
-    with torch.no_grad():
-        edited[0, 0] = 0.5
-    dist.log_prob(edited)
+    dist.log_prob(dist.sample())
     assert calls == [1, 1]
     if not pre_squash:  # a box sample that rounded onto the boundary is rescored (clamped like a stored one)
         lp = torch.zeros(1, 8)
         monkeypatch.setattr(dist.flow, "rsample_and_log_prob", lambda n, c: (torch.full((1, 8, 1), 2.0), lp))
-        dist.log_prob(dist.sample())
-        assert calls == [1, 1, 1]
+        actions, log_prob = dist.actions_and_log_prob()
+        assert calls == [1, 1, 1] and not torch.equal(log_prob, lp[0])
 
 
 def test_ppo_naf_slope_floor_defaults_to_the_policy_value_and_can_be_overridden():

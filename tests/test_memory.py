@@ -11,6 +11,7 @@ from torch import Tensor
 import flowrl
 from flowrl import Compose, Flow, Inverse, StandardNormal, Transform
 from flowrl.memory import (
+    MemorySaving,
     SavedTensorMeter,
     check_invertible,
     flatten_blocks,
@@ -115,10 +116,6 @@ def _assert_close(plain: dict, saving: dict, dtype) -> None:
             assert err <= 1e-3 * scale + 1e-6, (k, err, scale)
 
 
-def _has_numerical_block(flow: Flow) -> bool:
-    return any(not b.analytic_inverse for b in flatten_blocks(flow.transform))
-
-
 # ------------------------------------------------- gradients: the named families
 @pytest.mark.parametrize("direction", ["density", "sampling"])
 @pytest.mark.parametrize("context_dim", [pytest.param(0, id="noctx"), pytest.param(3, id="ctx")])
@@ -154,7 +151,8 @@ def test_every_exact_flow_matches_and_numerical_ones_are_refused(name, shape):
     spec = flow_spec(name)
     dim = shape if len(shape) == 3 else shape[0]
     probe = flowrl.build_flow(name, dim, 2, **spec.test_kwargs)
-    if spec.numerical_inverse or _has_numerical_block(probe):
+    assert spec.numerical_inverse == any(not b.analytic_inverse for b in flatten_blocks(probe.transform))
+    if not probe.transform.analytic_inverse:
         with pytest.raises(ValueError, match="exact inverse"):
             flowrl.build_flow(name, dim, 2, memory_saving=True, **spec.test_kwargs)
         return
@@ -236,19 +234,19 @@ def _coupling_stack(depth: int = 3, dim: int = 4, context_dim: int = 0, std: flo
 
 def test_numerical_inverse_is_refused_unless_opted_in():
     with pytest.raises(ValueError, match="_Bisected.*allow_numerical_inverse"):
-        Compose(_coupling_stack() + [_Bisected()], memory_saving=True)
+        memory_saving(Compose(_coupling_stack() + [_Bisected()]))
     with pytest.raises(ValueError, match="exact inverse"):
         memory_saving(Inverse(Compose([_Bisected()])))
     stack = memory_saving(Compose(_coupling_stack() + [_Bisected()]), allow_numerical_inverse=True)
     x = torch.randn(5, 4, requires_grad=True)
     z, ld = stack(x)
     (z.sum() + ld.sum()).backward()
-    assert torch.isfinite(x.grad).all() and stack.memory_saving
+    assert torch.isfinite(x.grad).all() and isinstance(stack, MemorySaving)
     check_invertible(Compose(_coupling_stack()))  # exact stacks pass silently
 
 
 def test_no_grad_runs_the_plain_stack():
-    stack = Compose(_coupling_stack(), memory_saving=True)
+    stack = memory_saving(Compose(_coupling_stack()))
     x = torch.randn(5, 4)
     with torch.no_grad():
         z, ld = stack(x)
@@ -262,7 +260,7 @@ def test_no_grad_runs_the_plain_stack():
 
 
 def test_double_backward_is_refused():
-    stack = Compose(_coupling_stack(), memory_saving=True)
+    stack = memory_saving(Compose(_coupling_stack()))
     x = torch.randn(5, 4, requires_grad=True)
     z, ld = stack(x)
     with pytest.raises(RuntimeError, match="double backward"):
@@ -316,7 +314,11 @@ def test_build_flow_keeps_the_state_dict_layout():
     a = flowrl.build_flow("realnvp", 4, transforms=2, hidden_features=(8,))
     b = flowrl.build_flow("realnvp", 4, transforms=2, hidden_features=(8,), memory_saving=True)
     assert a.state_dict().keys() == b.state_dict().keys()
-    assert b.transform.memory_saving and not a.transform.memory_saving
+    assert isinstance(b.transform, MemorySaving) and not isinstance(a.transform, MemorySaving)
+    b.load_state_dict(a.state_dict())  # strict loads both ways
+    a.load_state_dict(b.state_dict())
+    single = memory_saving(ReversePermutation(4))  # a single step: no prefix either
+    assert single.state_dict().keys() == ReversePermutation(4).state_dict().keys()
 
 
 def test_float32_reconstruction_drift_stays_small_over_depth():
@@ -447,6 +449,52 @@ def test_kept_inputs_are_the_only_memory_that_grows_with_depth(name, direction):
     assert (plain[10] - plain[2]) / 8 > 5 * per_layer, plain
 
 
+def _strict_pair(name: str, context_dim: int = 2) -> tuple[Flow, Flow]:
+    kw = dict(flow_spec(name).test_kwargs, transforms=6)
+    plain, _ = _pair(name, (4,), context_dim, torch.float64, **kw)
+    strict = flowrl.build_flow(name, 4, context_dim, memory_saving="strict", **kw).double()
+    strict.load_state_dict(plain.state_dict())
+    return plain, strict
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("name,direction", [("maf", "density"), ("iaf", "sampling"), ("nsf-ar", "density")])
+def test_strict_mode_rebuilds_autoregressive_inputs_with_the_same_gradients(monkeypatch, name, direction, steps):
+    from flowrl.transforms.autoregressive import MaskedAutoregressive
+
+    monkeypatch.setattr(flowrl.memory, "SEGMENT_STEPS", steps)
+    plain, strict = _strict_pair(name)
+    calls = _count_calls(monkeypatch, MaskedAutoregressive, "inverse")  # the D-pass direction rebuilds
+    grads = _gradients(strict, direction, 2, torch.float64)
+    assert calls["n"] == 6 - steps, "strict mode must rebuild every input but the stack's (first segment)"
+    _assert_close(_gradients(plain, direction, 2, torch.float64), grads, torch.float64)
+
+
+@pytest.mark.parametrize("name,direction", [("maf", "density"), ("iaf", "sampling")])
+def test_strict_mode_saved_memory_is_flat_in_depth(name, direction):
+    def saved(depth: int) -> int:
+        torch.manual_seed(0)
+        flow = flowrl.build_flow(name, 8, 2, transforms=depth, hidden_features=(16,), memory_saving="strict")
+        c = torch.randn(64, 2)
+        with SavedTensorMeter() as meter:
+            if direction == "density":
+                loss = -flow.log_prob(torch.randn(64, 8), c).mean()
+            else:
+                xs, lp = flow.rsample_and_log_prob(1, c)
+                loss = (xs ** 2).sum() + lp.sum()
+        loss.backward()
+        return meter.bytes
+
+    small, deep = saved(2), saved(10)
+    assert abs(deep - small) <= 0.1 * small, (small, deep)
+    assert deep < _maf_saved_bytes(name, 10, True, direction)  # below the mixed strategy's growth
+
+
+def test_memory_saving_setting_is_checked():
+    with pytest.raises(ValueError, match="memory_saving must be"):
+        flowrl.build_flow("maf", 4, memory_saving="fast")
+
+
 # ------------------------------------------------- recompute segments
 class _ChannelAffine(Transform):
     """``y = x * exp(s_c) + t_c`` per channel of an image; ``log|det| = H W sum_c s_c``."""
@@ -466,26 +514,26 @@ class _ChannelAffine(Transform):
 
 
 def test_segments_merge_shared_squeezes_and_slices():
-    from flowrl.memory import ConjugatedBlock, SegmentBlock, SlicedBlock, merge_blocks, segment_blocks
-    from flowrl.transforms.multiscale import squeeze, unsqueeze
+    """Steps of one squeezed, factored-out level share its frames: squeeze and slice once per segment."""
+    from flowrl.memory import LiftedBlock, SegmentBlock, merge_blocks, segment_blocks
+    from flowrl.transforms.multiscale import FactorOut, Squeezed
 
     torch.manual_seed(0)
     layers = [_ChannelAffine(8) for _ in range(4)]
-    inner = [flowrl.memory.TransformBlock(t, False) for t in layers]
-    sliced = [SlicedBlock(b, 8) for b in inner]
-    merged = merge_blocks([ConjugatedBlock(b, squeeze, unsqueeze) for b in sliced])
-    assert isinstance(merged, ConjugatedBlock) and isinstance(merged.block, SlicedBlock)
+    level = Squeezed(FactorOut(Compose(layers), 16, 8))  # (4, 4, 4) squeezed to (16, 2, 2); 8 channels kept
+    blocks = flatten_blocks(level)
+    assert len(blocks) == 4 and all(isinstance(b, LiftedBlock) for b in blocks)
+    merged = merge_blocks(blocks)
+    assert isinstance(merged, LiftedBlock) and isinstance(merged.block, LiftedBlock)
     assert isinstance(merged.block.block, SegmentBlock) and len(merged.block.block.blocks) == 4
-    x = torch.randn(5, 4, 4, 4)  # squeezed to (16, 2, 2); the first 8 channels go through the couplings
-    y_ref, ld_ref = x, torch.zeros(5)
-    for b in sliced:
-        y_ref, ld = ConjugatedBlock(b, squeeze, unsqueeze).apply(y_ref, None)
-        ld_ref = ld_ref + ld
+    x = torch.randn(5, 4, 4, 4)
     with torch.no_grad():
+        y_ref, ld_ref = level(x)
         y, ld = merged.apply(x, None)
         x_back, _ = merged.reconstruct(y, None)
     assert torch.allclose(y, y_ref, atol=1e-6) and torch.allclose(ld, ld_ref, atol=1e-5)
     assert torch.allclose(x_back, x, atol=1e-5)
+    inner = flatten_blocks(Compose(layers))
     assert [len(s.blocks) if isinstance(s, SegmentBlock) else 1 for s in segment_blocks(inner * 3, 5)] == [5, 5, 2]
     with pytest.raises(ValueError, match="at least 1 step"):
         segment_blocks(inner, 0)

@@ -39,7 +39,7 @@ def _block(dim=6, context_dim=0, seed=0, **kw):
 
 def _exact(block, x, context=None):
     with torch.no_grad():
-        _, lin = block.g.apply(block.g.weights(update=False), x, context, slopes=True)
+        _, lin = block.g.evaluate(block.g.weights(update=False), x, context, slopes=True)
         return exact_logdet(lin.jacobian()), lin
 
 
@@ -52,8 +52,8 @@ def test_analytic_jacobian_matches_autograd():
     block = _block(dim=5, context_dim=2)
     x, c = torch.randn(3, 5, dtype=F64), torch.randn(3, 2, dtype=F64)
     weights = block.g.weights(update=False)
-    _, lin = block.g.apply(weights, x, c, slopes=True)
-    auto = jacobian(lambda v: block.g.apply(weights, v, c)[0], x).reshape(3, 5, 3, 5)
+    _, lin = block.g.evaluate(weights, x, c, slopes=True)
+    auto = jacobian(lambda v: block.g.evaluate(weights, v, c)[0], x).reshape(3, 5, 3, 5)
     for b in range(3):
         assert torch.allclose(lin.jacobian()[b], auto[b, :, b, :], atol=1e-12)
     u = torch.randn(3, 5, dtype=F64)
@@ -130,7 +130,7 @@ def test_neumann_gradient_is_unbiased():
     x = torch.randn(1, 6, dtype=F64)
     proj = _param_projection(block)
     block.zero_grad()
-    _, lin = block.g.apply(block.g.weights(update=False), x, None, slopes=True)
+    _, lin = block.g.evaluate(block.g.weights(update=False), x, None, slopes=True)
     exact_logdet(lin.jacobian()).sum().backward()
     target = proj().item()
     torch.manual_seed(0)
@@ -253,7 +253,7 @@ def test_fixed_point_inverse_reaches_its_tolerance(dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     with torch.no_grad():
         x, _ = block.inverse(z, c)
-        residual = x + block.g.apply(block.g.weights(), x, c)[0] - z
+        residual = x + block.g.evaluate(block.g.weights(), x, c)[0] - z
     lip = block.g.lipschitz_bound
     # last step s <= tol (1 + |x|), so |x - x*| <= s L / (1 - L); the residual is that step
     assert (residual.abs() <= tol * (1 + x.abs()) * (1 + lip / (1 - lip)) + 4 * torch.finfo(dtype).eps * z.abs()).all()
@@ -281,7 +281,7 @@ def test_inverse_gradient_is_the_implicit_function_gradient():
     weights = torch.randn(3, 4, dtype=F64)
     (x * weights).sum().backward()
     with torch.no_grad():
-        _, lin = block.g.apply(block.g.weights(), x, c, slopes=True)
+        _, lin = block.g.evaluate(block.g.weights(), x, c, slopes=True)
         eye = torch.eye(4, dtype=F64)
         expected = torch.linalg.solve((eye + lin.jacobian()).transpose(1, 2), weights.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(z.grad, expected, atol=1e-10)
@@ -338,3 +338,11 @@ def test_resflow_with_series_logdet_trains_and_eval_series_matches_exact():
         exact = flow.log_prob(data)
     assert -exact.mean().item() < start - 0.05
     assert (series - exact).abs().max().item() < 3 * 1e-3  # three blocks, each truncated to 1e-3
+
+
+def test_module_apply_reaches_every_submodule_of_a_resflow():
+    """``nn.Module.apply`` is not shadowed: ``flow.apply(fn)`` visits every module (e.g. a custom init)."""
+    flow = flowrl.build_flow("resflow", 3, transforms=2, hidden_features=(8,))
+    seen = []
+    assert flow.apply(seen.append) is flow
+    assert len(seen) == len(list(flow.modules())) and any(type(m).__name__ == "LipschitzMLP" for m in seen)

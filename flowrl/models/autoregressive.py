@@ -14,8 +14,8 @@ import torch
 from ..core import Compose, Inverse, Transform
 from ..registry import register_flow, register_transform
 from ..transforms.autoregressive import MaskedAutoregressive
-from ..transforms.elementwise import Affine, ElementwiseBijection
 from ..transforms.bnaf import BlockNAF
+from ..transforms.elementwise import Affine, ElementwiseBijection
 from ..transforms.naf import DeepSigmoid
 from ..transforms.permutations import ReversePermutation
 from ..transforms.sos import SumOfSquaresPolynomial
@@ -38,11 +38,10 @@ def _stack(
     transforms: int,
     hidden_features: Sequence[int] | int,
     make_bijection: Callable[[], ElementwiseBijection],
-    numerical_inverse: bool,
 ) -> Transform:
     (dim,) = shape
     return Compose([
-        MaskedAutoregressive(dim, make_bijection(), context_dim, hidden_features, order, numerical_inverse)
+        MaskedAutoregressive(dim, make_bijection(), context_dim, hidden_features, order)
         for order in _orders(dim, transforms)
     ])
 
@@ -56,7 +55,7 @@ def build_maf(
     scale_bound: float = 3.0,
 ) -> Transform:
     """MAF (Papamakarios et al. 2017): affine autoregressive layers; density in one pass, sampling in D."""
-    return _stack(shape, context_dim, transforms, hidden_features, lambda: Affine(scale_bound), False)
+    return _stack(shape, context_dim, transforms, hidden_features, lambda: Affine(scale_bound))
 
 
 @register_flow("iaf", test_kwargs=_SMALL)
@@ -85,10 +84,10 @@ def build_nsf_ar(
     ``bins`` bins on ``[-bound, bound]``, identity outside; exact inverse in D passes.
     """
     return _stack(shape, context_dim, transforms, hidden_features,
-                  lambda: RationalQuadraticSpline(bins, bound), False)
+                  lambda: RationalQuadraticSpline(bins, bound))
 
 
-@register_flow("naf", test_kwargs=dict(transforms=2, hidden_features=(16,), hidden=4), numerical_inverse=True)
+@register_flow("naf", test_kwargs=dict(transforms=2, hidden_features=(16,), hidden=4))
 def build_naf(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -108,11 +107,10 @@ def build_naf(
     """
     layers = dense_layers if dense else 1
     return _stack(shape, context_dim, transforms, hidden_features,
-                  lambda: DeepSigmoid(hidden, layers, min_slope=min_slope, tol=tol), True)
+                  lambda: DeepSigmoid(hidden, layers, min_slope=min_slope, tol=tol))
 
 
-@register_flow("sos", test_kwargs=dict(transforms=2, hidden_features=(16,), polynomials=2, degree=2),
-               numerical_inverse=True)
+@register_flow("sos", test_kwargs=dict(transforms=2, hidden_features=(16,), polynomials=2, degree=2))
 def build_sos(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -128,11 +126,11 @@ def build_sos(
     ``polynomials`` squares of degree ``degree`` on ``[-bound, bound]``, affine tails outside.
     """
     return _stack(shape, context_dim, transforms, hidden_features,
-                  lambda: SumOfSquaresPolynomial(polynomials, degree, bound, tol=tol), True)
+                  lambda: SumOfSquaresPolynomial(polynomials, degree, bound, tol=tol))
 
 
 @register_flow("umnn", test_kwargs=dict(transforms=2, hidden_features=(16,), signal=4, integrand_features=(8, 8),
-                                        nodes=16), numerical_inverse=True, tolerance=1e-5)
+                                        nodes=16), tolerance=1e-5)
 def build_umnn(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -149,10 +147,10 @@ def build_umnn(
     of the integrand network; ``nodes``: quadrature intervals.
     """
     return _stack(shape, context_dim, transforms, hidden_features,
-                  lambda: UnconstrainedMonotone(signal, integrand_features, nodes, tol), True)
+                  lambda: UnconstrainedMonotone(signal, integrand_features, nodes, tol))
 
 
-@register_flow("bnaf", test_kwargs=dict(transforms=2, hidden_features=(4,)), numerical_inverse=True)
+@register_flow("bnaf", test_kwargs=dict(transforms=2, hidden_features=(4,)))
 def build_bnaf(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -176,18 +174,18 @@ def build_bnaf(
     return Compose(layers)
 
 
-def _made_layer(bijection: Callable[[], ElementwiseBijection], numerical: bool):
+def _made_layer(bijection: Callable[[], ElementwiseBijection]):
     def factory(dim: int, context_dim: int) -> Transform:
         order = torch.randperm(dim, generator=torch.Generator().manual_seed(dim))
-        return MaskedAutoregressive(dim, bijection(), context_dim, (12, 12), order, numerical)
+        return MaskedAutoregressive(dim, bijection(), context_dim, (12, 12), order)
 
     return factory
 
 
-register_transform("made_affine", _made_layer(lambda: Affine(), False))
-register_transform("made_rq_spline", _made_layer(lambda: RationalQuadraticSpline(4, 3.0), False))
-register_transform("made_dsf", _made_layer(lambda: DeepSigmoid(4, 1), True))
-register_transform("made_ddsf", _made_layer(lambda: DeepSigmoid(3, 2), True))
-register_transform("made_sos", _made_layer(lambda: SumOfSquaresPolynomial(2, 3, bound=3.0), True))
-register_transform("made_umnn", _made_layer(lambda: UnconstrainedMonotone(4, (8,), 16), True), tolerance=1e-5)
+register_transform("made_affine", _made_layer(lambda: Affine()))
+register_transform("made_rq_spline", _made_layer(lambda: RationalQuadraticSpline(4, 3.0)))
+register_transform("made_dsf", _made_layer(lambda: DeepSigmoid(4, 1)))
+register_transform("made_ddsf", _made_layer(lambda: DeepSigmoid(3, 2)))
+register_transform("made_sos", _made_layer(lambda: SumOfSquaresPolynomial(2, 3, bound=3.0)))
+register_transform("made_umnn", _made_layer(lambda: UnconstrainedMonotone(4, (8,), 16)), tolerance=1e-5)
 register_transform("block_naf", lambda d, c: BlockNAF(d, c, (3, 3)))

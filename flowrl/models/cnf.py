@@ -14,7 +14,7 @@ _TEST = dict(transforms=1, hidden_features=(16,), rtol=1e-7, atol=1e-7)
 _TOLERANCE = 1e-4
 
 
-@register_flow("ffjord", min_dim=1, test_kwargs=_TEST, numerical_inverse=True, tolerance=_TOLERANCE)
+@register_flow("ffjord", min_dim=1, test_kwargs=_TEST, tolerance=_TOLERANCE)
 def build_ffjord(
     shape: tuple[int, ...],
     context_dim: int = 0,

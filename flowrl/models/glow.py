@@ -173,7 +173,10 @@ def realnvp_image(
         if h * w == 1 and c < 2:
             raise ValueError(f"realnvp cannot couple a single value; got image shape {tuple(shape)}")
         return Compose(
-            [ImageAffineCoupling(mask(shape, i % 2), context_dim, hidden_channels, scale_bound) for i in range(couplings)]
+            [
+                ImageAffineCoupling(mask(shape, i % 2), context_dim, hidden_channels, scale_bound)
+                for i in range(couplings)
+            ]
         )
     layers: list[Transform] = [
         ImageAffineCoupling(checkerboard_mask(shape, i % 2), context_dim, hidden_channels, scale_bound)

@@ -11,7 +11,7 @@ from ..transforms.lowrank import PlanarMap, RadialMap, SylvesterMap
 _SMALL = dict(transforms=2, hidden_features=(8,))
 
 
-def _orient(maps: list[Transform], closed_form: str) -> Transform:
+def _orient(maps: Sequence[Transform], closed_form: str) -> Transform:
     """Put the closed-form direction of each map on the sampling side (default) or the density side."""
     if closed_form == "sample":
         return Compose([Inverse(m) for m in reversed(maps)])
@@ -25,7 +25,7 @@ def _check(transforms: int) -> None:
         raise ValueError(f"transforms must be >= 1, got {transforms}")
 
 
-@register_flow("planar", numerical_inverse=True, test_kwargs=_SMALL)
+@register_flow("planar", test_kwargs=_SMALL)
 def build_planar(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -58,7 +58,7 @@ def build_radial(
     return _orient([RadialMap(dim, context_dim, hidden_features) for _ in range(transforms)], closed_form)
 
 
-@register_flow("sylvester", numerical_inverse=True, test_kwargs=_SMALL)
+@register_flow("sylvester", test_kwargs=_SMALL)
 def build_sylvester(
     shape: tuple[int, ...],
     context_dim: int = 0,
@@ -76,7 +76,9 @@ def build_sylvester(
     _check(transforms)
     (dim,) = shape
     maps = [
-        SylvesterMap(dim, context_dim, variant, rank, reflections, reverse=(i % 2 == 1), hidden_features=hidden_features)
+        SylvesterMap(
+            dim, context_dim, variant, rank, reflections, reverse=(i % 2 == 1), hidden_features=hidden_features
+        )
         for i in range(transforms)
     ]
     return _orient(maps, closed_form)
@@ -86,4 +88,6 @@ register_transform("planar_map", lambda d, c: PlanarMap(d, c, (8,)))
 register_transform("radial_map", lambda d, c: RadialMap(d, c, (8,)))
 register_transform("sylvester_orthogonal", lambda d, c: SylvesterMap(d, c, "orthogonal", hidden_features=(8,)))
 register_transform("sylvester_householder", lambda d, c: SylvesterMap(d, c, "householder", hidden_features=(8,)))
-register_transform("sylvester_triangular", lambda d, c: SylvesterMap(d, c, "triangular", reverse=True, hidden_features=(8,)))
+register_transform(
+    "sylvester_triangular", lambda d, c: SylvesterMap(d, c, "triangular", reverse=True, hidden_features=(8,))
+)

@@ -16,7 +16,6 @@ _TOLERANCE = 1e-7
     "resflow",
     min_dim=1,
     test_kwargs=dict(transforms=2, hidden_features=(16,)),
-    numerical_inverse=True,
     tolerance=_TOLERANCE,
 )
 def build_resflow(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core import Transform
 from ..made import MADE
@@ -34,8 +34,11 @@ class MaskedAutoregressive(Transform):
         context_dim: size of the optional context.
         hidden_features: MADE hidden widths.
         order: autoregressive order (a permutation of ``0..D-1``).
-        numerical_inverse: whether ``tau``'s inverse is numerical.
+
+    Its inverse is analytic exactly when ``tau``'s is (``bijection.analytic_inverse``).
     """
+
+    made: MADE
 
     #: cost hint: ``inverse`` takes ``D`` sequential passes (memory-saving backprop stores this layer's input)
     sequential_inverse = True
@@ -47,17 +50,15 @@ class MaskedAutoregressive(Transform):
         context_dim: int = 0,
         hidden_features: Sequence[int] | int = (64, 64),
         order: Optional[Sequence[int] | Tensor] = None,
-        numerical_inverse: bool = False,
     ):
         super().__init__()
         self.dim = int(dim)
         self.bijection = bijection
         self.made = MADE(dim, bijection.num_params, context_dim, hidden_features, order)
-        self._numerical = bool(numerical_inverse)
 
     @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return not self._numerical
+    def analytic_inverse(self) -> bool:
+        return bool(self.bijection.analytic_inverse)
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.dim:

@@ -57,7 +57,9 @@ def _gate(x: Tensor, net: Tensor, log_dnet: Tensor, gate: Tensor) -> tuple[Tenso
 
 
 def _log_matvec(w: Tensor, log_v: Tensor) -> Tensor:
-    """``log(W v)`` for a positive ``W`` ``(n, m)`` or ``(D, n, m)`` and ``log v`` ``(..., m)`` or ``(B, D, m)``, scaled by ``max log v``.
+    """``log(W v)``, scaled by ``max log v``, for positive ``W`` ``(n, m)`` or ``(D, n, m)`` and ``log v`` ``(..., m)``.
+
+    ``log v`` may also be ``(B, D, m)`` with a per-dimension ``W`` ``(D, n, m)``.
 
     ``log(W v) = M + log(W exp(log v - M))`` with ``M = max_j log v_j`` is a
     matrix product (fast) that cannot overflow; the product is clamped at the

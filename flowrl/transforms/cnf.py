@@ -30,7 +30,7 @@ mean.  ``nfe`` counts dynamics evaluations (including adjoint backward solves).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -55,12 +55,12 @@ class ODEMLP(nn.Module):
                  zero_last: bool = True):
         super().__init__()
         widths = [dim, *as_hidden(hidden_features), dim]
-        self.layers = nn.ModuleList()
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            self.layers.append(nn.Linear(a + 1 + (context_dim if i == 0 else 0), b))
+        linears = [nn.Linear(a + 1 + (context_dim if i == 0 else 0), b)
+                   for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
         if zero_last:
-            nn.init.zeros_(self.layers[-1].weight)
-            nn.init.zeros_(self.layers[-1].bias)
+            nn.init.zeros_(linears[-1].weight)
+            nn.init.zeros_(linears[-1].bias)
+        self.layers = nn.ModuleList(linears)
         self.dim, self.context_dim = dim, context_dim
         self.widths = widths
 
@@ -72,9 +72,10 @@ class ODEMLP(nn.Module):
     def forward_and_jvp(self, t: Tensor, z: Tensor, context: Optional[Tensor],
                         tangents: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         inp, tt = self._inputs(t, z, context)
-        h = self.layers[0](inp)
-        tan = None if tangents is None else tangents @ self.layers[0].weight[:, : self.dim].t()
-        for layer, width in zip(self.layers[1:], self.widths[1:-1]):
+        layers = cast(Sequence[nn.Linear], self.layers)
+        h = layers[0](inp)
+        tan = None if tangents is None else tangents @ layers[0].weight[:, : self.dim].t()
+        for layer, width in zip(layers[1:], self.widths[1:-1]):
             a = torch.tanh(h)
             if tan is not None:
                 tan = tan * (1 - a * a).unsqueeze(1)
@@ -113,7 +114,7 @@ class _Augmented(nn.Module):
         else:
             trace = (self.probes * jv).sum(-1).mean(-1)
         out = [f, trace]
-        if self.has_context:
+        if context is not None:
             out.append(torch.zeros_like(context))
         if self.regularize:
             out.append((f * f).sum(-1))
@@ -129,8 +130,9 @@ def _dynamics_and_jvp(dynamics: nn.Module, t: Tensor, z: Tensor, context: Option
     The autograd fallback computes ``V^T (df/dz)`` (vector-Jacobian products),
     which has the same trace and Frobenius norm estimates.
     """
-    if hasattr(dynamics, "forward_and_jvp"):
-        return dynamics.forward_and_jvp(t, z, context, tangents)
+    analytic = getattr(dynamics, "forward_and_jvp", None)
+    if analytic is not None:
+        return analytic(t, z, context, tangents)
     with torch.enable_grad():
         zz = z if z.requires_grad else z.detach().requires_grad_(True)
         f = dynamics(t, zz, context)
@@ -229,7 +231,8 @@ class CNF(Transform):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"CNF over {self.dim} features got input of shape {tuple(x.shape)}")
         if (context is None) != (self.context_dim == 0):
-            raise ValueError(f"CNF has context_dim={self.context_dim} but context is {'missing' if context is None else 'given'}")
+            got = "missing" if context is None else "given"
+            raise ValueError(f"CNF has context_dim={self.context_dim} but context is {got}")
         exact = self._exact()
         func = _Augmented(self, self._probes(x, exact), exact, context is not None, regularize)
         zeros = x.new_zeros(x.shape[0])

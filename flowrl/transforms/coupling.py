@@ -45,6 +45,10 @@ class Coupling(Transform):
             ``|B| * bijection.num_params``.
     """
 
+    identity_idx: Tensor
+    transform_idx: Tensor
+    conditioner: nn.Module
+
     def __init__(
         self,
         mask: Tensor,
@@ -70,6 +74,11 @@ class Coupling(Transform):
                 conditioner = MLP(n_in, n_out, hidden_features, zero_last=True)
         self.conditioner = conditioner
         self.context_dim = context_dim
+
+    @property
+    def analytic_inverse(self) -> bool:
+        """Exact when ``tau``'s inverse is (``bijection.analytic_inverse``)."""
+        return bool(self.bijection.analytic_inverse)
 
     def _params(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
         inp = cat_context(x.index_select(1, self.identity_idx), context)

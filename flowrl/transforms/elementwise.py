@@ -36,9 +36,12 @@ class ElementwiseBijection:
     ``params`` has shape ``x.shape + (num_params,)``.  ``forward`` and
     ``inverse`` return the output and the elementwise ``log|dy/dx|`` (resp.
     ``log|dx/dy|``).  Zero parameters give (close to) the identity.
+    ``analytic_inverse``: ``False`` when :meth:`inverse` is a numerical solve
+    (the layers built on the bijection report it as their own).
     """
 
     num_params: int = 0
+    analytic_inverse: bool = True
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -79,6 +79,8 @@ class ActNorm(Transform):
     call); use :meth:`reinitialize_on_next_batch` rather than writing it.
     """
 
+    initialized: Tensor
+
     def __init__(self, channels: int, min_std: float = 1e-3):
         super().__init__()
         if channels < 1:
@@ -98,6 +100,11 @@ class ActNorm(Transform):
         if not self._seen_initialized:
             self._seen_initialized = bool(self.initialized)
         return not self._seen_initialized
+
+    @property
+    def awaits_initialisation(self) -> bool:
+        """Whether the next :meth:`forward` batch sets ``b`` and ``s`` (no device sync once initialised)."""
+        return self._needs_init()
 
     def reinitialize_on_next_batch(self) -> None:
         """Forget the initialisation: the next :meth:`forward` batch sets ``b`` and ``s`` again."""
@@ -176,6 +183,9 @@ class LUInvConv1x1(Transform):
     inverse two triangular solves.  ``sign`` is fixed at construction.  The
     decomposition starts from a random rotation (or the given ``weight``).
     """
+
+    permutation: Tensor
+    sign: Tensor
 
     def __init__(self, channels: int, weight: Optional[Tensor] = None):
         super().__init__()

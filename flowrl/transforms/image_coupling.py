@@ -53,7 +53,7 @@ class ConvConditioner(nn.Sequential):
             layers += [nn.Conv2d(a, b, 1), nn.ReLU()]
         last = nn.Conv2d(hidden[-1], out_channels, 3, padding=1)
         nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        nn.init.zeros_(last.bias)  # type: ignore[arg-type]  # Conv2d built with bias=True has one
         layers.append(last)
         super().__init__(*layers)
 
@@ -69,6 +69,10 @@ class ImageAffineCoupling(Transform):
         hidden_channels: widths of the convolutional conditioner.
         scale_bound: bound of the log-scale (``b * tanh(s / b)``).
     """
+
+    mask: Tensor
+    identity_channels: Tensor
+    transform_channels: Tensor
 
     def __init__(
         self,

@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Parts, Transform
 
 __all__ = ["Squeeze", "Squeezed", "FactorOut", "squeeze", "unsqueeze"]
 
@@ -65,9 +65,14 @@ class Squeezed(Transform):
         super().__init__()
         self.inner = inner
 
-    @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return self.inner.analytic_inverse
+    def parts(self, inverted: bool = False) -> Parts:
+        return Parts([(self.inner, inverted)], self.around)
+
+    @staticmethod
+    def around(x: Tensor, run: Callable[[Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """``unsqueeze(run(squeeze(x)))``: ``run`` (any steps of ``inner``, either direction) in the squeezed layout."""
+        y, ld = run(squeeze(x))
+        return unsqueeze(y), ld
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         z, ld = self.inner(squeeze(x), context)
@@ -93,9 +98,13 @@ class FactorOut(Transform):
         self.channels = int(channels)
         self.keep = int(keep)
 
-    @property
-    def analytic_inverse(self) -> bool:  # type: ignore[override]
-        return self.inner.analytic_inverse
+    def parts(self, inverted: bool = False) -> Parts:
+        return Parts([(self.inner, inverted)], self.around)
+
+    def around(self, x: Tensor, run: Callable[[Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """``(run(x[:, :keep]), x[:, keep:])``: ``run`` (steps of ``inner``, either direction) on the kept channels."""
+        y, ld = run(x[:, : self.keep])
+        return torch.cat([y, x[:, self.keep:]], dim=1), ld
 
     def _check(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.channels:

@@ -15,6 +15,9 @@ __all__ = ["Permutation", "ReversePermutation", "RandomPermutation"]
 class Permutation(Transform):
     """Fixed permutation of dimension 1: ``z = x[:, perm]``."""
 
+    perm: Tensor
+    inv_perm: Tensor
+
     def __init__(self, perm: Sequence[int] | Tensor):
         super().__init__()
         perm = torch.as_tensor(perm, dtype=torch.long)

@@ -22,8 +22,9 @@ Evaluation mode is deterministic: the spectral-norm estimates are frozen
 (``|error| <= D L^{n+1} / ((n+1)(1-L))``, ``L = coeff ** n_layers``).  The
 traces are exact (``D`` basis probes) when ``D <= eval_probes``; otherwise
 ``m = eval_probes`` fixed Rademacher probes add an error whose standard
-deviation (over the probe draw) is at most ``sqrt(2 D / m) (-log(1 - L))``.  With the default ``eval_exact_dim = 64`` the
-eval log-det is exact (to float precision) up to 64 dimensions.
+deviation (over the probe draw) is at most ``sqrt(2 D / m) (-log(1 - L))``.
+With the default ``eval_exact_dim = 64`` the eval log-det is exact (to float
+precision) up to 64 dimensions.
 
 The inverse solves ``x = z - g(x)`` by fixed-point iteration (tolerance,
 iteration cap, :class:`~flowrl.inversion.FixedPointError`); it is
@@ -54,6 +55,8 @@ __all__ = ["ResidualBlock"]
 
 class ResidualBlock(Transform):
     """``z = x + g(x, c)`` over vectors of size ``dim``; see the module docstring for the options."""
+
+    g: LipschitzMLP
 
     analytic_inverse = False
 
@@ -120,7 +123,7 @@ class ResidualBlock(Transform):
 
     def neumann_surrogate(self, x: Tensor, context: Optional[Tensor], probes: Tensor, w: Tensor) -> Tensor:
         """``mean_m v^T J_g(x) w`` per row: its gradient is the Neumann-series log-det gradient."""
-        _, lin = self.g.apply(self.g.weights(update=False), x, context, slopes=True)
+        _, lin = self.g.evaluate(self.g.weights(update=False), x, context, slopes=True)
         return (probes * lin.jvp(w)).sum(-1).mean(-1)
 
     # ----------------------------------------------------------------- log-det
@@ -141,6 +144,7 @@ class ResidualBlock(Transform):
             return power_series_logdet(lin.jvp, probes, weights)[0]
         with torch.no_grad():
             value, w = power_series_logdet(lin.detach().jvp, probes, weights, neumann=True)
+        assert w is not None  # neumann=True returns the Neumann weights
         if self.grad_in_forward:
             params = [p for p in self.g.parameters() if p.requires_grad]
             return _ForwardGradLogdet.apply(value, x, context, probes, w, self, *params)
@@ -167,7 +171,7 @@ class ResidualBlock(Transform):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         self._check(x)
-        gx, lin = self.g.apply(self.g.weights(), x, context, slopes=True, slopes_grad=self._slopes_grad())
+        gx, lin = self.g.evaluate(self.g.weights(), x, context, slopes=True, slopes_grad=self._slopes_grad())
         return x + gx, self._logdet(x, context, lin)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -178,21 +182,21 @@ class ResidualBlock(Transform):
             zd = z.detach()
             cd = None if context is None else context.detach()
             x_star, its = fixed_point(
-                lambda x: zd - self.g.apply(frozen, x, cd)[0], zd,
+                lambda x: zd - self.g.evaluate(frozen, x, cd)[0], zd,
                 tol=self.inverse_tol, max_iter=self.inverse_max_iter,
             )
         self.last_inverse_iterations = its
         if not self._needs_grad(z, context):
             with torch.no_grad():
-                _, lin = self.g.apply(frozen, x_star, cd, slopes=True)
+                _, lin = self.g.evaluate(frozen, x_star, cd, slopes=True)
                 return x_star, -self._logdet(x_star, cd, lin)
         # x = z - g(x*) has the right value; the hook turns its gradient u into
         # (I + J_g)^{-T} u, the implicit-function gradient of the fixed point.
-        x = z - self.g.apply(weights, x_star, context)[0]
+        x = z - self.g.evaluate(weights, x_star, context)[0]
         with torch.no_grad():
-            lin_star = self.g.apply(frozen, x_star, cd, slopes=True)[1]
+            lin_star = self.g.evaluate(frozen, x_star, cd, slopes=True)[1]
         x.register_hook(lambda u: self._implicit_solve(lin_star, u))
-        _, lin = self.g.apply(weights, x, context, slopes=True, slopes_grad=self._slopes_grad())
+        _, lin = self.g.evaluate(weights, x, context, slopes=True, slopes_grad=self._slopes_grad())
         return x, -self._logdet(x, context, lin)
 
     def _implicit_solve(self, lin: Linearisation, u: Tensor) -> Tensor:
@@ -241,7 +245,7 @@ class _ForwardGradLogdet(torch.autograd.Function):
         mask = fctx.input_mask
         if bool((grad_out == grad_out[:1]).all()):
             scale = grad_out[:1]
-            grads = []
+            grads: list[Optional[Tensor]] = []
             it = iter(saved)
             for i, needed in enumerate(mask):
                 if not needed:

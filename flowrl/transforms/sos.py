@@ -30,14 +30,18 @@ __all__ = ["SumOfSquaresPolynomial"]
 class SumOfSquaresPolynomial(ElementwiseBijection):
     """SOS transformer with ``polynomials`` squares of degree ``degree`` on ``[-bound, bound]``."""
 
+    analytic_inverse = False  # inverted by bisection (flowrl.inversion.invert_monotone)
+
     def __init__(
         self, polynomials: int = 3, degree: int = 4, bound: float = 5.0, eps: float = 1e-3, tol: Optional[float] = None
     ):
         if polynomials < 1 or degree < 0 or bound <= 0 or eps <= 0:
             raise ValueError(
-                f"SOS needs polynomials >= 1, degree >= 0, bound > 0, eps > 0; got {polynomials}, {degree}, {bound}, {eps}"
+                "SOS needs polynomials >= 1, degree >= 0, bound > 0, eps > 0; "
+                f"got {polynomials}, {degree}, {bound}, {eps}"
             )
-        self.polynomials, self.degree, self.bound, self.eps, self.tol = polynomials, degree, float(bound), float(eps), tol
+        self.polynomials, self.degree, self.bound = polynomials, degree, float(bound)
+        self.eps, self.tol = float(eps), tol
         self.num_params = polynomials * (degree + 1) + 1
         r = degree + 1
         # anti-diagonal sums: q_j = sum_{l + m = j} A_lm

@@ -135,6 +135,10 @@ class _Spline(ElementwiseBijection):
         """Map ``v (M,)`` inside the interval with bins-first ``params (num_params, M)``."""
         raise NotImplementedError
 
+    def _knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Knot positions ``x``, ``y`` and derivatives ``d`` from bins-first ``params``."""
+        raise NotImplementedError
+
 
 class RationalQuadraticSpline(_Spline):
     """Monotone rational-quadratic spline (Neural Spline Flows) with identity tails.

@@ -50,6 +50,13 @@ class UnconstrainedMonotone(nn.Module, ElementwiseBijection):
         tol: tolerance of the numerical inverse.
     """
 
+    _nodes: Tensor
+    _weights: Tensor
+    _coarse_nodes: Tensor
+    _coarse_weights: Tensor
+
+    analytic_inverse = False  # inverted by bisection (flowrl.inversion.invert_monotone)
+
     def __init__(
         self,
         signal: int = 16,
