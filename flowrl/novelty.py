@@ -283,7 +283,9 @@ class OnlineDensityModel(nn.Module):
         for name, v in dict(lr=lr, batch_size=batch_size, buffer_size=buffer_size).items():
             if not v > 0:
                 raise ValueError(f"{name} must be positive, got {v}")
-        if steps_per_update is not None and not (isinstance(steps_per_update, (int, np.integer)) and steps_per_update >= 0):
+        if steps_per_update is not None and not (
+            isinstance(steps_per_update, (int, np.integer)) and steps_per_update >= 0
+        ):
             raise ValueError(f"steps_per_update must be None or an int >= 0, got {steps_per_update!r}")
         if not (isinstance(steps_per_observation, (int, float)) and 0 <= steps_per_observation < math.inf):
             raise ValueError(f"steps_per_observation must be a finite number >= 0, got {steps_per_observation!r}")

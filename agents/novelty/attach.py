@@ -21,7 +21,9 @@ from .options import NoveltyOptions, parse_options
 __all__ = ["attach_novelty", "novelty_callbacks", "find_novelty", "novelty_density", "make_novelty_bonus"]
 
 
-def make_novelty_bonus(observation_space: spaces.Space, novelty: Optional[dict | NoveltyOptions] = None) -> NoveltyBonus:
+def make_novelty_bonus(
+    observation_space: spaces.Space, novelty: Optional[dict | NoveltyOptions] = None
+) -> NoveltyBonus:
     """A :class:`NoveltyBonus` for ``observation_space`` from a plain options dict.
 
     A 3-D ``Box`` (HWC or CHW frames, e.g. uint8 images) gets the image

@@ -109,7 +109,10 @@ class NoveltyOptions(BaseModel):
 
     @model_validator(mode="after")
     def _kind_options(self) -> "NoveltyOptions":
-        misplaced = sorted(self.model_fields_set & (_FLOW_ONLY if self.kind == "rnd" else _RND_ONLY))
+        other = _FLOW_ONLY if self.kind == "rnd" else _RND_ONLY
+        fields = type(self).model_fields
+        misplaced = sorted(k for k in self.model_fields_set & other
+                           if getattr(self, k) != fields[k].get_default(call_default_factory=True))
         if misplaced:
             raise ValueError(f"option(s) {misplaced} do not apply to kind={self.kind!r}")
         return self
