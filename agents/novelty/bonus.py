@@ -129,7 +129,18 @@ class NoveltyBonus:
             model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim, **common)
         # Eval mode between updates (``train_steps`` switches to training and back): scoring then
         # needs no mode switch, and image counters evaluate each distinct frame once.
-        return model.to(o.device).eval()
+        return model.to("cpu" if o.device == "auto" else o.device).eval()
+
+    def follow(self, device: torch.device | str) -> None:
+        """With ``device="auto"``, move the model and its optimiser state to the agent's ``device``."""
+        if self.options.device != "auto":
+            return
+        self.model.to(device)
+        opt = getattr(self.model, "optimizer", None)
+        for state in (opt.state.values() if opt is not None else ()):
+            for k, v in state.items():  # Adam's "step" stays where torch keeps it (a CPU scalar)
+                if isinstance(v, torch.Tensor) and k != "step":
+                    state[k] = v.to(device)
 
     @property
     def beta(self) -> float:

@@ -24,7 +24,9 @@ class NoveltyOptions:
     environment steps (per env) between updates of the density model, each
     taking ``steps_per_update`` Adam steps of size ``lr`` on ``batch_size``
     observations from a buffer of the last ``buffer_size``; ``obs_key``: the
-    key of a Dict observation to model; ``device``: of the density model.
+    key of a Dict observation to model; ``device``: of the density model,
+    ``"auto"`` (default) = the agent's (the buffer SB3 builds for the agent
+    moves it there; a bonus not attached to an agent stays on the CPU).
     Flow options: ``flow``, ``flow_kwargs`` (size), ``estimator``,
     ``resolution``, ``cell_samples``, ``smoothing``, ``ema`` (see
     :class:`flowrl.novelty.FlowPseudoCounter`).  The agent's default flow is
@@ -58,7 +60,7 @@ class NoveltyOptions:
     batch_size: int = 128
     buffer_size: int = 100_000
     obs_key: Optional[str] = None
-    device: str = "cpu"
+    device: str = "auto"
     seed: Optional[int] = None
     flow: Optional[str] = None  # "realnvp" for vectors, "glow" for images
     flow_kwargs: dict = field(default_factory=dict)
