@@ -94,3 +94,22 @@ def test_inverse_reaches_the_requested_tolerance(tol):
         y, _ = t(x)
         err = (t.inverse(y)[0] - x).abs().max().item()
     assert err < max(tol * 100, 1e-10)
+
+
+@pytest.mark.parametrize("d, m", [(16, 16), (6, 3), (3, 3), (1, 1)])
+def test_householder_q_is_lapacks_q_with_its_gradient(d, m):
+    """The GPU path of the orthogonal Sylvester map computes the Q of ``torch.linalg.qr`` (same signs)."""
+    from flowrl.transforms.lowrank import _householder_q
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.eye(d, m, dtype=torch.float64) + 0.4 * torch.randn(8, d, m, generator=g, dtype=torch.float64)
+    a[0] = -torch.eye(d, m, dtype=torch.float64)  # negative pivots, zero columns below them
+    if d > 1:
+        a[1, 1:, 0] = 0.0
+    weights = torch.randn(d, m, generator=g, dtype=torch.float64)
+    a1, a2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    q1, q2 = _householder_q(a1), torch.linalg.qr(a2).Q
+    torch.testing.assert_close(q1, q2, rtol=0, atol=1e-12)
+    (q1 * weights).sum().backward()
+    (q2 * weights).sum().backward()
+    torch.testing.assert_close(a1.grad[2:], a2.grad[2:], rtol=1e-9, atol=1e-9)  # generic rows: a smooth map

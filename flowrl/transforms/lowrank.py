@@ -58,6 +58,34 @@ def _log_tanh_prime(a: Tensor) -> Tensor:
     return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
 
 
+def _householder_q(a: Tensor) -> Tensor:
+    """The ``Q`` factor of the thin QR decomposition of ``a`` ``(rows, D, M)``, as LAPACK's ``geqrf`` gives it.
+
+    ``M`` batched Householder steps in plain tensor operations (no per-matrix solver call, no
+    host synchronisation: batched ``linalg.qr`` of many small matrices is slow on GPUs).
+    Step ``k`` reflects ``x = a_k[k:]`` onto ``beta e_1`` with ``beta = -sign(x_1) ||x||``
+    (LAPACK's sign convention, ``sign(0) = +1``; no reflection where ``x_2.. = 0``), so that the
+    result matches ``torch.linalg.qr(a).Q`` up to rounding and saved flows keep their function.
+    """
+    rows, d, m = a.shape
+    idx = torch.arange(d, device=a.device)
+    reflectors = []
+    for k in range(m):
+        x = a[:, :, k] * (idx >= k)  # (rows, D): the column from row k down
+        alpha = a[:, k, k]
+        tail = (x * (idx > k)).norm(dim=-1)
+        beta = -torch.where(alpha >= 0, 1.0, -1.0).to(a.dtype) * torch.sqrt(alpha * alpha + tail * tail)
+        u = x - beta[:, None] * (idx == k)
+        norm = u.norm(dim=-1, keepdim=True)
+        u = torch.where(tail[:, None] > 0, u / norm.clamp_min(torch.finfo(a.dtype).tiny), 0.0)
+        reflectors.append(u)
+        a = a - 2 * u[:, :, None] * (u[:, :, None] * a).sum(1, keepdim=True)
+    q = torch.eye(d, m, dtype=a.dtype, device=a.device).expand(rows, d, m)
+    for u in reversed(reflectors):
+        q = q - 2 * u[:, :, None] * (u[:, :, None] * q).sum(1, keepdim=True)
+    return q
+
+
 class PlanarMap(Transform):
     """Planar map ``g(v) = v + u' tanh(w^T v + b)`` (Rezende & Mohamed 2015).
 
@@ -188,23 +216,29 @@ class SylvesterMap(Transform):
         self.n_q = n_q
         self.params = ParameterSource(2 * n_tri + m + n_q, context_dim, hidden_features, init_std=0.3)
         iu = torch.triu_indices(m, m)
-        self.register_buffer("triu_rows", iu[0], persistent=False)
-        self.register_buffer("triu_cols", iu[1], persistent=False)
+        # Upper-triangular matrices are one gather from [flat, 0]: entry (i, j) reads flat[k] on and
+        # above the diagonal, the appended zero (index n_tri) below it.
+        gather = torch.full((m, m), n_tri, dtype=torch.long)
+        gather[iu[0], iu[1]] = torch.arange(n_tri)
+        self.register_buffer("triu_gather", gather.reshape(-1), persistent=False)
+        self.register_buffer("triu_is_diag", iu[0] == iu[1], persistent=False)
         perm = torch.arange(dim - 1, -1, -1) if reverse else torch.arange(dim)
         self.register_buffer("perm_matrix", torch.eye(dim)[:, perm], persistent=False)
 
     def _upper(self, flat: Tensor) -> Tensor:
-        out = flat.new_zeros(flat.shape[0], self.m, self.m)
-        out[:, self.triu_rows, self.triu_cols] = flat
-        diag = torch.tanh(torch.diagonal(out, dim1=-2, dim2=-1))
-        return out - torch.diag_embed(torch.diagonal(out, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
+        """Rows of ``n_tri`` values -> upper-triangular ``(rows, m, m)`` with ``tanh`` on the diagonal."""
+        flat = torch.where(self.triu_is_diag, torch.tanh(flat), flat)
+        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=-1)
+        return padded[:, self.triu_gather].reshape(flat.shape[0], self.m, self.m)
 
     def _q(self, flat: Tensor, rows: int) -> Tensor:
         if self.variant == "triangular":
             return self.perm_matrix.to(flat.dtype).expand(rows, self.dim, self.dim)
         if self.variant == "orthogonal":
-            q, _ = torch.linalg.qr(flat.reshape(rows, self.dim, self.m) + torch.eye(self.dim, self.m, dtype=flat.dtype, device=flat.device))
-            return q
+            a = flat.reshape(rows, self.dim, self.m) + torch.eye(self.dim, self.m, dtype=flat.dtype, device=flat.device)
+            # LAPACK's batched QR is the fastest on a CPU; on GPUs, where batched QR of small matrices
+            # costs ~100x more, the same Q comes from plain tensor operations.
+            return torch.linalg.qr(a).Q if a.device.type == "cpu" else _householder_q(a)
         q = torch.eye(self.dim, dtype=flat.dtype, device=flat.device).expand(rows, self.dim, self.dim)
         for v in flat.reshape(rows, self.reflections, self.dim).unbind(1):
             v = v + 1e-3 * (v.norm(dim=-1, keepdim=True) < 1e-6)  # a zero vector reflects nothing
@@ -237,9 +271,12 @@ class SylvesterMap(Transform):
         t = (q.transpose(1, 2) @ y[:, :, None]).squeeze(-1)
         with torch.no_grad():
             s = torch.zeros_like(t)
+            # R~ is upper triangular: pre_j = (R~ s)_j + b_j depends on s_j.. only, so tanh(pre_j) is
+            # final once s_j is solved and is kept instead of recomputing R~ s at every step.
+            tanh_pre = torch.zeros_like(t)
             for i in range(self.m - 1, -1, -1):
                 rest = (r_tilde[:, i, i + 1 :] * s[:, i + 1 :]).sum(-1) + b[:, i]
-                known = (r[:, i, i + 1 :] * torch.tanh((r_tilde[:, i + 1 :, :] @ s[:, :, None]).squeeze(-1) + b[:, i + 1 :])).sum(-1)
+                known = (r[:, i, i + 1 :] * tanh_pre[:, i + 1 :]).sum(-1)
                 target = t[:, i] - known
                 rii, rtii = r[:, i, i], r_tilde[:, i, i]
                 s[:, i] = invert_monotone(
@@ -247,6 +284,7 @@ class SylvesterMap(Transform):
                     target,
                     tol=self.tol,
                 )[0]
+                tanh_pre[:, i] = torch.tanh(rtii * s[:, i] + rest)
         # one differentiable Newton step on the whole triangular system
         pre = (r_tilde @ s[:, :, None]).squeeze(-1) + b
         residual = s + (r @ torch.tanh(pre)[:, :, None]).squeeze(-1) - t
