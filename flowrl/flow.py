@@ -39,6 +39,10 @@ class Flow(nn.Module):
     broadcasts against ``batch``; ``sample(n)`` returns ``(n, *shape)`` and
     ``sample(n, context)`` with ``context`` of shape ``(*B, context_dim)``
     returns ``(n, *B, *shape)``: ``n`` samples per context row.
+
+    Exact up to float32 rounding on any device under PyTorch's default
+    precision flags, except convolutions on a GPU, which cuDNN runs in TF32
+    by default (~1e-3): see :mod:`flowrl.precision` (``ieee_float32()``).
     """
 
     def __init__(
