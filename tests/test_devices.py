@@ -8,6 +8,8 @@ both sides.
 from __future__ import annotations
 
 import copy
+import os
+import traceback
 
 import numpy as np
 import pytest
@@ -128,3 +130,31 @@ def test_novelty_checkpoint_moves_between_devices(device, tmp_path):
     assert np.array_equal(novelty_density(back, pts, "bonus"), novelty_density(model, pts, "bonus"))
     back.learn(32, callback=novelty_callbacks(back), reset_num_timesteps=False)  # Adam steps on the device
     assert float(c.n_total) == 48 + 32
+
+
+def test_replay_scoring_reads_nothing_back_in_the_agent_layer(monkeypatch):
+    """Scoring a replayed minibatch: no tensor value is read back to the host by ``agents/``.
+
+    On a GPU each such read (``item``, ``bool``, ``float``, ``int`` of a tensor) is a device
+    synchronisation; the ones left are inside the density model (``flowrl/novelty.py``).
+    """
+    env = _mc()
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, SMALL_FLOW)
+    model = SAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
+    model.learn(40, callback=callbacks)
+    model.replay_buffer.sample(8)  # the first minibatch after an update may check the model once
+    callers = []
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, **kw):
+            callers.append(traceback.extract_stack(limit=2)[0].filename)  # the direct caller
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    samples = model.replay_buffer.sample(64)
+    monkeypatch.undo()
+    assert samples.rewards.shape == (64, 1)
+    agent_reads = [f for f in callers if f"{os.sep}agents{os.sep}" in f]
+    assert agent_reads == [], agent_reads
+    assert callers, "the spy saw no read at all: it is not watching"  # the density model's own reads
