@@ -21,9 +21,19 @@ Steps, each printed as it runs; the exit status is 1 if any check failed:
    cuda and on the CPU, the flow agent beside the Gaussian one on the same preset
    (``policy=gaussian novelty=null``).  CPU figures use every core torch sees.
 
-Needs torch, gymnasium, stable-baselines3 and pydantic (wandb stays off); pytest for step 0.
-Timings are wall-clock with the device synchronised around each measurement; they are a
-benchmark, never a pass/fail criterion.
+Needs torch, gymnasium, stable-baselines3 and pydantic (wandb stays off); pytest (and
+pytest-xdist, optional) for step 0.  Timings are wall-clock with the device synchronised
+around each measurement; they are a benchmark, never a pass/fail criterion.
+
+On a machine without network whose Python lacks some of them, carry wheels (Python 3.12,
+x86-64) and install them next to the checkout, e.g.::
+
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+        -d .whl gymnasium farama-notifications stable-baselines3 pydantic pydantic-core annotated-types \
+        typing-inspection [zuko]
+    # there:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site python3 scripts/gpu_check.py
 """
 
 from __future__ import annotations
@@ -107,7 +117,9 @@ def device_tests(device: torch.device, smoke: bool, timeout: float) -> bool:
         cmd += DEVICE_TESTS
     print("$ " + " ".join(cmd), flush=True)
     try:
-        out = subprocess.run(cmd, cwd=ROOT, timeout=timeout, capture_output=True, text=True)
+        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        out = subprocess.run(cmd, cwd=ROOT, timeout=timeout, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": path})
     except subprocess.TimeoutExpired:
         print(f"FAIL: the device tests ran past {timeout:.0f} s")
         return False
