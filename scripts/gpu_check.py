@@ -318,7 +318,7 @@ def agent_rate(algo: str, variant: str, device: str, smoke: bool) -> float:
     model, callbacks = build_model(cfg, env, device)
     per_call = cfg.env.n_envs * (cfg.algo.kwargs.get("n_steps", 0) if algo == "ppo" else 10)
     warm = (cfg.algo.kwargs.get("learning_starts", 0) + per_call) if algo == "sac" else per_call
-    timed = per_call * (1 if smoke else (4 if algo == "sac" else 2))
+    timed = per_call * (4 if algo == "sac" and not smoke else 1)  # SAC: 640 steps; PPO: one 4096-step rollout
     model.learn(warm, callback=callbacks)  # past learning_starts, kernels compiled, buffers allocated
     dev = torch.device(device)
     _sync(dev)
