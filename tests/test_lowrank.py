@@ -138,3 +138,21 @@ def test_joint_newton_inverse_matches_the_coordinate_solve(dtype):
     torch.testing.assert_close(ld_joint, -ld, rtol=0, atol=ld_tol)
     torch.testing.assert_close(x_joint, x_seq, rtol=0, atol=rt)
     torch.testing.assert_close(x_fallback, x_seq, rtol=0, atol=0)
+
+
+def test_planar_newton_start_inverts_like_the_plain_solve():
+    """The accelerator path (plain Newton steps, then the safeguarded solve) gives the same inverse."""
+    torch.manual_seed(0)
+    t = PlanarMap(4, 2, hidden_features=(8,)).double()
+    _randomise(t, std=1.0, seed=6)
+    x = 3 * torch.randn(200, 4, dtype=torch.float64)
+    c = torch.randn(200, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y, ld = t(x, c)
+        t.newton_start = False
+        x_plain, ld_plain = t.inverse(y, c)
+        t.newton_start = True
+        x_newton, ld_newton = t.inverse(y, c)
+    torch.testing.assert_close(x_newton, x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(ld_newton, -ld, rtol=0, atol=1e-9)
+    torch.testing.assert_close(x_newton, x_plain, rtol=0, atol=1e-9)

@@ -86,6 +86,20 @@ def _householder_q(a: Tensor) -> Tensor:
     return q
 
 
+@torch.no_grad()
+def _newton_guess(fn, y: Tensor, steps: int) -> Tensor:
+    """``steps`` plain Newton steps on ``fn(x) = y`` from ``x = y`` (``fn`` returns ``(f, log f')``).
+
+    No safeguard and no host read: a starting point for :func:`flowrl.inversion.invert_monotone`,
+    which brackets and polishes it; entries that left the finite range restart from ``y``.
+    """
+    x = y.clone()
+    for _ in range(steps):
+        fx, log_d = fn(x)
+        x = x - (fx - y) * torch.exp(-log_d)
+    return torch.where(torch.isfinite(x), x, y)
+
+
 class PlanarMap(Transform):
     """Planar map ``g(v) = v + u' tanh(w^T v + b)`` (Rezende & Mohamed 2015).
 
@@ -119,13 +133,22 @@ class PlanarMap(Transform):
         c = (w * u).sum(-1)
         return v + u * torch.tanh(a)[:, None], torch.log1p(c * _tanh_prime(a))
 
+    #: Start the safeguarded solve from a few plain Newton steps taken without host reads
+    #: (``None``: on accelerators, where each iteration's convergence check stalls the queue;
+    #: the solve then typically confirms convergence at its first check).
+    newton_start: Optional[bool] = None
+
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         u, w, b = self._uwb(y.shape[0], context)
         c = (w * u).sum(-1)
         t = (w * y).sum(-1)
-        alpha, log_dalpha = invert_monotone(
-            lambda s: (s + c * torch.tanh(s + b), torch.log1p(c * _tanh_prime(s + b))), t, tol=self.tol
-        )
+
+        def fn(s: Tensor) -> tuple[Tensor, Tensor]:
+            return s + c * torch.tanh(s + b), torch.log1p(c * _tanh_prime(s + b))
+
+        start = self.newton_start if self.newton_start is not None else y.device.type != "cpu"
+        x0 = _newton_guess(fn, t.detach(), steps=8) if start else None
+        alpha, log_dalpha = invert_monotone(fn, t, tol=self.tol, x0=x0)
         return y - u * torch.tanh(alpha + b)[:, None], log_dalpha
 
     def jacobian_mask(self, dim: int) -> None:
