@@ -291,7 +291,8 @@ def test_image_observation_space_gets_the_image_counter_in_channels_first_form()
     frames = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 1), dtype=np.uint8)
     chw = frames.transpose(0, 3, 1, 2)
     bonus.model.update(chw)
-    assert np.array_equal(bonus.intrinsic(frames).cpu().numpy(), bonus.intrinsic(chw).cpu().numpy())  # HWC as SB3 before transpose
+    # HWC, as SB3 stores frames before its transpose
+    assert np.array_equal(bonus.intrinsic(frames).cpu().numpy(), bonus.intrinsic(chw).cpu().numpy())
     unit = make_novelty_bonus(spaces.Box(0.0, 1.0, (3, 16, 16), np.float32), SMALL_IMAGE)
     assert unit.model.max_value == 1.0
     with pytest.raises(ValueError, match="image observations have shape"):
