@@ -130,7 +130,7 @@ def device_tests(device: torch.device, smoke: bool, timeout: float) -> bool:
 
 
 # ------------------------------------------------------------------ step 1
-def _accuracy_bound(name: str, flow64: torch.nn.Module, x: torch.Tensor, c: torch.Tensor,
+def _accuracy_bound(flow64: torch.nn.Module, x: torch.Tensor, c: torch.Tensor,
                     device: torch.device) -> tuple[float, float, bool]:
     """(device error, CPU float32 error) of float32 ``log_prob`` against float64, and whether it passes."""
     with torch.no_grad():
@@ -162,7 +162,7 @@ def flow_rows(device: torch.device, sizes: Sizes, names: Optional[list[str]] = N
             with torch.no_grad():
                 flow64.log_prob(x[:n], c[:n])  # data-dependent initialisation (ActNorm), shared by every copy
             flow64.eval()
-            err_dev, err_cpu, agree = _accuracy_bound(name, flow64, x[:n], c[:n], device)
+            err_dev, err_cpu, agree = _accuracy_bound(flow64, x[:n], c[:n], device)
             flow = copy.deepcopy(flow64).float().to(device).train()
             xd, cd = x.float().to(device), c.float().to(device)
             params = [p for p in flow.parameters() if p.requires_grad]
