@@ -3,7 +3,7 @@
 PYTHON ?= python3
 STAMP := .make/installed
 
-.PHONY: install demo test test-slow bench
+.PHONY: install demo test test-slow bench gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0 || $(PYTHON) -m pip install --quiet "torch>=2.2"
@@ -28,3 +28,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -m slow
+
+# The prepared GPU check (scripts/gpu_check.py): device tests, every flow on the GPU, flows vs zuko
+# (if installed), SAC/PPO presets cuda vs cpu; ~5 min on one H200, no network; non-zero on failure.
+# Runs in the current Python as it is (a GPU machine keeps its own CUDA torch; nothing is installed).
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -40,6 +40,10 @@ class Flow(nn.Module):
     ``sample(n, context)`` with ``context`` of shape ``(*B, context_dim)``
     returns ``(n, *B, *shape)``: ``n`` samples per context row.
 
+    Exact up to float32 rounding on any device under PyTorch's default
+    precision flags, except convolutions on a GPU, which cuDNN runs in TF32
+    by default (~1e-3): see :mod:`flowrl.precision` (``ieee_float32()``).
+
     Example:
         >>> import torch
         >>> from flowrl import Compose, Flow, StandardNormal

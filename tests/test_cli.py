@@ -26,7 +26,7 @@ def tiny(path: str, out_dir, steps: int = 256, **extra) -> list[str]:
     """Overrides that shrink a shipped config to a few hundred steps of cheap updates."""
     cfg = load_config(path)
     items = [f"total_timesteps={steps}", f"run.out_dir={out_dir}", "run.progress_bar=false",
-             "run.checkpoint_every=100", "run.log_every=100", "eval.episodes=1", "run.plots=false"]
+             "run.checkpoint_every=100", "run.log_every=100", "eval.episodes=1", "run.plots=false", "device=cpu"]
     items += ["policy_kwargs.net_arch=[32, 32]"]
     if cfg.env.id.startswith("flowrl/PointMaze"):
         items += ["env.kwargs.max_episode_steps=50"]

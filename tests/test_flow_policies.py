@@ -206,20 +206,21 @@ def test_transforms_without_an_inverse_are_rejected():
 
 def test_algorithms_reject_flow_policies_on_discrete_envs():
     with pytest.raises(ValueError, match="Discrete action spaces are not supported"):
-        PPO(FlowActorCriticPolicy, "CartPole-v1")
+        PPO(FlowActorCriticPolicy, "CartPole-v1", device="cpu")
 
 
 # ------------------------------------------------------------------ SAC
-def _sac(env, flow, seed=0, **kw):
+def _sac(env, flow, seed=0, device="cpu", **kw):
     pk = dict(net_arch=[32, 32], flow=flow, flow_kwargs=SMALL[flow])
-    return SAC(FlowSACPolicy, env, policy_kwargs=pk, learning_starts=32, batch_size=32, seed=seed, **kw)
+    return SAC(FlowSACPolicy, env, policy_kwargs=pk, learning_starts=32, batch_size=32, seed=seed, device=device,
+               **kw)
 
 
 @pytest.mark.parametrize("name", FLOWS)
-def test_sac_actor_samples_and_scores_in_one_pass(name):
-    model = _sac("Pendulum-v1", name)
+def test_sac_actor_samples_and_scores_in_one_pass(name, device):
+    model = _sac("Pendulum-v1", name, device=device)
     actor = model.policy.actor
-    obs = torch.randn(16, 3)
+    obs = torch.randn(16, 3).to(device)
     actions, log_prob = actor.action_log_prob(obs)
     assert actions.shape == (16, 1) and log_prob.shape == (16,)
     assert (actions.abs() < 1).all()  # SAC's normalised box, rescaled by SB3
@@ -229,7 +230,7 @@ def test_sac_actor_samples_and_scores_in_one_pass(name):
     assert all(p.grad is not None for p in actor.flow.parameters())
     # deterministic action = base mode pushed through the flow and the squash
     latent = actor.latent_pi(actor.extract_features(obs, actor.features_extractor))
-    zeros = torch.zeros(16, 1)
+    zeros = torch.zeros(16, 1, device=device)
     expected, _ = actor.flow.transform.inverse(zeros, latent)
     torch.testing.assert_close(actor(obs, deterministic=True), expected)
     direction = "sample" if flowrl.flow_spec(name).numerical_inverse else "density"
@@ -249,11 +250,11 @@ def _same_predictions(model, loaded, obs):
 
 
 @pytest.mark.parametrize("name", FLOWS)
-def test_sac_save_load_round_trip(name, tmp_path):
-    model = _sac("Pendulum-v1", name)
+def test_sac_save_load_round_trip(name, tmp_path, device):
+    model = _sac("Pendulum-v1", name, device=device)
     model.learn(48)
     model.save(tmp_path / "sac")
-    loaded = SAC.load(tmp_path / "sac")
+    loaded = SAC.load(tmp_path / "sac", device=device)
     assert isinstance(loaded.policy, FlowSACPolicy)
     assert loaded.policy_kwargs["flow"] == name
     assert loaded.policy_kwargs["flow_kwargs"] == json.loads(json.dumps(SMALL[name]))  # tuples come back as lists
@@ -267,19 +268,19 @@ def test_sac_save_load_round_trip(name, tmp_path):
 
 
 # --------------------------------------------------------------- PPO / A2C
-def _on_policy(algo, env, flow, seed=0, store_pre_squash=True, **kw):
+def _on_policy(algo, env, flow, seed=0, store_pre_squash=True, device="cpu", **kw):
     pk = dict(net_arch=dict(pi=[32], vf=[32]), flow=flow, flow_kwargs=SMALL[flow], store_pre_squash=store_pre_squash)
     extra = dict(n_steps=32, batch_size=32, n_epochs=1) if algo is PPO else dict(n_steps=8)
-    return algo(FlowActorCriticPolicy, env, policy_kwargs=pk, seed=seed, **extra, **kw)
+    return algo(FlowActorCriticPolicy, env, policy_kwargs=pk, seed=seed, device=device, **extra, **kw)
 
 
 @pytest.mark.parametrize("pre_squash", [True, False], ids=["pre-squash", "box"])
 @pytest.mark.parametrize("name", FLOWS)
-def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name, pre_squash):
-    model = _on_policy(PPO, "Pendulum-v1", name, store_pre_squash=pre_squash)
+def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name, pre_squash, device):
+    model = _on_policy(PPO, "Pendulum-v1", name, store_pre_squash=pre_squash, device=device)
     policy = model.policy
     assert policy.squash_output is pre_squash
-    obs = torch.randn(16, 3)
+    obs = torch.randn(16, 3).to(device)
     with torch.no_grad():
         actions, _, rollout_log_prob = policy(obs)
     if not pre_squash:
@@ -291,35 +292,35 @@ def test_actor_critic_evaluate_actions_is_exact_with_entropy_gradient(name, pre_
     entropy.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.action_net.parameters())
     # stored actions on (or, pre-squash, far beyond) the box boundary still get a finite log-density
-    edge = torch.tensor([[-50.0], [50.0]]) if pre_squash else torch.tensor([[-2.0], [2.0]])
+    edge = torch.tensor([[-50.0], [50.0]] if pre_squash else [[-2.0], [2.0]], device=device)
     _, lp_edge, _ = policy.evaluate_actions(obs[:2], edge)
     assert torch.isfinite(lp_edge).all()
 
 
 @pytest.mark.parametrize("name", FLOWS)
-def test_pre_squash_actions_reach_the_env_squashed_and_keep_the_ratio(name):
+def test_pre_squash_actions_reach_the_env_squashed_and_keep_the_ratio(name, device):
     """The env gets ``squash(u)``; ``log pi(u) - log pi(squash(u))`` does not depend on the parameters."""
-    model = _on_policy(PPO, "Pendulum-v1", name)
+    model = _on_policy(PPO, "Pendulum-v1", name, device=device)
     policy = model.policy
-    obs = torch.randn(64, 3)
+    obs = torch.randn(64, 3).to(device)
     with torch.no_grad():
         u, _, _ = policy(obs)
-    box = policy.unscale_action(u.numpy())
+    box = policy.unscale_action(u.cpu().numpy())
     squash = policy.action_dist.flow.transform.transforms[0]
-    np.testing.assert_allclose(box, squash.inverse(u)[0].numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(box, squash.inverse(u)[0].cpu().numpy(), rtol=1e-6, atol=1e-6)
     assert box.dtype == np.float32 and (np.abs(box) <= 2).all()
     far = policy.unscale_action(np.array([[-1e4], [1e4]], np.float32))
     np.testing.assert_array_equal(far, [[-2.0], [2.0]])
     # predict() goes through unscale_action: box actions, deterministic = squash of the flow's mode
-    pred, _ = model.predict(obs.numpy(), deterministic=True)
+    pred, _ = model.predict(obs.cpu().numpy(), deterministic=True)
     with torch.no_grad():
         mode = policy.get_distribution(obs).mode()
-    np.testing.assert_allclose(pred, policy.unscale_action(mode.numpy()), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pred, policy.unscale_action(mode.cpu().numpy()), rtol=1e-6, atol=1e-6)
 
     def log_probs():
         dist = policy.get_distribution(obs)
         with torch.no_grad():
-            return dist.log_prob(u), dist.flow.log_prob(torch.as_tensor(box), dist.context)
+            return dist.log_prob(u), dist.flow.log_prob(torch.as_tensor(box, device=device), dist.context)
 
     u_before, box_before = log_probs()
     with torch.no_grad():
@@ -330,13 +331,13 @@ def test_pre_squash_actions_reach_the_env_squashed_and_keep_the_ratio(name):
     torch.testing.assert_close(u_after - u_before, box_after - box_before, rtol=1e-3, atol=1e-3)  # ...same ratio
 
 
-def test_pre_squash_scores_actions_that_float32_tanh_rounds_onto_the_boundary():
+def test_pre_squash_scores_actions_that_float32_tanh_rounds_onto_the_boundary(device):
     """Beyond ``|u| ~ 9`` the box action is exactly the bound: only ``u`` still tells samples apart."""
-    model = _on_policy(PPO, "Pendulum-v1", "realnvp")
+    model = _on_policy(PPO, "Pendulum-v1", "realnvp", device=device)
     policy = model.policy
-    obs = torch.randn(2, 3)
-    u = torch.tensor([[12.0], [20.0]])
-    assert (policy.unscale_action(u.numpy()) == 2.0).all()
+    obs = torch.randn(2, 3).to(device)
+    u = torch.tensor([[12.0], [20.0]], device=device)
+    assert (policy.unscale_action(u.cpu().numpy()) == 2.0).all()
     _, lp_u, _ = policy.evaluate_actions(obs, u)
     assert torch.isfinite(lp_u).all()
     dist = policy.get_distribution(obs)
@@ -348,15 +349,15 @@ def test_pre_squash_scores_actions_that_float32_tanh_rounds_onto_the_boundary():
 
 @pytest.mark.parametrize("pre_squash", [True, False], ids=["pre-squash", "box"])
 @pytest.mark.parametrize("name", FLOWS)
-def test_rollout_scores_its_own_sample_without_a_second_pass(name, pre_squash, monkeypatch):
-    model = _on_policy(PPO, "Pendulum-v1", name, store_pre_squash=pre_squash)
+def test_rollout_scores_its_own_sample_without_a_second_pass(name, pre_squash, monkeypatch, device):
+    model = _on_policy(PPO, "Pendulum-v1", name, store_pre_squash=pre_squash, device=device)
     policy = model.policy
     dist = policy.action_dist
     flow = dist._unsquashed if pre_squash else dist.flow
     calls = []
     density = flow.log_prob
     monkeypatch.setattr(flow, "log_prob", lambda *a, **k: calls.append(1) or density(*a, **k))
-    obs = torch.randn(8, 3)
+    obs = torch.randn(8, 3).to(device)
     with torch.no_grad():
         actions, _, rollout_log_prob = policy(obs)
     assert calls == [], "the rollout rescored its own sample"
@@ -369,8 +370,9 @@ def test_rollout_scores_its_own_sample_without_a_second_pass(name, pre_squash, m
     dist.log_prob(dist.sample())
     assert calls == [1, 1]
     if not pre_squash:  # a box sample that rounded onto the boundary is rescored (clamped like a stored one)
-        lp = torch.zeros(1, 8)
-        monkeypatch.setattr(dist.flow, "rsample_and_log_prob", lambda n, c: (torch.full((1, 8, 1), 2.0), lp))
+        lp = torch.zeros(1, 8, device=device)
+        monkeypatch.setattr(dist.flow, "rsample_and_log_prob",
+                            lambda n, c: (torch.full((1, 8, 1), 2.0, device=device), lp))
         actions, log_prob = dist.actions_and_log_prob()
         assert calls == [1, 1, 1] and not torch.equal(log_prob, lp[0])
 
@@ -379,32 +381,32 @@ def test_ppo_naf_slope_floor_defaults_to_the_policy_value_and_can_be_overridden(
     from agents.policies import PPO_NAF_MIN_SLOPE
 
     for given, expected in (({}, PPO_NAF_MIN_SLOPE), ({"min_slope": 1e-3}, 1e-3)):
-        model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32,
+        model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32, device="cpu",
                     policy_kwargs=dict(flow="naf", flow_kwargs={**SMALL["naf"], **given}))
         dsf = model.policy.action_dist.flow.transform.transforms[1].transforms[0].bijection
         assert dsf.min_slope == expected and model.policy_kwargs["flow_kwargs"].get("min_slope", expected) == expected
         assert model.policy._get_constructor_parameters()["flow_kwargs"]["min_slope"] == expected  # saved with the model
 
 
-def test_entropy_samples_zero_defers_to_sb3():
-    model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1,
+def test_entropy_samples_zero_defers_to_sb3(device):
+    model = PPO(FlowActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1, device=device,
                 policy_kwargs=dict(flow="realnvp", flow_kwargs=SMALL["realnvp"], entropy_samples=0))
-    _, _, entropy = model.policy.evaluate_actions(torch.randn(4, 3), torch.zeros(4, 1))
+    _, _, entropy = model.policy.evaluate_actions(torch.randn(4, 3, device=device), torch.zeros(4, 1, device=device))
     assert entropy is None
     model.learn(32)
 
 
 @pytest.mark.parametrize("algo", [PPO, A2C])
 @pytest.mark.parametrize("name", FLOWS)
-def test_on_policy_save_load_round_trip(algo, name, tmp_path):
-    model = _on_policy(algo, "Pendulum-v1", name)
+def test_on_policy_save_load_round_trip(algo, name, tmp_path, device):
+    model = _on_policy(algo, "Pendulum-v1", name, device=device)
     assert model.policy.squash_output
     before = {k: v.clone() for k, v in model.policy.state_dict().items()}
     model.learn(32)
     changed = [k for k, v in model.policy.state_dict().items() if not torch.equal(before[k], v)]
     assert any(k.startswith("action_net.") for k in changed), "training did not update the flow"
     model.save(tmp_path / "m")
-    loaded = algo.load(tmp_path / "m")
+    loaded = algo.load(tmp_path / "m", device=device)
     assert isinstance(loaded.policy, FlowActorCriticPolicy)
     assert loaded.policy_kwargs["flow"] == name and loaded.policy.squash_output
     obs = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
@@ -441,7 +443,7 @@ def _mode_fractions(model, env, n=2000):
 @pytest.mark.slow
 def test_bandit_flow_sac_keeps_both_modes_gaussian_collapses():
     env = TwoModeBandit()
-    common = dict(learning_starts=200, batch_size=128, learning_rate=3e-3, seed=0)
+    common = dict(learning_starts=200, batch_size=128, learning_rate=3e-3, seed=0, device="cpu")
     gauss = SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=[64, 64]), **common)
     gauss.learn(1500)
     g0, g1 = _mode_fractions(gauss, env)
@@ -460,7 +462,7 @@ def test_sac_flow_policy_improves_on_pendulum(name):
     from stable_baselines3.common.evaluation import evaluate_policy
 
     pk = dict(net_arch=[64, 64], flow=name, flow_kwargs=dict(transforms=2, hidden_features=(64,)))
-    model = SAC(FlowSACPolicy, "Pendulum-v1", policy_kwargs=pk, learning_rate=1e-3, seed=0)
+    model = SAC(FlowSACPolicy, "Pendulum-v1", policy_kwargs=pk, learning_rate=1e-3, seed=0, device="cpu")
     before, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=5)
     model.learn(4000)
     after, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=5)
@@ -482,3 +484,28 @@ def test_cuda_training_and_round_trip(algo, tmp_path):
     loaded = algo.load(tmp_path / "m", device="cuda")
     obs = np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+@pytest.mark.parametrize("algo, name", [(SAC, "naf"), (PPO, "realnvp")])
+def test_checkpoints_load_across_devices(algo, name, tmp_path, device):
+    """Trained and saved on ``device``, loaded on the CPU and back: same parameters, same actions.
+
+    The CPU copy of a CUDA model acts within float32 rounding plus the NAF inversion tolerance
+    (``2e-6 (1 + |u|)`` on ``|u| <~ 5``, times the box half-width 2: ~2.4e-5) of the original: atol 1e-4.
+    """
+    model = _sac("Pendulum-v1", name, device=device) if algo is SAC else _on_policy(algo, "Pendulum-v1", name,
+                                                                                     device=device)
+    model.learn(48)
+    model.save(tmp_path / "m")
+    on_cpu = algo.load(tmp_path / "m", device="cpu")
+    assert all(p.device.type == "cpu" for p in on_cpu.policy.parameters())
+    on_cpu.save(tmp_path / "m_cpu")
+    back = algo.load(tmp_path / "m_cpu", device=device)
+    assert all(p.device.type == device.type for p in back.policy.parameters())
+    for key, value in model.policy.state_dict().items():
+        torch.testing.assert_close(on_cpu.policy.state_dict()[key], value.cpu(), rtol=0, atol=0)
+        torch.testing.assert_close(back.policy.state_dict()[key], value, rtol=0, atol=0)
+    obs = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+    det = model.predict(obs, deterministic=True)[0]
+    np.testing.assert_array_equal(back.predict(obs, deterministic=True)[0], det)
+    np.testing.assert_allclose(on_cpu.predict(obs, deterministic=True)[0], det, rtol=0, atol=1e-4)

@@ -94,3 +94,65 @@ def test_inverse_reaches_the_requested_tolerance(tol):
         y, _ = t(x)
         err = (t.inverse(y)[0] - x).abs().max().item()
     assert err < max(tol * 100, 1e-10)
+
+
+@pytest.mark.parametrize("d, m", [(16, 16), (6, 3), (3, 3), (1, 1)])
+def test_householder_q_is_lapacks_q_with_its_gradient(d, m):
+    """The GPU path of the orthogonal Sylvester map computes the Q of ``torch.linalg.qr`` (same signs)."""
+    from flowrl.transforms.lowrank import _householder_q
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.eye(d, m, dtype=torch.float64) + 0.4 * torch.randn(8, d, m, generator=g, dtype=torch.float64)
+    a[0] = -torch.eye(d, m, dtype=torch.float64)  # negative pivots, zero columns below them
+    if d > 1:
+        a[1, 1:, 0] = 0.0
+    weights = torch.randn(d, m, generator=g, dtype=torch.float64)
+    a1, a2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    q1, q2 = _householder_q(a1), torch.linalg.qr(a2).Q
+    torch.testing.assert_close(q1, q2, rtol=0, atol=1e-12)
+    (q1 * weights).sum().backward()
+    (q2 * weights).sum().backward()
+    torch.testing.assert_close(a1.grad[2:], a2.grad[2:], rtol=1e-9, atol=1e-9)  # generic rows: a smooth map
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_joint_newton_inverse_matches_the_coordinate_solve(dtype):
+    """The accelerator path (batched Newton on the triangular system) inverts like the scalar solves."""
+    from flowrl.transforms.lowrank import SylvesterMap
+
+    torch.manual_seed(0)
+    t = SylvesterMap(6, 3, "orthogonal", hidden_features=(8,)).to(dtype)
+    _randomise(t, std=0.7, seed=5)
+    x = 2 * torch.randn(300, 6, dtype=dtype)
+    c = torch.randn(300, 3, dtype=dtype)
+    with torch.no_grad():
+        y, ld = t(x, c)
+        t.solve_jointly = False
+        x_seq, ld_seq = t.inverse(y, c)
+        t.solve_jointly = True
+        x_joint, ld_joint = t.inverse(y, c)
+        t.joint_newton_steps = 0  # nothing converges: every row falls back to the scalar solves
+        x_fallback, _ = t.inverse(y, c)
+    rt, ld_tol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 2e-3)  # the property suite's float32 bounds
+    torch.testing.assert_close(x_joint, x, rtol=0, atol=rt)
+    torch.testing.assert_close(ld_joint, -ld, rtol=0, atol=ld_tol)
+    torch.testing.assert_close(x_joint, x_seq, rtol=0, atol=rt)
+    torch.testing.assert_close(x_fallback, x_seq, rtol=0, atol=0)
+
+
+def test_planar_newton_start_inverts_like_the_plain_solve():
+    """The accelerator path (plain Newton steps, then the safeguarded solve) gives the same inverse."""
+    torch.manual_seed(0)
+    t = PlanarMap(4, 2, hidden_features=(8,)).double()
+    _randomise(t, std=1.0, seed=6)
+    x = 3 * torch.randn(200, 4, dtype=torch.float64)
+    c = torch.randn(200, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y, ld = t(x, c)
+        t.newton_start = False
+        x_plain, ld_plain = t.inverse(y, c)
+        t.newton_start = True
+        x_newton, ld_newton = t.inverse(y, c)
+    torch.testing.assert_close(x_newton, x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(ld_newton, -ld, rtol=0, atol=1e-9)
+    torch.testing.assert_close(x_newton, x_plain, rtol=0, atol=1e-9)

@@ -99,10 +99,10 @@ def test_dict_observations_need_a_key_and_nan_observations_are_refused():
         make_novelty_bonus(spaces.Discrete(4), {})
 
 
-def test_sac_scores_the_sampled_transitions_with_the_current_model():
+def test_sac_scores_the_sampled_transitions_with_the_current_model(device):
     env = _mc(n_envs=2)
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5, "seed": 0})
-    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(60, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
     assert bonus.model.n_total == 60  # every visited state (2 envs x 30 steps) was fed to the model
@@ -112,21 +112,21 @@ def test_sac_scores_the_sampled_transitions_with_the_current_model():
     inds = np.random.randint(0, buf.size(), size=64)
     env_inds = np.random.randint(0, 2, size=64)
     raw_next = buf.next_observations[inds, env_inds]
-    assert np.allclose(samples.next_observations.numpy(), raw_next)  # rows line up with what was scored
-    expected = buf.rewards[inds, env_inds] + 0.5 * bonus.model.bonus(raw_next).numpy()
-    assert np.allclose(samples.rewards.numpy().ravel(), expected, atol=1e-5)
+    assert np.allclose(samples.next_observations.cpu().numpy(), raw_next)  # rows line up with what was scored
+    expected = buf.rewards[inds, env_inds] + 0.5 * bonus.model.bonus(raw_next).cpu().numpy()
+    assert np.allclose(samples.rewards.cpu().numpy().ravel(), expected, atol=1e-5)
     # The bonus follows the model: after more training the same rows get other rewards.
     bonus.model.update(raw_next, steps=20)
     np.random.seed(3)
-    assert not np.allclose(buf.sample(64).rewards.numpy(), samples.rewards.numpy())
+    assert not np.allclose(buf.sample(64).rewards.cpu().numpy(), samples.rewards.cpu().numpy())
     logged = model.logger.name_to_value
     assert "train/intrinsic_reward" in logged or "rollout/intrinsic_reward" in model.logger.name_to_count
 
 
-def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs():
+def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs(device):
     env = _mc()
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5})
-    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     seen = []
 
     from stable_baselines3.common.callbacks import BaseCallback
@@ -144,10 +144,10 @@ def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs():
     assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward"} <= names
 
 
-def test_bonus_survives_vecnormalize():
+def test_bonus_survives_vecnormalize(device):
     venv = VecNormalize(_mc(), norm_obs=True, norm_reward=True)
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, venv, {**SMALL_FLOW, "beta": 1.0})
-    model = SAC("MlpPolicy", venv, seed=0, **kwargs)
+    model = SAC("MlpPolicy", venv, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
     np.random.seed(1)
@@ -156,19 +156,19 @@ def test_bonus_survives_vecnormalize():
     inds = np.random.randint(0, buf.size(), size=32)
     raw_next = buf.next_observations[inds, 0]
     extrinsic = venv.normalize_reward(buf.rewards[inds, 0])
-    intrinsic = samples.rewards.numpy().ravel() - extrinsic
-    assert np.allclose(intrinsic, bonus.model.bonus(raw_next).numpy(), atol=1e-5)
+    intrinsic = samples.rewards.cpu().numpy().ravel() - extrinsic
+    assert np.allclose(intrinsic, bonus.model.bonus(raw_next).cpu().numpy(), atol=1e-5)
     assert (intrinsic > 0).all()
     # The density model saw raw observations, not VecNormalize's.
-    assert np.allclose(bonus.model.normalizer.mean.numpy(), buf.next_observations[:40, 0].mean(0), atol=0.05)
+    assert np.allclose(bonus.model.normalizer.mean.cpu().numpy(), buf.next_observations[:40, 0].mean(0), atol=0.05)
 
 
-def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback():
+def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback(device):
     from stable_baselines3.common.callbacks import BaseCallback
 
     venv = VecNormalize(_mc(n_envs=2))
     kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, venv, {**SMALL_FLOW, "beta": 0.5})
-    model = PPO("MlpPolicy", venv, seed=0, **kwargs)
+    model = PPO("MlpPolicy", venv, seed=0, device=device, **kwargs)
     snap = {}
 
     class Snapshot(BaseCallback):  # runs after SB3 computed the advantages of the rollout
@@ -179,7 +179,7 @@ def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback():
             buf = self.model.rollout_buffer
             for k in ("rewards", "values", "episode_starts", "advantages", "intrinsic_rewards"):
                 snap[k] = getattr(buf, k).copy()
-            snap["last_values"] = self.locals["values"].numpy().ravel()
+            snap["last_values"] = self.locals["values"].cpu().numpy().ravel()
             snap["dones"] = np.asarray(self.locals["dones"], dtype=np.float32)
 
     model.learn(64, callback=[*callbacks, Snapshot()])
@@ -200,7 +200,7 @@ def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback():
     without_bonus = adv - snap["intrinsic_rewards"]  # a bonus left out would show up here
     assert not np.allclose(without_bonus, snap["advantages"], atol=1e-3)
     with pytest.raises(RuntimeError, match="callback"):
-        PPO("MlpPolicy", venv, seed=0, **attach_novelty(PPO, SMALL_PPO, venv, SMALL_FLOW)[0]).learn(32)
+        PPO("MlpPolicy", venv, seed=0, device=device, **attach_novelty(PPO, SMALL_PPO, venv, SMALL_FLOW)[0]).learn(32)
 
 
 def test_rollout_buffer_adds_the_bonus_once():
@@ -214,7 +214,7 @@ def test_rollout_buffer_adds_the_bonus_once():
         buf.add(s, np.zeros((1, 1)), np.zeros(1), np.zeros(1), torch.zeros(1), torch.zeros(1))
     buf.compute_returns_and_advantage(torch.zeros(1), np.zeros(1))
     buf.compute_returns_and_advantage(torch.zeros(1), np.zeros(1))
-    expected = 2.0 * bonus.model.bonus(states.reshape(4, 2)).numpy()
+    expected = 2.0 * bonus.model.bonus(states.reshape(4, 2)).cpu().numpy()
     assert np.allclose(buf.returns.ravel(), expected, atol=1e-6)  # gamma = 0, values = 0: returns = rewards
 
 
@@ -222,13 +222,13 @@ def test_rollout_buffer_adds_the_bonus_once():
     (SAC, SMALL_SAC, {**SMALL_FLOW}),
     (PPO, SMALL_PPO, {"kind": "rnd", "update_every": 8, "batch_size": 32}),
 ])
-def test_save_load_restores_the_density_model_and_its_normaliser(tmp_path, algo, algo_kwargs, options):
+def test_save_load_restores_the_density_model_and_its_normaliser(tmp_path, algo, algo_kwargs, options, device):
     env = _mc()
     kwargs, callbacks = attach_novelty(algo, algo_kwargs, env, options)
-    model = algo("MlpPolicy", env, seed=0, **kwargs)
+    model = algo("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(64, callback=callbacks)
     model.save(tmp_path / "agent")
-    loaded = algo.load(tmp_path / "agent", env=env)
+    loaded = algo.load(tmp_path / "agent", env=env, device=device)
     a, b = find_novelty(model).model, find_novelty(loaded).model
     assert a is not b
     sa, sb = a.state_dict(), b.state_dict()
@@ -244,10 +244,10 @@ def test_save_load_restores_the_density_model_and_its_normaliser(tmp_path, algo,
     assert float(b.n_total) == n_before + 32  # training resumes from the restored counts
 
 
-def test_novelty_density_for_maps():
+def test_novelty_density_for_maps(device):
     env = _mc()
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, SMALL_FLOW)
-    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     grid = np.stack(np.meshgrid(np.linspace(-1.2, 0.6, 5), np.linspace(-0.07, 0.07, 4)), -1).reshape(-1, 2)
     for target in (model, callbacks[0]):
@@ -259,10 +259,10 @@ def test_novelty_density_for_maps():
         novelty_density(rnd_cbs[0], grid)
 
 
-def test_dict_observations_with_a_key_train_end_to_end():
+def test_dict_observations_with_a_key_train_end_to_end(device):
     env = DummyVecEnv([PointDict])
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "obs_key": "pos", "score": "current"})
-    model = SAC("MultiInputPolicy", env, seed=0, **kwargs)
+    model = SAC("MultiInputPolicy", env, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     assert find_novelty(model).model.n_total == 40
     sample = model.replay_buffer.sample(8)
@@ -291,7 +291,8 @@ def test_image_observation_space_gets_the_image_counter_in_channels_first_form()
     frames = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 1), dtype=np.uint8)
     chw = frames.transpose(0, 3, 1, 2)
     bonus.model.update(chw)
-    assert np.array_equal(bonus.intrinsic(frames).numpy(), bonus.intrinsic(chw).numpy())  # HWC as SB3 before transpose
+    # HWC, as SB3 stores frames before its transpose
+    assert np.array_equal(bonus.intrinsic(frames).cpu().numpy(), bonus.intrinsic(chw).cpu().numpy())
     unit = make_novelty_bonus(spaces.Box(0.0, 1.0, (3, 16, 16), np.float32), SMALL_IMAGE)
     assert unit.model.max_value == 1.0
     with pytest.raises(ValueError, match="image observations have shape"):
@@ -302,12 +303,12 @@ def test_image_observation_space_gets_the_image_counter_in_channels_first_form()
         make_novelty_bonus(hwc, {"image_levels": 1})
 
 
-def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path):
+def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, device):
     from stable_baselines3.common.callbacks import BaseCallback
 
     env = _pixel_env()
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_IMAGE, "beta": 0.5, "seed": 0})
-    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     assert model.observation_space.shape == (1, 16, 16)  # SB3 moved the channels first (VecTransposeImage)
     seen = []
 
@@ -338,23 +339,23 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path):
     plain.dedupe = False
     assert torch.allclose(bonus.intrinsic(replayed), plain.bonus(replayed, beta=bonus.beta), rtol=1e-5, atol=0.0)
     model.save(tmp_path / "agent")
-    loaded = SAC.load(tmp_path / "agent", env=env)
+    loaded = SAC.load(tmp_path / "agent", env=env, device=device)
     frames = model.replay_buffer.observations[:32, 0]
     assert np.array_equal(novelty_density(model, frames, "bonus"), novelty_density(loaded, frames, "bonus"))
     assert find_novelty(loaded).model.n_total == 300
 
 
-def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout():
+def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout(device):
     env = _pixel_env(n_envs=2)
     kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, env, {**SMALL_IMAGE, "beta": 0.5})
-    model = PPO("MlpPolicy", env, seed=0, **kwargs)
+    model = PPO("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(64, callback=callbacks)
     buf = model.rollout_buffer
     assert buf.scored_obs.dtype == np.uint8 and buf.scored_obs.shape == (32, 2, 1, 16, 16)
     assert (buf.intrinsic_rewards > 0).all() and find_novelty(model).model.n_total == 64
 
 
-def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path):
+def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
     """``kind="rnd"`` on frames: the convolutional RND scores, trains, logs and is saved with the agent."""
     from flowrl.rnd_image import ImageRND
 
@@ -367,18 +368,18 @@ def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path):
         make_novelty_bonus(hwc, {**rnd, "image_levels": 4})
     env = _pixel_env()
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, rnd)
-    model = SAC("MlpPolicy", env, seed=0, **kwargs)
+    model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(100, callback=callbacks)
     trained = find_novelty(model)
     assert trained.model.n_total == 100
     samples = model.replay_buffer.sample(16)
     assert torch.isfinite(samples.rewards).all() and (samples.rewards > 0).all()
     model.save(tmp_path / "agent")
-    loaded = SAC.load(tmp_path / "agent", env=env)
+    loaded = SAC.load(tmp_path / "agent", env=env, device=device)
     frames = model.replay_buffer.observations[:32, 0]
     assert np.array_equal(novelty_density(model, frames, "bonus"), novelty_density(loaded, frames, "bonus"))
     penv = _pixel_env(n_envs=2)
     kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, penv, rnd)
-    ppo = PPO("MlpPolicy", penv, seed=0, **kwargs)
+    ppo = PPO("MlpPolicy", penv, seed=0, device=device, **kwargs)
     ppo.learn(64, callback=callbacks)
     assert (ppo.rollout_buffer.intrinsic_rewards > 0).all() and find_novelty(ppo).model.n_total == 64

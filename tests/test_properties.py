@@ -30,20 +30,20 @@ def _params(cases, slow_marks=False):
     return out
 
 
-def _context(rows: int, context_dim: int, dtype, seed: int = 3):
+def _context(rows: int, context_dim: int, dtype, seed: int = 3, device="cpu"):
     if context_dim == 0:
         return None
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, context_dim, generator=g, dtype=torch.float64).to(dtype)
+    return torch.randn(rows, context_dim, generator=g, dtype=torch.float64).to(device, dtype)
 
 
-def _ready(case, dim, context_dim, dtype, seed=0):
-    """A perturbed (non-identity) flow in eval mode, initialised on one batch."""
-    flow = case.build(dim, context_dim, dtype, seed=seed)
+def _ready(case, dim, context_dim, dtype, seed=0, device="cpu"):
+    """A perturbed (non-identity) flow in eval mode on ``device``, initialised on one batch."""
+    flow = case.build(dim, context_dim, dtype, seed=seed).to(device)
     perturb(flow)
     with torch.no_grad():  # data-dependent initialisations (ActNorm) happen here
-        x0 = torch.randn(16, *flow.shape, dtype=dtype)
-        flow.log_prob(x0, _context(16, context_dim, dtype))
+        x0 = torch.randn(16, *flow.shape, dtype=dtype).to(device)
+        flow.log_prob(x0, _context(16, context_dim, dtype, device=device))
     flow.eval()
     return flow
 
@@ -73,12 +73,12 @@ def _assert_all_parameters_have_gradients(flow):
 @pytest.mark.parametrize("context_dim", CONTEXTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", _params(VECTOR))
-def test_inverse_of_forward_is_identity(case, dtype, context_dim, batch):
+def test_inverse_of_forward_is_identity(case, dtype, context_dim, batch, device):
     dim = _dim(case)
-    flow = _ready(case, dim, context_dim, dtype)
+    flow = _ready(case, dim, context_dim, dtype, device=device)
     rt, ld_tol = case.tolerances(dtype)
-    x = torch.randn(batch, dim, dtype=dtype)
-    c = _context(batch, context_dim, dtype)
+    x = torch.randn(batch, dim, dtype=dtype).to(device)
+    c = _context(batch, context_dim, dtype, device=device)
     with torch.no_grad():
         z, ld = flow.transform(x, c)
         x2, ld2 = flow.transform.inverse(z, c)
@@ -212,11 +212,11 @@ def test_density_integrates_to_one_1d(case, context_dim):
 @pytest.mark.parametrize("context_dim", CONTEXTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", _params(VECTOR))
-def test_rsample_and_log_prob_agree_and_carry_gradients(case, dtype, context_dim, n):
+def test_rsample_and_log_prob_agree_and_carry_gradients(case, dtype, context_dim, n, device):
     dim = _dim(case)
-    flow = _ready(case, dim, context_dim, dtype)
+    flow = _ready(case, dim, context_dim, dtype, device=device)
     _, ld_tol = case.tolerances(dtype)
-    c = _context(3, context_dim, dtype)
+    c = _context(3, context_dim, dtype, device=device)
     x, lp = flow.rsample_and_log_prob(n, c)
     lead = (n, 3) if context_dim else (n,)
     assert x.shape == (*lead, dim) and lp.shape == lead
@@ -229,11 +229,11 @@ def test_rsample_and_log_prob_agree_and_carry_gradients(case, dtype, context_dim
 
 @pytest.mark.parametrize("context_dim", CONTEXTS)
 @pytest.mark.parametrize("case", _params(VECTOR))
-def test_log_prob_gives_every_parameter_a_gradient(case, context_dim):
-    flow = _ready(case, _dim(case), context_dim, torch.float32)
+def test_log_prob_gives_every_parameter_a_gradient(case, context_dim, device):
+    flow = _ready(case, _dim(case), context_dim, torch.float32, device=device)
     flow.train()
-    x = torch.randn(8, flow.shape[0])
-    _backward(flow, flow.log_prob(x, _context(8, context_dim, torch.float32)).sum())
+    x = torch.randn(8, flow.shape[0]).to(device)
+    _backward(flow, flow.log_prob(x, _context(8, context_dim, torch.float32, device=device)).sum())
     _assert_all_parameters_have_gradients(flow)
 
 
@@ -243,12 +243,13 @@ TAIL_VALUES = [-50.0, -5.0, -3.0, -1e-3, 0.0, 3.0, 5.0, 50.0]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", _params(VECTOR))
-def test_tails_and_interval_edges_stay_finite(case, dtype):
+def test_tails_and_interval_edges_stay_finite(case, dtype, device):
     dim = _dim(case)
-    flow = _ready(case, dim, 0, dtype)
+    flow = _ready(case, dim, 0, dtype, device=device)
     flow.train()
     v = TAIL_VALUES
-    x = torch.tensor([[v[i], v[(i + 3) % 8], v[(i + 5) % 8]][:dim] + [0.5] * (dim - 3) for i in range(8)], dtype=dtype)
+    x = torch.tensor([[v[i], v[(i + 3) % 8], v[(i + 5) % 8]][:dim] + [0.5] * (dim - 3) for i in range(8)], dtype=dtype,
+                     device=device)
     x.requires_grad_(True)
     z, ld = flow.transform(x)
     lp = flow.log_prob(x)

@@ -148,8 +148,19 @@ class NoveltyBonus:
 
     @property
     def device(self) -> str:
-        """Where the density model lives (``device="auto"``: the CPU until the agent's device is known)."""
+        """Where the density model lives first (``device="auto"``: the CPU until :meth:`follow` moves it)."""
         return "cpu" if self.options.device == "auto" else self.options.device
+
+    def follow(self, device: torch.device | str) -> None:
+        """With ``device="auto"``, move the model and its optimiser state to the agent's ``device``."""
+        if self.options.device != "auto":
+            return
+        self.model.to(device)
+        opt = getattr(self.model, "optimizer", None)
+        for state in (opt.state.values() if opt is not None else ()):
+            for k, v in state.items():  # Adam's "step" stays where torch keeps it (a CPU scalar)
+                if isinstance(v, torch.Tensor) and k != "step":
+                    state[k] = v.to(device)
 
     @property
     def beta(self) -> float:

@@ -53,8 +53,10 @@ class _ReplayScoring:
         return pick(self.next_observations, batch_inds)
 
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
-        if float(self.novelty.model.n_total) == 0 and self.size() > self.novelty.update_every:
-            raise RuntimeError(_MISSING_CALLBACK)
+        if not getattr(self, "_model_updated", False):  # read n_total (a device sync) only until the first update
+            self._model_updated = float(self.novelty.model.n_total) > 0
+            if not self._model_updated and self.size() > self.novelty.update_every:
+                raise RuntimeError(_MISSING_CALLBACK)
         # SB3 draws the env column of each row first thing in _get_samples; draw the same
         # columns here from the same RNG state so that the bonus scores exactly those rows.
         rng_state = np.random.get_state()
@@ -73,7 +75,9 @@ class NoveltyReplayBuffer(_ReplayScoring, ReplayBuffer):
     def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.novelty = _check_bonus(novelty)
+        self.novelty.follow(self.device)
         self.last_intrinsic: Optional[torch.Tensor] = None
+        self._model_updated = False
 
 
 class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
@@ -82,7 +86,9 @@ class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
     def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.novelty = _check_bonus(novelty)
+        self.novelty.follow(self.device)
         self.last_intrinsic: Optional[torch.Tensor] = None
+        self._model_updated = False
 
 
 class _RolloutScoring:
@@ -92,6 +98,7 @@ class _RolloutScoring:
 
     def _init_scoring(self, novelty: Optional[NoveltyBonus]) -> None:
         self.novelty = _check_bonus(novelty)
+        self.novelty.follow(self.device)
         # Frames keep the observation space's dtype (uint8 frames stay uint8 here).
         dtype = self.observation_space.dtype if novelty.is_image and self.observation_space.dtype == np.uint8 \
             else np.float32

@@ -41,7 +41,8 @@ class NoveltyOptions(BaseModel):
     ``obs_key``: the key of a Dict observation to count on; ``project``: the
     features to count on, a list of indices (or, from Python, a callable
     ``(batch, d) tensor -> (batch, k) tensor``); ``device``: of the density
-    model (``"auto"``: the agent's).
+    model, ``"auto"`` (default) = the agent's (the buffer SB3 builds for the
+    agent moves it there; a bonus not attached to an agent stays on the CPU).
 
     The density model (``None``: the library's default): ``flow``,
     ``flow_kwargs``, ``estimator``, ``resolution`` (a number or ``"auto"``),

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Transform
-from ..inversion import invert_monotone
+from ..inversion import default_tolerance, invert_monotone
 from ..nn import MLP
 
 __all__ = ["ParameterSource", "PlanarMap", "RadialMap", "SylvesterMap"]
@@ -56,6 +56,48 @@ def _tanh_prime(a: Tensor) -> Tensor:
 def _log_tanh_prime(a: Tensor) -> Tensor:
     """``log(1 - tanh(a)^2) = 2 (log 2 - a - softplus(-2a))`` without underflow."""
     return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
+
+
+def _householder_q(a: Tensor) -> Tensor:
+    """The ``Q`` factor of the thin QR decomposition of ``a`` ``(rows, D, M)``, as LAPACK's ``geqrf`` gives it.
+
+    ``M`` batched Householder steps in plain tensor operations (no per-matrix solver call, no
+    host synchronisation: batched ``linalg.qr`` of many small matrices is slow on GPUs).
+    Step ``k`` reflects ``x = a_k[k:]`` onto ``beta e_1`` with ``beta = -sign(x_1) ||x||``
+    (LAPACK's sign convention, ``sign(0) = +1``; no reflection where ``x_2.. = 0``), so that the
+    result matches ``torch.linalg.qr(a).Q`` up to rounding and saved flows keep their function.
+    """
+    rows, d, m = a.shape
+    idx = torch.arange(d, device=a.device)
+    reflectors = []
+    for k in range(m):
+        x = a[:, :, k] * (idx >= k)  # (rows, D): the column from row k down
+        alpha = a[:, k, k]
+        tail = (x * (idx > k)).norm(dim=-1)
+        beta = -torch.where(alpha >= 0, 1.0, -1.0).to(a.dtype) * torch.sqrt(alpha * alpha + tail * tail)
+        u = x - beta[:, None] * (idx == k)
+        norm = u.norm(dim=-1, keepdim=True)
+        u = torch.where(tail[:, None] > 0, u / norm.clamp_min(torch.finfo(a.dtype).tiny), 0.0)
+        reflectors.append(u)
+        a = a - 2 * u[:, :, None] * (u[:, :, None] * a).sum(1, keepdim=True)
+    q = torch.eye(d, m, dtype=a.dtype, device=a.device).expand(rows, d, m)
+    for u in reversed(reflectors):
+        q = q - 2 * u[:, :, None] * (u[:, :, None] * q).sum(1, keepdim=True)
+    return q
+
+
+@torch.no_grad()
+def _newton_guess(fn, y: Tensor, steps: int) -> Tensor:
+    """``steps`` plain Newton steps on ``fn(x) = y`` from ``x = y`` (``fn`` returns ``(f, log f')``).
+
+    No safeguard and no host read: a starting point for :func:`flowrl.inversion.invert_monotone`,
+    which brackets and polishes it; entries that left the finite range restart from ``y``.
+    """
+    x = y.clone()
+    for _ in range(steps):
+        fx, log_d = fn(x)
+        x = x - (fx - y) * torch.exp(-log_d)
+    return torch.where(torch.isfinite(x), x, y)
 
 
 class PlanarMap(Transform):
@@ -91,13 +133,22 @@ class PlanarMap(Transform):
         c = (w * u).sum(-1)
         return v + u * torch.tanh(a)[:, None], torch.log1p(c * _tanh_prime(a))
 
+    #: Start the safeguarded solve from a few plain Newton steps taken without host reads
+    #: (``None``: on accelerators, where each iteration's convergence check stalls the queue;
+    #: the solve then typically confirms convergence at its first check).
+    newton_start: Optional[bool] = None
+
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         u, w, b = self._uwb(y.shape[0], context)
         c = (w * u).sum(-1)
         t = (w * y).sum(-1)
-        alpha, log_dalpha = invert_monotone(
-            lambda s: (s + c * torch.tanh(s + b), torch.log1p(c * _tanh_prime(s + b))), t, tol=self.tol
-        )
+
+        def fn(s: Tensor) -> tuple[Tensor, Tensor]:
+            return s + c * torch.tanh(s + b), torch.log1p(c * _tanh_prime(s + b))
+
+        start = self.newton_start if self.newton_start is not None else y.device.type != "cpu"
+        x0 = _newton_guess(fn, t.detach(), steps=8) if start else None
+        alpha, log_dalpha = invert_monotone(fn, t, tol=self.tol, x0=x0)
         return y - u * torch.tanh(alpha + b)[:, None], log_dalpha
 
     def jacobian_mask(self, dim: int) -> None:
@@ -188,23 +239,29 @@ class SylvesterMap(Transform):
         self.n_q = n_q
         self.params = ParameterSource(2 * n_tri + m + n_q, context_dim, hidden_features, init_std=0.3)
         iu = torch.triu_indices(m, m)
-        self.register_buffer("triu_rows", iu[0], persistent=False)
-        self.register_buffer("triu_cols", iu[1], persistent=False)
+        # Upper-triangular matrices are one gather from [flat, 0]: entry (i, j) reads flat[k] on and
+        # above the diagonal, the appended zero (index n_tri) below it.
+        gather = torch.full((m, m), n_tri, dtype=torch.long)
+        gather[iu[0], iu[1]] = torch.arange(n_tri)
+        self.register_buffer("triu_gather", gather.reshape(-1), persistent=False)
+        self.register_buffer("triu_is_diag", iu[0] == iu[1], persistent=False)
         perm = torch.arange(dim - 1, -1, -1) if reverse else torch.arange(dim)
         self.register_buffer("perm_matrix", torch.eye(dim)[:, perm], persistent=False)
 
     def _upper(self, flat: Tensor) -> Tensor:
-        out = flat.new_zeros(flat.shape[0], self.m, self.m)
-        out[:, self.triu_rows, self.triu_cols] = flat
-        diag = torch.tanh(torch.diagonal(out, dim1=-2, dim2=-1))
-        return out - torch.diag_embed(torch.diagonal(out, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
+        """Rows of ``n_tri`` values -> upper-triangular ``(rows, m, m)`` with ``tanh`` on the diagonal."""
+        flat = torch.where(self.triu_is_diag, torch.tanh(flat), flat)
+        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=-1)
+        return padded[:, self.triu_gather].reshape(flat.shape[0], self.m, self.m)
 
     def _q(self, flat: Tensor, rows: int) -> Tensor:
         if self.variant == "triangular":
             return self.perm_matrix.to(flat.dtype).expand(rows, self.dim, self.dim)
         if self.variant == "orthogonal":
-            q, _ = torch.linalg.qr(flat.reshape(rows, self.dim, self.m) + torch.eye(self.dim, self.m, dtype=flat.dtype, device=flat.device))
-            return q
+            a = flat.reshape(rows, self.dim, self.m) + torch.eye(self.dim, self.m, dtype=flat.dtype, device=flat.device)
+            # LAPACK's batched QR is the fastest on a CPU; on GPUs, where batched QR of small matrices
+            # costs ~100x more, the same Q comes from plain tensor operations.
+            return torch.linalg.qr(a).Q if a.device.type == "cpu" else _householder_q(a)
         q = torch.eye(self.dim, dtype=flat.dtype, device=flat.device).expand(rows, self.dim, self.dim)
         for v in flat.reshape(rows, self.reflections, self.dim).unbind(1):
             v = v + 1e-3 * (v.norm(dim=-1, keepdim=True) < 1e-6)  # a zero vector reflects nothing
@@ -232,21 +289,70 @@ class SylvesterMap(Transform):
         y = v + (q @ (r @ torch.tanh(pre)[:, :, None])).squeeze(-1)
         return y, self._logdet(pre, r, r_tilde)
 
+    #: Newton steps of the joint solve (quadratic convergence: ~5 from the start ``s = t`` at
+    #: float64 tolerance for well-conditioned rows); rows it leaves unconverged are solved again.
+    joint_newton_steps = 12
+    #: Solve the inverse jointly (``True``), coordinate by coordinate (``False``) or by device
+    #: (``None``: jointly on accelerators, where every scalar solve's host reads stall the queue).
+    solve_jointly: Optional[bool] = None
+
+    def _solve_jointly(self, t: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """Newton on ``F(s) = s + R tanh(R~ s + b) - t = 0`` for all rows and coordinates at once.
+
+        ``dF/ds = I + R diag(tanh'(pre)) R~`` is upper triangular with a positive diagonal, so a
+        step is one batched triangular solve: a fixed number of steps and no host reads, where
+        the coordinate-by-coordinate solve takes ``M`` safeguarded scalar solves.  Returns ``s``
+        and whether each row's last step was within the tolerance (and finite).  A last step at
+        rounding level, ``64 eps (1 + max |s|)``, counts as converged too: in float32 the triangular
+        solve amplifies the rounding of ``s ~ 10`` past the default tolerance (2e-6) on rows
+        with a small diagonal, where the scalar solves would stop at the same accuracy.
+        """
+        tol = max(self.tol if self.tol is not None else default_tolerance(t.dtype), 64 * torch.finfo(t.dtype).eps)
+        eye = torch.eye(self.m, dtype=t.dtype, device=t.device)
+        s = t.clone()
+        step = torch.full_like(t, float("inf"))
+        for _ in range(self.joint_newton_steps):
+            pre = (r_tilde @ s[:, :, None]).squeeze(-1) + b
+            residual = s + (r @ torch.tanh(pre)[:, :, None]).squeeze(-1) - t
+            jac = eye + r * _tanh_prime(pre)[:, None, :] @ r_tilde
+            step = torch.linalg.solve_triangular(jac, residual[:, :, None], upper=True).squeeze(-1)
+            s = s - step
+        scale = 1 + s.abs().amax(dim=-1, keepdim=True)  # rounding spreads along the triangular coupling
+        converged = ((step.abs() <= tol * scale) & torch.isfinite(s)).all(dim=-1)
+        return s, converged
+
+    def _solve_sequentially(self, t: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor) -> Tensor:
+        """The triangular system from the last coordinate up, one safeguarded scalar solve each."""
+        s = torch.zeros_like(t)
+        # R~ is upper triangular: pre_j = (R~ s)_j + b_j depends on s_j.. only, so tanh(pre_j) is
+        # final once s_j is solved and is kept instead of recomputing R~ s at every step.
+        tanh_pre = torch.zeros_like(t)
+        for i in range(self.m - 1, -1, -1):
+            rest = (r_tilde[:, i, i + 1 :] * s[:, i + 1 :]).sum(-1) + b[:, i]
+            known = (r[:, i, i + 1 :] * tanh_pre[:, i + 1 :]).sum(-1)
+            target = t[:, i] - known
+            rii, rtii = r[:, i, i], r_tilde[:, i, i]
+            s[:, i] = invert_monotone(
+                lambda x: (x + rii * torch.tanh(rtii * x + rest), torch.log1p(rii * rtii * _tanh_prime(rtii * x + rest))),
+                target,
+                tol=self.tol,
+            )[0]
+            tanh_pre[:, i] = torch.tanh(rtii * s[:, i] + rest)
+        return s
+
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         q, r, r_tilde, b = self._unpack(y.shape[0], context)
         t = (q.transpose(1, 2) @ y[:, :, None]).squeeze(-1)
         with torch.no_grad():
-            s = torch.zeros_like(t)
-            for i in range(self.m - 1, -1, -1):
-                rest = (r_tilde[:, i, i + 1 :] * s[:, i + 1 :]).sum(-1) + b[:, i]
-                known = (r[:, i, i + 1 :] * torch.tanh((r_tilde[:, i + 1 :, :] @ s[:, :, None]).squeeze(-1) + b[:, i + 1 :])).sum(-1)
-                target = t[:, i] - known
-                rii, rtii = r[:, i, i], r_tilde[:, i, i]
-                s[:, i] = invert_monotone(
-                    lambda x: (x + rii * torch.tanh(rtii * x + rest), torch.log1p(rii * rtii * _tanh_prime(rtii * x + rest))),
-                    target,
-                    tol=self.tol,
-                )[0]
+            joint = self.solve_jointly if self.solve_jointly is not None else t.device.type != "cpu"
+            if not joint:  # a CPU: host reads are free, and M scalar solves cost less than the Newton steps
+                s = self._solve_sequentially(t, r, r_tilde, b)
+                converged = torch.ones_like(t[:, 0], dtype=torch.bool)
+            else:  # accelerators: a fixed number of batched Newton steps, no host read until the check
+                s, converged = self._solve_jointly(t, r, r_tilde, b)
+            if not bool(converged.all()):  # the one host read of the joint solve
+                rows = (~converged).nonzero().squeeze(1)
+                s[rows] = self._solve_sequentially(t[rows], r[rows], r_tilde[rows], b[rows])
         # one differentiable Newton step on the whole triangular system
         pre = (r_tilde @ s[:, :, None]).squeeze(-1) + b
         residual = s + (r @ torch.tanh(pre)[:, :, None]).squeeze(-1) - t

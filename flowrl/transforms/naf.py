@@ -59,7 +59,9 @@ def _log_mix(w: Tensor, log_w: Tensor, t: Tensor) -> Tensor:
     top = t.amax(dim=-2, keepdim=True)
     total = w @ (t - top).exp()
     floor = torch.finfo(total.dtype).tiny ** 0.75  # ~1e-29 in float32, ~1e-231 in float64
-    if bool((total < floor).any()):
+    # On a CPU the test is free and spares the logsumexp; on an accelerator reading it back would
+    # stall the device queue at every call, so the exact branch is always computed there instead.
+    if total.device.type != "cpu" or bool((total < floor).any()):
         exact = torch.logsumexp(t.unsqueeze(-3) + log_w.unsqueeze(-1), dim=-2)
         return torch.where(total < floor, exact, top + total.clamp_min(floor).log())
     return top + total.log()
