@@ -69,7 +69,7 @@ def test_nested_overrides(tmp_path):
     cfg = load_config(str(path), ["env.kwargs.layout=rooms", "algo.kwargs.learning_rate=3e-4", "seed=7",
                                   "total_timesteps=123", "novelty.beta=0.5", "run.out_dir=/tmp/x"])
     assert cfg.env.kwargs == {"layout": "rooms"} and cfg.algo.kwargs == {"batch_size": 64, "learning_rate": 3e-4}
-    assert cfg.seed == 7 and cfg.total_timesteps == 123 and cfg.novelty == {"beta": 0.5}
+    assert cfg.seed == 7 and cfg.total_timesteps == 123 and cfg.novelty is not None and cfg.novelty.beta == 0.5 and cfg.novelty.kind == "flow"
     assert cfg.run.out_dir == "/tmp/x"
     with pytest.raises(ConfigError, match="algo.name"):
         load_config(str(path), ["algo.name=ddpg"])

@@ -113,7 +113,7 @@ def test_sac_scores_the_sampled_transitions_with_the_current_model(device):
     env_inds = np.random.randint(0, 2, size=64)
     raw_next = buf.next_observations[inds, env_inds]
     assert np.allclose(samples.next_observations.cpu().numpy(), raw_next)  # rows line up with what was scored
-    expected = buf.rewards[inds, env_inds] + 0.5 * bonus.model.bonus(raw_next).cpu().numpy()
+    expected = buf.rewards[inds, env_inds] + bonus.intrinsic(raw_next).cpu().numpy()
     assert np.allclose(samples.rewards.cpu().numpy().ravel(), expected, atol=1e-5)
     # The bonus follows the model: after more training the same rows get other rewards.
     bonus.model.update(raw_next, steps=20)
@@ -138,7 +138,7 @@ def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs(device)
 
     model.learn(30, callback=[*callbacks, Spy()])
     assert all("intrinsic_reward" in i and "extrinsic_reward" in i for i in seen)
-    assert all(i["intrinsic_reward"] > 0 for i in seen)
+    assert all(i["intrinsic_reward"] <= 0 for i in seen) and any(i["intrinsic_reward"] < 0 for i in seen)
     assert all(i["extrinsic_reward"] <= 0 for i in seen)  # MountainCar's action cost
     names = set(model.logger.name_to_value) | set(model.logger.name_to_count)
     assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward"} <= names
@@ -157,8 +157,8 @@ def test_bonus_survives_vecnormalize(device):
     raw_next = buf.next_observations[inds, 0]
     extrinsic = venv.normalize_reward(buf.rewards[inds, 0])
     intrinsic = samples.rewards.cpu().numpy().ravel() - extrinsic
-    assert np.allclose(intrinsic, bonus.model.bonus(raw_next).cpu().numpy(), atol=1e-5)
-    assert (intrinsic > 0).all()
+    assert np.allclose(intrinsic, bonus.intrinsic(raw_next).cpu().numpy(), atol=1e-5)
+    assert (intrinsic <= 0).all() and (intrinsic < 0).any()
     # The density model saw raw observations, not VecNormalize's.
     assert np.allclose(bonus.model.normalizer.mean.cpu().numpy(), buf.next_observations[:40, 0].mean(0), atol=0.05)
 
@@ -184,7 +184,7 @@ def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback(device):
 
     model.learn(64, callback=[*callbacks, Snapshot()])
     buf = model.rollout_buffer
-    assert (snap["intrinsic_rewards"] > 0).all()
+    assert (snap["intrinsic_rewards"] <= 0).all() and (snap["intrinsic_rewards"] < 0).any()
     # Redo GAE by hand from the rewards (which include the bonus) and compare.
     r, v, starts = snap["rewards"], snap["values"], snap["episode_starts"]
     adv, last = np.zeros_like(r), np.zeros(r.shape[1], dtype=np.float32)
@@ -214,7 +214,7 @@ def test_rollout_buffer_adds_the_bonus_once():
         buf.add(s, np.zeros((1, 1)), np.zeros(1), np.zeros(1), torch.zeros(1), torch.zeros(1))
     buf.compute_returns_and_advantage(torch.zeros(1), np.zeros(1))
     buf.compute_returns_and_advantage(torch.zeros(1), np.zeros(1))
-    expected = 2.0 * bonus.model.bonus(states.reshape(4, 2)).cpu().numpy()
+    expected = bonus.intrinsic(states.reshape(4, 2)).cpu().numpy()
     assert np.allclose(buf.returns.ravel(), expected, atol=1e-6)  # gamma = 0, values = 0: returns = rewards
 
 
@@ -266,7 +266,7 @@ def test_dict_observations_with_a_key_train_end_to_end(device):
     model.learn(40, callback=callbacks)
     assert find_novelty(model).model.n_total == 40
     sample = model.replay_buffer.sample(8)
-    assert torch.isfinite(sample.rewards).all() and (sample.rewards > 0).all()
+    assert torch.isfinite(sample.rewards).all() and (sample.rewards < 0).any()  # the non-positive bonus is in
 
 
 # ------------------------------------------------------------------ images
@@ -329,15 +329,15 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, devi
     model.learn(300, callback=[*callbacks, Spy()], log_interval=1)
     bonus = find_novelty(model)
     assert bonus.model.n_total == 300 and len(seen) == 300
-    assert all(np.isfinite(seen)) and min(seen) > 0
+    assert all(np.isfinite(seen)) and max(seen) <= 0 and min(seen) < 0
     assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward", "rollout/intrinsic_ep_return"} <= set(dumped)
-    assert dumped["rollout/intrinsic_reward"] > 0 and np.isfinite(dumped["novelty/loss"])
+    assert dumped["rollout/intrinsic_reward"] < 0 and np.isfinite(dumped["novelty/loss"])
     samples = model.replay_buffer.sample(16)
-    assert torch.isfinite(samples.rewards).all() and (samples.rewards > 0).all()  # bonus > 0, extrinsic >= 0
+    assert torch.isfinite(samples.rewards).all() and (samples.rewards < 0).any()  # bonus <= 0, extrinsic >= 0
     replayed = model.replay_buffer.observations[:256, 0]  # frames repeat: scored once each, memoised
     plain = copy.deepcopy(bonus.model)
     plain.dedupe = False
-    assert torch.allclose(bonus.intrinsic(replayed), plain.bonus(replayed, beta=bonus.beta), rtol=1e-5, atol=0.0)
+    assert torch.allclose(bonus.intrinsic(replayed), bonus.beta * (plain.bonus(replayed) - 1), rtol=1e-5, atol=1e-6)
     model.save(tmp_path / "agent")
     loaded = SAC.load(tmp_path / "agent", env=env, device=device)
     frames = model.replay_buffer.observations[:32, 0]
@@ -352,7 +352,7 @@ def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout(device):
     model.learn(64, callback=callbacks)
     buf = model.rollout_buffer
     assert buf.scored_obs.dtype == np.uint8 and buf.scored_obs.shape == (32, 2, 1, 16, 16)
-    assert (buf.intrinsic_rewards > 0).all() and find_novelty(model).model.n_total == 64
+    assert (buf.intrinsic_rewards <= 0).all() and (buf.intrinsic_rewards < 0).any() and find_novelty(model).model.n_total == 64
 
 
 def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
@@ -373,7 +373,7 @@ def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
     trained = find_novelty(model)
     assert trained.model.n_total == 100
     samples = model.replay_buffer.sample(16)
-    assert torch.isfinite(samples.rewards).all() and (samples.rewards > 0).all()
+    assert torch.isfinite(samples.rewards).all() and (samples.rewards < 0).any()
     model.save(tmp_path / "agent")
     loaded = SAC.load(tmp_path / "agent", env=env, device=device)
     frames = model.replay_buffer.observations[:32, 0]
@@ -382,4 +382,4 @@ def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
     kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, penv, rnd)
     ppo = PPO("MlpPolicy", penv, seed=0, device=device, **kwargs)
     ppo.learn(64, callback=callbacks)
-    assert (ppo.rollout_buffer.intrinsic_rewards > 0).all() and find_novelty(ppo).model.n_total == 64
+    assert (ppo.rollout_buffer.intrinsic_rewards < 0).all() and find_novelty(ppo).model.n_total == 64
