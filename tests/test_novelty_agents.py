@@ -383,3 +383,29 @@ def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
     ppo = PPO("MlpPolicy", penv, seed=0, device=device, **kwargs)
     ppo.learn(64, callback=callbacks)
     assert (ppo.rollout_buffer.intrinsic_rewards < 0).all() and find_novelty(ppo).model.n_total == 64
+
+
+@pytest.mark.parametrize("kind", ["flow", "rnd"])
+def test_default_bonus_is_nonpositive_so_ending_an_episode_never_costs_bonus(kind):
+    """r_int = beta * (g(x) - 1) in [-beta, 0]: about 0 for a state never seen, near -beta for a familiar one."""
+    space = spaces.Box(-10, 10, (2,), np.float32)
+    extra = {"flow_kwargs": {"transforms": 1, "hidden_features": [16]}} if kind == "flow" else {}
+    bonus = make_novelty_bonus(space, {"kind": kind, "beta": 0.5, "seed": 0, **extra})
+    positive = make_novelty_bonus(space, {"kind": kind, "beta": 0.5, "seed": 0, "form": "positive", **extra})
+    familiar = np.random.default_rng(0).normal(0.0, 0.05, (512, 2)).astype(np.float32)
+    for b in (bonus, positive):
+        b.model.load_state_dict(bonus.model.state_dict())
+        b.model.update(familiar, steps=300)
+        b.model.eval()
+    positive.model.load_state_dict(bonus.model.state_dict())
+    far = np.array([[9.0, -9.0]], np.float32)
+    r_familiar, r_far = bonus.intrinsic(familiar[:64]).numpy(), bonus.intrinsic(far).numpy()
+    assert (r_familiar <= 0).all() and (r_familiar >= -0.5).all() and (r_far <= 0).all()
+    assert r_far.min() > r_familiar.max()  # novelty still ranks states the same way
+    if kind == "flow":  # the pseudo-count of the far state is ~0: its reward reads as the cap, 0
+        assert bonus.saturated(r_far).all() and not bonus.saturated(r_familiar).any()
+        g = positive.intrinsic(familiar[:64]).numpy() / 0.5  # 1 / sqrt(N + 1)
+        assert np.allclose(r_familiar, 0.5 * (g - 1.0), atol=1e-6)
+    else:
+        e = positive.intrinsic(familiar[:64]).numpy() / 0.5  # RND's normalised error e / s
+        assert np.allclose(r_familiar, -0.5 * np.exp(-e), atol=1e-6)
