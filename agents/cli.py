@@ -4,6 +4,8 @@
     flowrl train resume=RUN_DIR [key=value ...]    continue a run from its last checkpoint
     flowrl eval RUN_DIR [--episodes N] [--stochastic]
     flowrl plot RUN_DIR
+    flowrl sweep SWEEP.yaml [key=value ...] | flowrl sweep --resume SWEEP_DIR    many seeds/configs on Ray Tune
+    flowrl report SWEEP_DIR    statistics over seeds with confidence intervals
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flowrl", description="Exploration with normalizing flows: train, evaluate and plot SB3 agents.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,plot}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,sweep,report}")
     t = sub.add_parser("train", help="train an agent from a YAML config", description=_TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("items", nargs="*", metavar="CONFIG|key=value",
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Redraw RUN_DIR's PNG pictures from its files: learning curves, coverage "
                                     "heatmap, novelty density and policy samples (when the model supports them).")
     pl.add_argument("run_dir", metavar="RUN_DIR")
+    from .sweep_cli import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -104,6 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args.items)
+        if args.command in ("sweep", "report"):
+            from .sweep_cli import run
+
+            return run(args)
         if args.command == "eval":
             return _eval(args.run_dir, args.episodes, args.stochastic)
         return _plot(args.run_dir)

@@ -87,6 +87,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     wandb: bool = Field(False, description="log to Weights & Biases (works with WANDB_MODE=offline)")
     wandb_project: str = "flowrl"
+    wandb_group: Optional[str] = Field(None, description="wandb group of the run (flowrl sweep: the sweep's name)")
     run: RunConfig = Field(default_factory=RunConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resume: Optional[str] = Field(None, description="run directory to continue from its last checkpoint")

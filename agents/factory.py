@@ -238,6 +238,7 @@ def _start_wandb(cfg: TrainConfig, run_dir: str):
     # sync_tensorboard, whose background reader can miss the last rows of a run.
     run = wandb.init(
         project=cfg.wandb_project, name=os.path.basename(run_dir), dir=run_dir, id=run_id, resume="allow",
+        group=cfg.wandb_group,
         config=cfg.model_dump(mode="json"),
     )
     with open(id_file, "w") as f:
