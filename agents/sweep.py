@@ -151,7 +151,8 @@ def _tune_config(spec: SweepSpec):
     from ray import tune
 
     if spec.search is None:
-        return tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=_ray_trial_dirname)
+        return tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=_ray_trial_dirname,
+                               reuse_actors=True)
     from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
@@ -161,7 +162,7 @@ def _tune_config(spec: SweepSpec):
                         repeat=len(spec.seeds), set_index=True)
     return tune.TuneConfig(search_alg=searcher, metric=search.metric, mode=search.mode,
                            num_samples=search.num_samples * len(spec.seeds), max_concurrent_trials=spec.max_concurrent,
-                           trial_dirname_creator=_ray_trial_dirname)
+                           trial_dirname_creator=_ray_trial_dirname, reuse_actors=True)
 
 
 def _run_config(spec: SweepSpec, verbose: int):

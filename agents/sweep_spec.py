@@ -204,20 +204,25 @@ def load_sweep(path: str, overrides: Optional[dict[str, Any]] = None) -> SweepSp
     """Read a sweep file, apply ``overrides`` and validate it and every configuration it makes.
 
     An override whose first key is a sweep field (``seeds``, ``resources.cpus``,
-    ``storage_path``, ...) sets that field; any other goes to the training
-    config of every trial (``total_timesteps=500`` = ``overrides.total_timesteps``).
+    ``storage_path``, ``grid.novelty.beta``, ...) sets that field; any other goes
+    to the training config of every trial (``total_timesteps=500`` =
+    ``overrides.total_timesteps=500``).
     The base config is read now and kept in ``base_config``; ``name`` defaults
     to ``<file stem>-<date>-<time>``.
     """
     data = read_yaml(path)
     for key, value in (overrides or {}).items():
-        if key.split(".")[0] in SweepSpec.model_fields:
+        head, _, rest = key.partition(".")
+        if head in ("grid", "overrides") and rest:  # their keys are dotted config keys: grid.novelty.beta=[1, 2]
+            head, key = head, rest
+        elif head in SweepSpec.model_fields:
             data = apply_overrides(data, {key: value})
+            continue
         else:
-            data.setdefault("overrides", {})
-            if not isinstance(data["overrides"], dict):
-                raise ConfigError("overrides: must be a mapping of dotted keys to values")
-            data["overrides"][key] = value
+            head = "overrides"
+        if not isinstance(data.setdefault(head, {}), dict):
+            raise ConfigError(f"{head}: must be a mapping of dotted keys to values")
+        data[head][key] = value
     if "base_config" in data:
         raise ConfigError("base_config: filled in by the sweep; name the base config file with base:")
     try:

@@ -75,6 +75,9 @@ def test_overrides_go_to_the_sweep_or_to_every_trial(tmp_path):
     spec = load_sweep(write_sweep(tmp_path), {"seeds": [3, 4, 5], "resources.cpus": 0.5, "total_timesteps": 123})
     assert spec.seeds == [3, 4, 5] and spec.resources.cpus == 0.5
     assert spec.overrides == {"total_timesteps": 123} and spec.base_config == TINY
+    other = load_sweep(write_sweep(tmp_path), {"grid.novelty.beta": [1.0, 2.0], "overrides.novelty.kind": "rnd"})
+    assert other.grid == {"algo.kwargs.learning_rate": [0.001, 0.0003], "novelty.beta": [1.0, 2.0]}
+    assert other.overrides == {"novelty.kind": "rnd"}
     cfg = trial_config(spec, {"algo.kwargs.learning_rate": 0.01}, 4, str(tmp_path / "runs"), "r")
     assert cfg.total_timesteps == 123 and cfg.seed == 4 and cfg.algo.kwargs["learning_rate"] == 0.01
     assert cfg.run.out_dir == str(tmp_path / "runs") and cfg.run.name == "r" and cfg.wandb_group is None
@@ -260,6 +263,25 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
         assert (os.stat(os.path.join(r, "summary.json")).st_mtime_ns,
                 os.stat(os.path.join(r, "final_model.zip")).st_mtime_ns,
                 json.load(open(os.path.join(r, "trial.json")))["attempt"]) == stamp
+
+
+@pytest.mark.xdist_group("ray")
+def test_optuna_search_runs_every_sample_once_per_seed(tmp_path, local_ray):
+    from agents.report import read_runs, summarize
+    from agents.sweep import start_sweep
+
+    grid = {"algo.kwargs.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "algo.kwargs.batch_size": [16, 32]}
+    path = write_sweep(tmp_path, grid=grid, search={"kind": "optuna", "metric": "eval_return_mean", "num_samples": 2})
+    result = start_sweep(path, verbose=0)
+    assert result.complete and len(result.trials) == 4
+    runs, unfinished = read_runs(result.sweep_dir)
+    assert len(runs) == 4 and not unfinished
+    rows = summarize(runs, reps=100)
+    assert len(rows) == 2 and all(sorted(r["seeds"]) == [0, 1] for r in rows)  # a sample, every seed
+    for run in runs:
+        lr = run.point["algo.kwargs.learning_rate"]
+        assert 1e-4 <= lr <= 1e-2 and run.point["algo.kwargs.batch_size"] in (16, 32)
+        assert yaml.safe_load(open(os.path.join(run.run_dir, "config.yaml")))["algo"]["kwargs"]["learning_rate"] == lr
 
 
 def test_sweep_command_reports_bad_files(tmp_path, capsys):

@@ -1,0 +1,62 @@
+"""Wall time of a sweep with concurrent trials against the same trials one after another (Ray Tune).
+
+Runs SWEEP twice on one local Ray (started first, not timed): once as
+written (``resources.cpus`` per trial, as many trials at once as the cores
+allow) and once with ``max_concurrent=1`` (the same trials, the same threads
+per trial, one after another); prints both wall times, their ratio and the
+report of the concurrent sweep.
+
+    python scripts/bench_sweep.py [SWEEP] [key=value ...] [--out DIR]
+
+e.g. a reduced demo sweep: ``python scripts/bench_sweep.py configs/sweeps/demo_novelty.yaml
+seeds=[0,1] 'grid={novelty.kind: [flow, rnd]}' total_timesteps=3000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", nargs="?", default=os.path.join(ROOT, "configs", "sweeps", "demo_novelty.yaml"))
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--out", default=os.path.join("runs", "bench_sweep"), help="storage_path of both sweeps")
+    args = p.parse_args()
+
+    import ray
+
+    from agents.config import parse_overrides
+    from agents.report import write_report
+    from agents.sweep import _init_ray, start_sweep
+
+    overrides = {**parse_overrides(args.overrides), "storage_path": os.path.abspath(args.out)}
+    _init_ray(overrides.get("address"))
+    cores = int(ray.cluster_resources().get("CPU", 0))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows = []
+    for mode, extra in (("one after another", {"max_concurrent": 1}), ("concurrent", {})):
+        t0 = time.perf_counter()
+        result = start_sweep(args.sweep, {**overrides, **extra, "name": f"{mode.split()[0]}-{stamp}"}, verbose=0)
+        wall = time.perf_counter() - t0
+        trial_s = sum(json.load(open(os.path.join(t["run_dir"], "summary.json")))["wall_time_s"]
+                      for t in result.trials if t["run_dir"])
+        rows.append((mode, len(result.trials), result.complete, wall, trial_s, result.sweep_dir))
+    print(f"\nRay CPUs: {cores}; os.cpu_count(): {os.cpu_count()}; load average before: {os.getloadavg()}")
+    print("| trials run | trials | all finished | sweep wall (s) | sum of trial train() wall (s) |")
+    print("|---|---|---|---|---|")
+    for mode, n, ok, wall, trial_s, _ in rows:
+        print(f"| {mode} | {n} | {ok} | {wall:.0f} | {trial_s:.0f} |")
+    print(f"\nspeed-up of concurrent trials: {rows[0][3] / rows[1][3]:.2f}x\n")
+    print(write_report(rows[1][5]))
+
+
+if __name__ == "__main__":
+    main()
