@@ -111,7 +111,8 @@ class SweepSpec(_Strict):
                 if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
                     raise ValueError(f"{where}.{key}: not a dotted config key")
                 if key in _RESERVED:
-                    raise ValueError(f"{where}.{key}: set by the sweep itself" + (" (use seeds:)" if key == "seed" else ""))
+                    hint = " (use seeds:)" if key == "seed" else ""
+                    raise ValueError(f"{where}.{key}: set by the sweep itself{hint}")
         for key, values in self.grid.items():
             if isinstance(values, list) and not values:
                 raise ValueError(f"grid.{key}: needs at least one value")
@@ -168,6 +169,8 @@ def trial_config(spec: SweepSpec, point: dict[str, Any], seed: int, out_dir: str
     data = apply_overrides(spec.base_config or {}, spec.overrides)
     data = apply_overrides(data, point)
     data = apply_overrides(data, {"seed": seed, "run.out_dir": out_dir, "run.name": name, "resume": None})
+    if data.get("device", "auto") == "auto" and spec.resources.gpus == 0:
+        data["device"] = "cpu"  # a trial that reserved no GPU uses none
     data["run"]["progress_bar"] = False  # trials run in Ray workers: their bars would interleave
     if data.get("wandb"):
         data["wandb_group"] = data.get("wandb_group") or spec.name

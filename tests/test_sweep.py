@@ -19,7 +19,7 @@ import yaml
 from agents.cli import main
 from agents.config import ConfigError
 from agents.report import interval_estimate, iqm, write_report
-from agents.sweep_spec import load_sweep, point_tag, trial_config
+from agents.sweep_spec import Resources, load_sweep, point_tag, trial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +81,10 @@ def test_overrides_go_to_the_sweep_or_to_every_trial(tmp_path):
     cfg = trial_config(spec, {"algo.kwargs.learning_rate": 0.01}, 4, str(tmp_path / "runs"), "r")
     assert cfg.total_timesteps == 123 and cfg.seed == 4 and cfg.algo.kwargs["learning_rate"] == 0.01
     assert cfg.run.out_dir == str(tmp_path / "runs") and cfg.run.name == "r" and cfg.wandb_group is None
+    auto = spec.model_copy(update={"overrides": {"device": "auto"}})
+    assert trial_config(auto, {}, 0, "runs", "r").device == "cpu"  # no GPU reserved: none used
+    gpu = auto.model_copy(update={"resources": Resources(cpus=1, gpus=0.25)})
+    assert trial_config(gpu, {}, 0, "runs", "r").device == "auto"
     cfg = trial_config(spec.model_copy(update={"overrides": {"wandb": True}}), {}, 0, "runs", "r")
     assert cfg.wandb_group == "tiny"  # the trials of one sweep are one wandb group
 
@@ -205,7 +209,7 @@ def test_tiny_sweep_runs_every_trial_as_an_ordinary_run(tmp_path, local_ray, cap
 def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, local_ray):
     from agents.sweep import start_sweep
 
-    path = write_sweep(tmp_path, seeds=[0], grid={}, overrides={"total_timesteps": 3000, "run.checkpoint_every": 200})
+    path = write_sweep(tmp_path, seeds=[0], grid={}, overrides={"total_timesteps": 1200})
     run_dir = tmp_path / "sweeps" / "tiny" / "runs" / "base-s0"
     killed = {}
 
@@ -228,7 +232,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, local_ray):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert trial["attempt"] == 2 and trial["pid"] != killed["pid"]
     assert trial["start_step"] > 0  # continued from the checkpoint, not from scratch
-    assert summary["timesteps"] == 3000
+    assert summary["timesteps"] == 1200
     assert glob.glob(str(run_dir / "progress-*.csv"))  # the resumed part of SB3's log
 
 
@@ -236,7 +240,7 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, local_ray):
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, local_ray):
     from agents.sweep import resume_sweep
 
-    path = write_sweep(tmp_path, max_concurrent=1, overrides={"total_timesteps": 600})
+    path = write_sweep(tmp_path, max_concurrent=1, overrides={"total_timesteps": 400})
     sweep_dir = str(tmp_path / "sweeps" / "tiny")
     env = {**os.environ, "PYTHONPATH": ROOT}
     driver = subprocess.Popen(
