@@ -6,7 +6,7 @@ allow) and once with ``max_concurrent=1`` (the same trials, the same threads
 per trial, one after another); prints both wall times, their ratio and the
 report of the concurrent sweep.
 
-    python scripts/bench_sweep.py [SWEEP] [key=value ...] [--out DIR]
+    python scripts/bench_sweep.py [SWEEP] [key=value ...] [--out DIR] [--repeats N]
 
 e.g. a reduced demo sweep: ``python scripts/bench_sweep.py configs/sweeps/demo_novelty.yaml
 seeds=[0,1] 'grid={novelty.kind: [flow, rnd]}' total_timesteps=3000``.
@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("sweep", nargs="?", default=os.path.join(ROOT, "configs", "sweeps", "demo_novelty.yaml"))
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--out", default=os.path.join("runs", "bench_sweep"), help="storage_path of both sweeps")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run each mode this many times, alternating (ABBA...) against drifting machine load")
     args = p.parse_args()
 
     import ray
@@ -41,10 +43,13 @@ def main() -> None:
     _init_ray(overrides.get("address"))
     cores = int(ray.cluster_resources().get("CPU", 0))
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    modes = [("one after another", {"max_concurrent": 1}), ("concurrent", {})]
+    order = [modes[(k + k // 2) % 2] for k in range(2 * args.repeats)]  # A B B A A B ...
     rows = []
-    for mode, extra in (("one after another", {"max_concurrent": 1}), ("concurrent", {})):
+    for k, (mode, extra) in enumerate(order):
         t0 = time.perf_counter()
-        result = start_sweep(args.sweep, {**overrides, **extra, "name": f"{mode.split()[0]}-{stamp}"}, verbose=0)
+        name = f"{mode.split()[0]}-{stamp}-{k}"
+        result = start_sweep(args.sweep, {**overrides, **extra, "name": name}, verbose=0)
         wall = time.perf_counter() - t0
         trial_s = sum(json.load(open(os.path.join(t["run_dir"], "summary.json")))["wall_time_s"]
                       for t in result.trials if t["run_dir"])
@@ -54,8 +59,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for mode, n, ok, wall, trial_s, _ in rows:
         print(f"| {mode} | {n} | {ok} | {wall:.0f} | {trial_s:.0f} |")
-    print(f"\nspeed-up of concurrent trials: {rows[0][3] / rows[1][3]:.2f}x\n")
-    print(write_report(rows[1][5]))
+    wall = {m: sum(r[3] for r in rows if r[0] == m) for m, _ in modes}
+    print(f"\nspeed-up of concurrent trials: {wall[modes[0][0]] / wall[modes[1][0]]:.2f}x "
+          f"(total wall of {args.repeats} sweep(s) per mode)\n")
+    print(write_report(next(r[5] for r in rows if r[0] == "concurrent")))
 
 
 if __name__ == "__main__":
