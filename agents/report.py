@@ -120,7 +120,7 @@ def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[dict]:
     for run in runs:
         groups.setdefault(run.key, []).append(run)
     rows = []
-    for key, members in groups.items():
+    for members in groups.values():
         members.sort(key=lambda r: r.seed)
         row = {"config": _label(members[0].point), "point": members[0].point, "seeds": [r.seed for r in members],
                "runs": [r.run_dir for r in members]}
@@ -185,7 +185,7 @@ def plot_curves(runs: list[Run], path: str, reps: int = 1000, seed: int = 0) -> 
         return None
     steps = np.linspace(0.0, max(ends), 100)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (key, members), color in zip(groups.items(), plt.cm.tab10.colors * 10):
+    for members, color in zip(groups.values(), plt.cm.tab10.colors * 10):
         for ax, column in zip(axes, ("success_rate", "return_mean")):
             ys = _curves(members, column, steps)
             if len(ys) == 0:

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from .callbacks import latest_checkpoint, write_json_atomic
 from .config import ConfigError
-from .sweep_spec import SweepSpec, load_sweep, point_tag, read_sweep, save_sweep, trial_config, SWEEP_FILE
+from .sweep_spec import SWEEP_FILE, SweepSpec, load_sweep, point_tag, read_sweep, save_sweep, trial_config
 
 __all__ = ["start_sweep", "resume_sweep", "run_trial", "SweepResult", "RUNS", "TRIAL_FILE"]
 
