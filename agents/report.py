@@ -180,10 +180,11 @@ def plot_curves(runs: list[Run], path: str, reps: int = 1000, seed: int = 0) -> 
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.key, []).append(run)
-    ends = [float(np.nanmax(r.curve["timesteps"])) for r in runs if len(r.curve.get("timesteps", [])) > 0]
-    if not ends:
+    spans = [(float(np.nanmin(r.curve["timesteps"])), float(np.nanmax(r.curve["timesteps"])))
+             for r in runs if len(r.curve.get("timesteps", [])) > 0]
+    if not spans:
         return None
-    steps = np.linspace(0.0, max(ends), 100)
+    steps = np.linspace(min(a for a, _ in spans), max(b for _, b in spans), 100)  # no extrapolation before row 1
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for members, color in zip(groups.values(), plt.cm.tab10.colors * 10):
         for ax, column in zip(axes, ("success_rate", "return_mean")):
