@@ -262,12 +262,18 @@ def test_wandb_offline_receives_sb3_scalars(tmp_path, monkeypatch):
     # Episodes of 25 steps: SB3 dumps its scalars every 4 episodes (steps 100, 200, 300), and the
     # losses start at step 30, so every row carries them; they reach the run synchronously
     # through agents.factory.WandbOutputFormat.
-    result = train(load_config(path, tiny(path, tmp_path, steps=300, **{
+    # A fresh process (``flowrl train``): wandb's service must not share a test worker with Ray's.
+    overrides = tiny(path, tmp_path, steps=300, **{
         "run.name": "w", "wandb": "true", "env.kwargs.max_episode_steps": 25, "run.plots": "true",
-        "algo.kwargs.learning_starts": 30})))
-    files = glob.glob(os.path.join(result.run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+        "algo.kwargs.learning_starts": 30})
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "agents.cli", "train", path, *overrides], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = os.path.join(str(tmp_path), "w")
+    files = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
     assert len(files) == 1
     keys = _wandb_history_keys(files[0])
     assert {"rollout/ep_rew_mean", "train/critic_loss", "train/actor_loss", "flowrl/coverage"} <= keys
-    media = glob.glob(os.path.join(result.run_dir, "wandb", "offline-run-*", "files", "media", "images", "plots", "*"))
+    media = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "files", "media", "images", "plots", "*"))
     assert {os.path.basename(m).split("_")[0] for m in media} >= {"coverage", "learning", "policy"}
