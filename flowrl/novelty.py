@@ -127,6 +127,14 @@ class _IndexProjection:
         return x.index_select(1, self.index.to(x.device))
 
 
+def _sync_host_after_load(module: nn.Module, _keys: Any) -> None:
+    """``load_state_dict`` post-hook: refresh a module's host copies of its loaded buffers."""
+    if isinstance(module, RunningNormalizer):
+        module._sync_host()
+    else:
+        module._n_total_host = float(module.n_total)
+
+
 class RunningNormalizer(nn.Module):
     """Running mean and variance (Chan et al. parallel update); ``normalize(x) = clip((x - mu) / sigma)``.
 
@@ -157,6 +165,13 @@ class RunningNormalizer(nn.Module):
             d = int(tuple(shape)[0])
             self.register_buffer("comoment", torch.zeros(d, d, dtype=torch.float64))
             self.register_buffer("keep", torch.ones(d, dtype=torch.bool))
+        self._sync_host()
+        self.register_load_state_dict_post_hook(_sync_host_after_load)
+
+    def _sync_host(self) -> None:
+        """Host copies of the count and of the kept features' number (scoring reads them per batch)."""
+        self._count_host = float(self.count)
+        self._kept_host = int(self.keep.sum()) if self.redundancy else self.mean.numel()
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
@@ -177,12 +192,13 @@ class RunningNormalizer(nn.Module):
         self.count.fill_(total)
         if self.redundancy:
             self.keep.copy_(self._kept_features())
+        self._sync_host()
 
     def _kept_features(self) -> Tensor:
         """Features neither constant nor an affine copy of an earlier kept feature."""
         var = self.m2 / self.count.clamp(min=1.0)
         keep = var.sqrt() > 1e-6 * self.mean.abs().clamp(min=1.0)
-        if self.count.item() < 2:
+        if float(self.count) < 2:
             return torch.ones_like(keep)
         sd = var.clamp(min=1e-300).sqrt()
         corr = (self.comoment / self.count) / torch.outer(sd, sd)
@@ -194,7 +210,7 @@ class RunningNormalizer(nn.Module):
     @property
     def effective_dim(self) -> int:
         """Number of features kept (all of them without ``redundancy``)."""
-        return int(self.keep.sum()) if self.redundancy else self.mean.numel()
+        return self._kept_host
 
     @property
     def std(self) -> Tensor:
@@ -202,7 +218,7 @@ class RunningNormalizer(nn.Module):
         return torch.sqrt(var + self.eps)
 
     def normalize(self, x: Tensor) -> Tensor:
-        if self.count.item() < 2:  # nothing to normalise with yet: identity
+        if self._count_host < 2:  # nothing to normalise with yet: identity
             return x.clamp(-self.clip, self.clip) if self.clip > 0 else x
         z = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         z = z.clamp(-self.clip, self.clip) if self.clip > 0 else z
@@ -298,6 +314,8 @@ class OnlineDensityModel(nn.Module):
         self.normalizer = RunningNormalizer(self.model_shape, clip=clip, redundancy=redundancy and normalize)
         self.buffer = ObservationBuffer(buffer_size, self.model_shape)
         self.register_buffer("n_total", torch.zeros((), dtype=torch.float64))
+        self._n_total_host = 0.0  # host copy of n_total: counts read it per batch without a device sync
+        self.register_load_state_dict_post_hook(_sync_host_after_load)
         self.seed = seed
         self.generator = torch.Generator()  # minibatches and jitter; the global RNG is left alone
         if seed is not None:
@@ -362,6 +380,7 @@ class OnlineDensityModel(nn.Module):
             self.normalizer.update(x)
         self.buffer.add(x)
         self.n_total += x.shape[0]
+        self._n_total_host += x.shape[0]
         if steps is None:
             steps = self.steps_per_update if self.steps_per_update is not None else self._steps_owed(x.shape[0])
         return self.train_steps(steps)
@@ -622,7 +641,7 @@ class FlowPseudoCounter(OnlineDensityModel):
         return self.event_numel * math.log(self.cell_side)
 
     def _log_n_total(self) -> float:
-        return math.log(max(float(self.n_total), 1.0))
+        return math.log(max(self._n_total_host, 1.0))
 
     def log_pseudo_count(self, obs: Any, estimator: Optional[str] = None) -> Tensor:
         """``log N(x)`` from the chosen estimator (default: the counter's), shape ``(batch,)``."""
