@@ -409,3 +409,56 @@ def test_default_bonus_is_nonpositive_so_ending_an_episode_never_costs_bonus(kin
     else:
         e = positive.intrinsic(familiar[:64]).numpy() / 0.5  # RND's normalised error e / s
         assert np.allclose(r_familiar, -0.5 * np.exp(-e), atol=1e-6)
+
+
+@pytest.mark.parametrize("as_dict, memory", [(False, False), (False, True), (True, False)])
+def test_replay_rows_are_gathered_as_sb3_gathers_them_and_scored_once(memory, as_dict):
+    """The bonus buffer draws each row's env column once and uses it for sample and bonus alike.
+
+    Its gather must give what SB3's own ``_get_samples`` gives for the same draw
+    (every field; the rewards up to the bonus of exactly the rows drawn).
+    """
+    from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+
+    from agents.novelty import NoveltyDictReplayBuffer
+
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    obs_space = spaces.Dict({"pos": box}) if as_dict else box
+    act_space = spaces.Box(-1, 1, (1,), np.float32)
+    bonus = make_novelty_bonus(obs_space, {**SMALL_FLOW, "obs_key": "pos"} if as_dict else SMALL_FLOW)
+    ours_cls, sb3_cls = (NoveltyDictReplayBuffer, DictReplayBuffer) if as_dict else (NoveltyReplayBuffer, ReplayBuffer)
+    # (SB3's Dict buffer has no optimize_memory_usage, which itself excludes timeout handling.)
+    extra = {} if as_dict else {"optimize_memory_usage": memory, "handle_timeout_termination": not memory}
+    ours = ours_cls(300, obs_space, act_space, device="cpu", n_envs=3, novelty=bonus, **extra)
+    sb3 = sb3_cls(300, obs_space, act_space, device="cpu", n_envs=3, **extra)
+    rng = np.random.default_rng(0)
+
+    def obs():
+        x = rng.uniform(-1, 1, (3, 2)).astype(np.float32)
+        return {"pos": x} if as_dict else x
+
+    for _ in range(40):
+        o, nxt = obs(), obs()
+        a, r = rng.uniform(-1, 1, (3, 1)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+        d = rng.random(3) < 0.2
+        infos = [{"TimeLimit.truncated": bool(t)} for t in rng.random(3) < 0.5]
+        for buf in (ours, sb3):
+            buf.add(o, nxt, a, r, d, infos)
+    bonus.observe(ours.observations["pos"][:40] if as_dict else ours.observations[:40])
+    bonus.flush()
+    inds = np.random.default_rng(1).integers(0, 40, size=32)
+    np.random.seed(5)
+    got = ours._get_samples(inds)
+    np.random.seed(5)
+    want = sb3._get_samples(inds)
+    np.random.seed(5)
+    env_inds = np.random.randint(0, 3, size=32)
+    for name in ("observations", "next_observations"):
+        g, w = getattr(got, name), getattr(want, name)
+        for key in (w if as_dict else [None]):
+            assert torch.equal(g[key] if key else g, w[key] if key else w), name
+    assert torch.equal(got.actions, want.actions) and torch.equal(got.dones, want.dones)
+    store, rows = (sb3.observations, (inds + 1) % sb3.buffer_size) if memory else (sb3.next_observations, inds)
+    raw_next = (store["pos"] if as_dict else store)[rows, env_inds]
+    expected = want.rewards.ravel() + bonus.intrinsic(raw_next).float()
+    torch.testing.assert_close(got.rewards.ravel(), expected)

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 from stable_baselines3.common.buffers import DictReplayBuffer, DictRolloutBuffer, ReplayBuffer, RolloutBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from .bonus import NoveltyBonus
@@ -53,20 +54,32 @@ class _ReplayScoring:
         return pick(self.next_observations, batch_inds)
 
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
+        """SB3's minibatch of rows ``batch_inds`` plus the bonus of exactly those rows.
+
+        SB3 draws each row's env column inside ``_get_samples``; here the columns are
+        drawn once and the same ``(row, column)`` pairs give both the sample and the
+        bonus (:meth:`_gather` builds SB3's samples from them), so nothing depends on
+        how SB3 consumes its random numbers.
+        """
         if not getattr(self, "_model_updated", False):  # read n_total (a device sync) only until the first update
             self._model_updated = float(self.novelty.model.n_total) > 0
             if not self._model_updated and self.size() > self.novelty.update_every:
                 raise RuntimeError(_MISSING_CALLBACK)
-        # SB3 draws the env column of each row first thing in _get_samples; draw the same
-        # columns here from the same RNG state so that the bonus scores exactly those rows.
-        rng_state = np.random.get_state()
         env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
-        np.random.set_state(rng_state)
-        samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
+        samples = self._gather(batch_inds, env_inds, env)
         bonus = self.novelty.intrinsic(self._raw_states(batch_inds, env_inds))
         self.last_intrinsic = bonus
         rewards = samples.rewards + bonus.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
         return samples._replace(rewards=rewards)
+
+    def _gather(self, batch_inds: np.ndarray, env_inds: np.ndarray, env: Optional[VecNormalize]):
+        """SB3's samples of the rows ``(batch_inds, env_inds)``."""
+        raise NotImplementedError
+
+    def _dones(self, batch_inds: np.ndarray, env_inds: np.ndarray) -> np.ndarray:
+        """``done`` flags without the time-limit truncations (SB3's ``handle_timeout_termination``)."""
+        rows = (batch_inds, env_inds)
+        return (self.dones[rows] * (1 - self.timeouts[rows])).reshape(-1, 1)
 
 
 class NoveltyReplayBuffer(_ReplayScoring, ReplayBuffer):
@@ -79,6 +92,18 @@ class NoveltyReplayBuffer(_ReplayScoring, ReplayBuffer):
         self.last_intrinsic: Optional[torch.Tensor] = None
         self._model_updated = False
 
+    def _gather(self, batch_inds: np.ndarray, env_inds: np.ndarray, env: Optional[VecNormalize]):
+        next_rows = (batch_inds + 1) % self.buffer_size if self.optimize_memory_usage else batch_inds
+        next_store = self.observations if self.optimize_memory_usage else self.next_observations
+        data = (
+            self._normalize_obs(self.observations[batch_inds, env_inds, :], env),
+            self.actions[batch_inds, env_inds, :],
+            self._normalize_obs(next_store[next_rows, env_inds, :], env),
+            self._dones(batch_inds, env_inds),
+            self._normalize_reward(self.rewards[batch_inds, env_inds].reshape(-1, 1), env),
+        )
+        return ReplayBufferSamples(*(self.to_torch(x) for x in data))
+
 
 class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
     """``DictReplayBuffer`` whose sampled rewards include the current novelty bonus (of ``obs_key``)."""
@@ -89,6 +114,19 @@ class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
         self.novelty.follow(self.device)
         self.last_intrinsic: Optional[torch.Tensor] = None
         self._model_updated = False
+
+    def _gather(self, batch_inds: np.ndarray, env_inds: np.ndarray, env: Optional[VecNormalize]):
+        def rows(store: dict) -> dict:
+            normalised = self._normalize_obs({k: v[batch_inds, env_inds, :] for k, v in store.items()}, env)
+            return {k: self.to_torch(v) for k, v in normalised.items()}  # type: ignore[union-attr]
+
+        return DictReplayBufferSamples(
+            observations=rows(self.observations),
+            actions=self.to_torch(self.actions[batch_inds, env_inds]),
+            next_observations=rows(self.next_observations),
+            dones=self.to_torch(self._dones(batch_inds, env_inds)),
+            rewards=self.to_torch(self._normalize_reward(self.rewards[batch_inds, env_inds].reshape(-1, 1), env)),
+        )
 
 
 class _RolloutScoring:
