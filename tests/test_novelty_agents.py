@@ -402,13 +402,15 @@ def test_default_bonus_is_nonpositive_so_ending_an_episode_never_costs_bonus(kin
     r_familiar, r_far = bonus.intrinsic(familiar[:64]).numpy(), bonus.intrinsic(far).numpy()
     assert (r_familiar <= 0).all() and (r_familiar >= -0.5).all() and (r_far <= 0).all()
     assert r_far.min() > r_familiar.max()  # novelty still ranks states the same way
-    if kind == "flow":  # the pseudo-count of the far state is ~0: its reward reads as the cap, 0
-        assert bonus.saturated(r_far).all() and not bonus.saturated(r_familiar).any()
-        g = positive.intrinsic(familiar[:64]).numpy() / 0.5  # 1 / sqrt(N + 1)
-        assert np.allclose(r_familiar, 0.5 * (g - 1.0), atol=1e-6)
-    else:
-        e = positive.intrinsic(familiar[:64]).numpy() / 0.5  # RND's normalised error e / s
-        assert np.allclose(r_familiar, -0.5 * np.exp(-e), atol=1e-6)
+    g = positive.intrinsic(familiar[:64]).numpy() / 0.5  # the novelty g(x) in (0, 1]
+    assert np.allclose(r_familiar, 0.5 * (g - 1.0), atol=1e-6)
+    if kind == "flow":  # g = 1 / sqrt(N + 1); the far state's pseudo-count is ~0: it reads as never seen
+        n = bonus.pseudo_count(familiar[:64])
+        assert np.allclose(g, 1 / np.sqrt(n + 1), rtol=1e-5)
+        assert bonus.saturated(bonus.novelty(far)).all() and not bonus.saturated(bonus.novelty(familiar[:64])).any()
+    else:  # g = 1 - exp(-e / s) of RND's normalised error e / s
+        e = bonus.model.bonus(familiar[:64]).numpy()
+        assert np.allclose(g, -np.expm1(-e), atol=1e-6)
 
 
 @pytest.mark.parametrize("as_dict, memory", [(False, False), (False, True), (True, False)])

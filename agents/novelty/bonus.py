@@ -86,7 +86,7 @@ class NoveltyBonus:
     pseudo-count ``N``; ``1 - exp(-e(x) / s)`` for RND's normalised error):
 
     * ``form="nonpositive"`` (default): ``r_int = beta * (g(x) - 1)``, in ``[-beta, 0]``;
-    * ``form="positive"``: ``r_int = beta * g(x)`` (RND: ``beta * e(x) / s``).
+    * ``form="positive"``: ``r_int = beta * g(x)``.
 
     Why non-positive: an episode that ends at a terminal goal ends the stream
     of intrinsic reward.  A positive bonus on every step then makes reaching
@@ -210,20 +210,30 @@ class NoveltyBonus:
                          f"or (batch, {h}, {w}, {c})")
 
     # ------------------------------------------------------------ rewards
-    def intrinsic(self, obs: Any) -> torch.Tensor:
-        """The intrinsic reward of raw observations under the current model, shape ``(batch,)``."""
+    def novelty(self, obs: Any) -> torch.Tensor:
+        """``g(x)`` in ``(0, 1]`` of raw observations: ``1 / sqrt(N + 1)`` (counts) or ``1 - exp(-e / s)`` (RND)."""
         x = self.select(obs)
         with torch.no_grad():
             b = self.model.bonus(x)
-            if self.options.form == "positive":
-                return self.beta * b
-            novelty = b if isinstance(self.model, FlowPseudoCounter) else -torch.expm1(-b)  # g(x) in (0, 1]
-            return self.beta * (novelty - 1.0)
+            return b if isinstance(self.model, FlowPseudoCounter) else -torch.expm1(-b)
 
-    def saturated(self, intrinsic: np.ndarray) -> np.ndarray:
-        """Whether each intrinsic reward is within 5 % of the largest (a state that reads as never seen)."""
-        top = 0.0 if self.options.form == "nonpositive" else self.beta
-        return np.asarray(intrinsic) >= top - 0.05 * self.beta
+    def intrinsic(self, obs: Any) -> torch.Tensor:
+        """The intrinsic reward of raw observations under the current model, shape ``(batch,)``."""
+        return self.reward(self.novelty(obs))
+
+    def reward(self, novelty: torch.Tensor) -> torch.Tensor:
+        """The intrinsic reward of novelties ``g`` in ``(0, 1]`` (see the class docstring for the forms)."""
+        if self.options.form == "positive":
+            return self.beta * novelty
+        if self.options.form == "centred":
+            return self.beta * (novelty - novelty.mean())
+        return self.beta * (novelty - 1.0)
+
+    @staticmethod
+    def saturated(novelty: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Whether each novelty ``g(x)`` is within 5 % of its cap 1 (a state that reads as never seen)."""
+        g = novelty.detach().cpu().numpy() if isinstance(novelty, torch.Tensor) else np.asarray(novelty)
+        return g >= 0.95
 
     def log_density(self, obs: Any) -> np.ndarray:
         """``log rho(x)`` of the flow model in its normalised space (flow bonus only)."""

@@ -74,7 +74,8 @@ class NoveltyCallback(BaseCallback):
                     term = venv.unnormalize_obs(term)
                 raw_next[i] = self.bonus.select(term)[0]
         scored = raw_next if self.bonus.score == "next" else self._last_raw
-        intrinsic = self.bonus.intrinsic(scored).cpu().numpy()
+        novelty = self.bonus.novelty(scored)
+        intrinsic = self.bonus.reward(novelty).cpu().numpy()
         extrinsic = np.asarray(venv.get_original_reward() if venv is not None else self.locals["rewards"],
                                dtype=np.float64).reshape(-1)
         buf = self._rollout_buffer()
@@ -82,9 +83,10 @@ class NoveltyCallback(BaseCallback):
             buf.record_scored(scored)
         for i, info in enumerate(infos):
             info["intrinsic_reward"] = float(intrinsic[i])
+            info["novelty"] = float(novelty[i])
             info["extrinsic_reward"] = float(extrinsic[i])
         self.logger.record_mean("rollout/intrinsic_reward", float(intrinsic.mean()))
-        self.logger.record_mean("novelty/saturated", float(self.bonus.saturated(intrinsic).mean()))
+        self.logger.record_mean("novelty/saturated", float(self.bonus.saturated(novelty).mean()))
         self.logger.record_mean("rollout/extrinsic_reward", float(extrinsic.mean()))
         self._ep_intrinsic += intrinsic
         self._ep_extrinsic += extrinsic

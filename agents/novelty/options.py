@@ -19,7 +19,7 @@ from flowrl.novelty import ESTIMATORS, KERNELS
 
 __all__ = ["NoveltyOptions", "parse_options", "FORMS", "model_kwargs"]
 
-FORMS = ("nonpositive", "positive")
+FORMS = ("nonpositive", "positive", "centred")
 _FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cells", "kernel", "cell_samples", "smoothing", "ema",
               "image_levels"}
 _RND_ONLY = {"hidden_features", "embedding_dim"}
@@ -58,7 +58,7 @@ class NoveltyOptions(BaseModel):
 
     kind: Literal["flow", "rnd"] = "flow"
     beta: float = Field(0.5, ge=0, allow_inf_nan=False)
-    form: Literal["nonpositive", "positive"] = "nonpositive"
+    form: Literal["nonpositive", "positive", "centred"] = "nonpositive"
     score: Literal["next", "current"] = "next"
     update_every: int = Field(16, ge=1)
     obs_key: Optional[str] = None
