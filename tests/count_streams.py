@@ -58,6 +58,23 @@ def cluster_stream(
     return centres, stream
 
 
+def cluster_visits(seed: int, counts: Sequence[int] = CLUSTER_COUNTS, dim: int = 2,
+                   spread: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(centres (K, dim), shuffled stream, counts)`` as float32 arrays: the calibration tests' clusters.
+
+    The layout of :func:`cluster_stream` (centre ``k`` visited ``counts[k]`` times, jitter
+    ``spread``) drawn with numpy's generator: the stream the calibration thresholds were set on.
+    """
+    g = np.random.default_rng(seed)
+    k = len(counts)
+    side = math.ceil(k ** (1 / dim))
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, side)] * dim, indexing="ij"), -1).reshape(-1, dim)
+    centres = grid[g.permutation(len(grid))[:k]]
+    idx = g.permutation(np.repeat(np.arange(k), counts))
+    stream = centres[idx] + spread * g.standard_normal((len(idx), dim))
+    return centres.astype(np.float32), stream.astype(np.float32), np.asarray(counts)
+
+
 def point_image_stream(
     counts: Sequence[int], side: int = 16, channels: int = 1, block: int = 2, seed: int = 0,
     noise: float = 8.0, unseen: int = 0,
