@@ -28,7 +28,8 @@ def real_tensor(obs: Any, what: str = "observations") -> Tensor:
 
 def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
     """Area average of ``(B, C, H, W)`` to ``(B, C, h, w)``: each output pixel is the mean of its input block."""
-    return F.adaptive_avg_pool2d(x, tuple(int(s) for s in size))
+    h, w = (int(s) for s in size)
+    return F.adaptive_avg_pool2d(x, (h, w))
 
 
 def check_frames(
@@ -48,7 +49,7 @@ def check_frames(
         raise ValueError(f"max_value must be positive, got {max_value}")
     if channels_last not in (None, True, False):
         raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
-    return shape, size_hw, (1 if grey else shape[0], *size_hw)  # type: ignore[return-value]
+    return shape, size_hw, (1 if grey else shape[0], *size_hw)
 
 
 def quantize(x: Tensor, levels: int, max_value: float) -> Tensor:

@@ -126,6 +126,7 @@ class PseudoCounter(OnlineDensityModel):
     """
 
     flow_name = "custom"
+    cell_offsets: Tensor
 
     def __init__(
         self,
@@ -166,7 +167,7 @@ class PseudoCounter(OnlineDensityModel):
         self.ema = float(ema)
         # Counts are read from a Polyak average of the trained flow: minibatch
         # noise otherwise makes the density of rarely seen states jitter.
-        self.ema_flow = copy.deepcopy(self.flow).requires_grad_(False) if self.ema > 0 else None
+        self.ema_flow: Optional[Flow] = copy.deepcopy(self.flow).requires_grad_(False) if self.ema > 0 else None
         self.preprocess = preprocess
         self.memo = memo
         self.estimator = estimator
@@ -200,7 +201,7 @@ class PseudoCounter(OnlineDensityModel):
         return list(self.flow.parameters())
 
     @property
-    def scoring_flow(self) -> nn.Module:
+    def scoring_flow(self) -> Flow:
         """The flow counts are read from: the parameter average when ``ema > 0``."""
         return self.flow if self.ema_flow is None else self.ema_flow
 
@@ -209,7 +210,7 @@ class PseudoCounter(OnlineDensityModel):
         if self.memo is not None:
             self.memo.clear()
 
-    def _model_log_prob(self, flow: nn.Module, z: Tensor) -> Tensor:
+    def _model_log_prob(self, flow: Flow, z: Tensor) -> Tensor:
         """``log rho(z)`` in the model space: ``log rho_flow(s(z)) + log|ds/dz|``."""
         if self.preprocess is None:
             return flow.log_prob(z)

@@ -1,11 +1,14 @@
 """Pseudo-counts of image observations: downsample, quantise, dequantise, an image flow.
 
-``ImagePseudoCounter((C, H, W), flow="glow")`` has the interface of
+``ImagePseudoCounter((C, H, W), flow="glow")`` is a
+:class:`flowrl.novelty.PseudoCounter` like
 :class:`flowrl.novelty.FlowPseudoCounter` (``update``, ``pseudo_count``,
-``bonus``, ``log_density``, ``state_dict``) and shares its buffer, training
-loop, parameter average and estimators; only the way a frame enters the
-model differs.  A frame ``x`` (uint8 or float, values in ``[0, max_value]``,
-``(C, H, W)`` or ``(H, W, C)``) becomes:
+``bonus``, ``log_density``, ``state_dict``; the same buffer, training loop,
+parameter average and estimators) assembled from other parts: a frame
+quantiser (:class:`flowrl.encoders.FrameEncoder`), a fixed map into the
+flow's space and a memo of distinct frames (:class:`flowrl.memo.RowMemo`).
+A frame ``x`` (uint8 or float, values in ``[0, max_value]``, ``(C, H, W)``
+or ``(H, W, C)``) becomes:
 
 1. area average to ``size = (h, w)`` (:func:`flowrl.frames.downsample`; exact block means
    when ``H, W`` are multiples of ``h, w``), then the channel mean if ``grey``;
@@ -17,8 +20,9 @@ model differs.  A frame ``x`` (uint8 or float, values in ``[0, max_value]``,
    within the cell, ``y = (q + u) / L`` (dequantisation: the counter's
    ``smoothing`` jitter with ``resolution = 1 / L``);
 4. a fixed map to the flow's input with its log-det:
-   ``preprocessing="affine"`` (default): ``s = 2 y - 1``, ``log|ds/dy| = D log 2``;
-   ``"logit"``: ``s = logit(t)``, ``t = a + (1 - 2a) y``,
+   ``preprocessing="affine"`` (default, :class:`UnitToSymmetric`): ``s = 2 y - 1``,
+   ``log|ds/dy| = D log 2``; ``"logit"`` (:class:`flowrl.transforms.elementwise.Logit`):
+   ``s = logit(t)``, ``t = a + (1 - 2a) y``,
    ``log|ds/dy| = sum log((1 - 2a) / (t (1 - t)))`` (``a = alpha`` keeps
    ``s`` finite; ``y`` is clamped to ``[0, 1]``, which only moves points that
    the noise cannot reach);
@@ -54,7 +58,8 @@ Cost.  A count depends only on the quantised frame and on the parameters
 (600 steps of SAC on ``flowrl/PixelPoint-v0`` visit 33 distinct quantised
 frames, so a minibatch of 256 holds at most 33).  So every quantity is
 evaluated once per *distinct* quantised frame of a batch (``torch.unique``
-over the rows, then gathered back: ``out = f(unique(q))[inverse]``), and
+over the rows, then gathered back: ``out = f(unique(q))[inverse]``; the
+counter's :class:`flowrl.memo.RowMemo`), and
 with ``cache_size > 0`` the values of distinct frames are memoised until
 the scoring parameters change (every ``update``/training step,
 ``load_state_dict``, a move to another device, or any in-place change of a

@@ -45,6 +45,9 @@ class RandomNetworkDistillation(OnlineDensityModel):
         error_decay: decay of the running average ``s`` of the training error.
     """
 
+    error_scale: Tensor
+    scale_steps: Tensor
+
     def __init__(self, encoder: ObservationEncoder, make_network: Callable[[], nn.Module],
                  settings: TrainingSettings, *, error_decay: float):
         if not 0.0 <= error_decay < 1.0:
