@@ -69,7 +69,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .core import Transform
-from .encoders import Projection, RunningNormalizer, VectorEncoder
+from .encoders import ObservationEncoder, Projection, RunningNormalizer, VectorEncoder
 from .flow import Flow
 from .memo import RowMemo, tensor_state
 from .online import ObservationBuffer, OnlineDensityModel, TrainingSettings, seeded
@@ -130,7 +130,7 @@ class PseudoCounter(OnlineDensityModel):
 
     def __init__(
         self,
-        encoder: Any,
+        encoder: ObservationEncoder,
         flow: Flow,
         settings: TrainingSettings,
         *,
