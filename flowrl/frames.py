@@ -1,10 +1,7 @@
-"""Observations in: validation of arrays and frames, and area-average downsampling, shared by novelty models.
+"""Observations in: real-valued arrays, frame settings, area-average downsampling and quantisation.
 
-:class:`FrameInput` is a mixin for :class:`flowrl.novelty.OnlineDensityModel`
-subclasses that model frames ``(C, H, W)``: it accepts uint8 or float frames
-with values in ``[0, max_value]``, channels first or last, one frame or a
-batch, and gives ``(B, C, H, W)`` float32 tensors on the model's device, or
-a ``ValueError`` that names the problem.
+The building blocks of :class:`flowrl.encoders.FrameEncoder`, which turns
+uint8 or float frames into the inputs of a novelty model.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FrameInput", "downsample", "check_frames", "real_tensor"]
+__all__ = ["downsample", "check_frames", "quantize", "real_tensor"]
 
 
 def real_tensor(obs: Any, what: str = "observations") -> Tensor:
@@ -31,7 +28,8 @@ def real_tensor(obs: Any, what: str = "observations") -> Tensor:
 
 def downsample(x: Tensor, size: Sequence[int]) -> Tensor:
     """Area average of ``(B, C, H, W)`` to ``(B, C, h, w)``: each output pixel is the mean of its input block."""
-    return F.adaptive_avg_pool2d(x, tuple(int(s) for s in size))
+    h, w = (int(s) for s in size)
+    return F.adaptive_avg_pool2d(x, (h, w))
 
 
 def check_frames(
@@ -51,53 +49,9 @@ def check_frames(
         raise ValueError(f"max_value must be positive, got {max_value}")
     if channels_last not in (None, True, False):
         raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
-    return shape, size_hw, (1 if grey else shape[0], *size_hw)  # type: ignore[return-value]
+    return shape, size_hw, (1 if grey else shape[0], *size_hw)
 
 
-class FrameInput:
-    """Frames in: :meth:`_init_frames` keeps the settings; the host provides ``device``."""
-
-    image_shape: tuple[int, int, int]
-    size: tuple[int, int]
-    grey: bool
-    channels_last: Optional[bool]
-    max_value: float
-    device: torch.device
-
-    def _init_frames(self, image_shape: Sequence[int], size: Sequence[int], grey: bool, max_value: float,
-                     channels_last: Optional[bool]) -> None:
-        """Keep the (validated, see :func:`check_frames`) frame settings."""
-        self.image_shape = tuple(image_shape)  # type: ignore[assignment]
-        self.size = tuple(size)
-        self.grey = bool(grey)
-        self.max_value = float(max_value)
-        self.channels_last = channels_last
-
-    def downsampled(self, x: Tensor) -> Tensor:
-        """Frames ``(B, C, H, W)`` area-averaged to ``(B, c, h, w)``, channels averaged if ``grey``."""
-        small = downsample(x, self.size)
-        return small.mean(dim=1, keepdim=True) if self.grey else small
-
-    def _as_nchw(self, x: Tensor) -> Tensor:
-        c, h, w = self.image_shape
-        chw, hwc = (c, h, w), (h, w, c)
-        if x.dim() == 3:  # a single frame
-            x = x.unsqueeze(0)
-        trailing = tuple(x.shape[1:]) if x.dim() == 4 else None
-        if self.channels_last is not True and trailing == chw:
-            return x
-        if self.channels_last is not False and trailing == hwc:
-            return x.permute(0, 3, 1, 2)
-        layouts = {None: f"(batch, {c}, {h}, {w}) or (batch, {h}, {w}, {c})",
-                   False: f"(batch, {c}, {h}, {w})", True: f"(batch, {h}, {w}, {c})"}
-        raise ValueError(f"images have shape {tuple(x.shape)}, expected {layouts[self.channels_last]}")
-
-    def as_batch(self, obs: Any) -> Tensor:
-        """Validated frames as float32 ``(batch, C, H, W)`` on the model's device."""
-        x = self._as_nchw(real_tensor(obs, "images").to(device=self.device, dtype=torch.float32))
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("images contain NaN or inf values")
-        if bool((x < 0).any()) or bool((x > self.max_value).any()):
-            raise ValueError(f"pixel values must lie in [0, max_value={self.max_value:g}], "
-                             f"got [{float(x.min()):g}, {float(x.max()):g}]")
-        return x.contiguous()
+def quantize(x: Tensor, levels: int, max_value: float) -> Tensor:
+    """Level index ``min(floor(L x / max_value), L - 1)`` in ``{0, ..., L - 1}`` (as floats)."""
+    return torch.floor(x * (levels / max_value)).clamp_(0, levels - 1)

@@ -6,8 +6,10 @@ A fixed random network ``f`` embeds normalised observations; a predictor
 where the predictor has not been trained.  ``bonus(x) = beta * e(x) / s``
 with ``s`` a running average of the training error, so that a typical
 visited state gets a bonus near ``beta`` whatever the embedding's scale.
-It shares the normaliser, buffer and training loop of
-:class:`flowrl.novelty.OnlineDensityModel`, so it is a drop-in baseline for
+:class:`RandomNetworkDistillation` is built from the same parts as a
+pseudo-counter (an observation encoder, one
+:class:`flowrl.online.TrainingSettings`, the training loop of
+:class:`flowrl.online.OnlineDensityModel`), so it is a drop-in baseline for
 :class:`flowrl.novelty.FlowPseudoCounter` (it has no ``pseudo_count``).
 """
 
@@ -19,70 +21,40 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .encoders import ObservationEncoder, VectorEncoder
 from .nn import MLP
-from .novelty import OnlineDensityModel
+from .online import OnlineDensityModel, TrainingSettings, seeded
 
-__all__ = ["RNDNovelty"]
+__all__ = ["RandomNetworkDistillation", "RNDNovelty"]
 
 
-def check_rnd_settings(embedding_dim: int, error_decay: float) -> None:
-    """``ValueError`` unless ``embedding_dim >= 1`` and ``0 <= error_decay < 1``."""
+def check_embedding_dim(embedding_dim: int) -> None:
+    """``ValueError`` unless ``embedding_dim`` is an int ``>= 1``."""
     if not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
         raise ValueError(f"embedding_dim must be an int >= 1, got {embedding_dim!r}")
-    if not 0.0 <= error_decay < 1.0:
-        raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
 
 
-class RNDNovelty(OnlineDensityModel):
-    """Random-network-distillation novelty over vectors of size ``obs_dim``.
+class RandomNetworkDistillation(OnlineDensityModel):
+    """RND novelty built from parts: ``e(x) = ||f_hat(z) - f(z)||^2 / k`` on encoded observations ``z``.
 
     Args:
-        obs_dim: observation size.
-        hidden_features: widths of both networks.
-        embedding_dim: output size ``k`` of the target network.
+        encoder: observations -> model space (:mod:`flowrl.encoders`).
+        make_network: builds one network ``(B, *model_shape) -> (B, k)``; called twice
+            (the fixed random target, then the predictor) under ``settings.seed``.
+        settings: the training settings (:class:`flowrl.online.TrainingSettings`).
         error_decay: decay of the running average ``s`` of the training error.
-        lr, batch_size, steps_per_update, steps_per_observation, buffer_size, clip, normalize, seed:
-            see :class:`flowrl.novelty.OnlineDensityModel`.
     """
 
-    def __init__(
-        self,
-        obs_dim: int,
-        *,
-        hidden_features: Sequence[int] | int = (64, 64),
-        embedding_dim: int = 16,
-        error_decay: float = 0.99,
-        lr: float = 1e-3,
-        batch_size: int = 256,
-        steps_per_update: Optional[int] = None,
-        steps_per_observation: float = 1.0,
-        buffer_size: int = 100_000,
-        clip: float = 5.0,
-        normalize: bool = True,
-        seed: Optional[int] = None,
-    ):
-        if not isinstance(obs_dim, (int, np.integer)) or obs_dim < 1:
-            raise ValueError(f"obs_dim must be a positive int, got {obs_dim!r}")
-        check_rnd_settings(embedding_dim, error_decay)
-        super().__init__(
-            (int(obs_dim),), lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
-            steps_per_observation=steps_per_observation,
-            buffer_size=buffer_size, clip=clip, normalize=normalize, seed=seed,
-        )
-        self.obs_dim = int(obs_dim)
-        self._init_networks(
-            lambda: MLP(obs_dim, embedding_dim, hidden_features, activation=nn.LeakyReLU, zero_last=False),
-            error_decay, seed,
-        )
+    error_scale: Tensor
+    scale_steps: Tensor
 
-    def _init_networks(self, make_network: Callable[[], nn.Module], error_decay: float, seed: Optional[int]) -> None:
-        """A fixed random target and a predictor of the same architecture (seeded by ``seed``), and the error scale."""
+    def __init__(self, encoder: ObservationEncoder, make_network: Callable[[], nn.Module],
+                 settings: TrainingSettings, *, error_decay: float):
+        if not 0.0 <= error_decay < 1.0:
+            raise ValueError(f"error_decay must be in [0, 1), got {error_decay}")
+        super().__init__(encoder, settings)
         self.error_decay = float(error_decay)
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            self.target = make_network()
-            self.predictor = make_network()
+        self.target, self.predictor = seeded(settings.seed, lambda: (make_network(), make_network()))
         self.target.requires_grad_(False)
         self.register_buffer("error_scale", torch.ones((), dtype=torch.float32))
         self.register_buffer("scale_steps", torch.zeros((), dtype=torch.long))
@@ -112,3 +84,41 @@ class RNDNovelty(OnlineDensityModel):
     def bonus(self, obs: Any, beta: float = 1.0) -> Tensor:
         """``beta * e(x) / s`` (``s``: running training error), shape ``(batch,)``."""
         return beta * self.error(obs) / self.error_scale.clamp(min=1e-8)
+
+
+class RNDNovelty(RandomNetworkDistillation):
+    """Random-network-distillation novelty over vectors of size ``obs_dim``: MLP target and predictor.
+
+    Args:
+        obs_dim: observation size.
+        hidden_features: widths of both networks.
+        embedding_dim: output size ``k`` of the target network.
+        error_decay: decay of the running average ``s`` of the training error.
+        clip, normalize: see :class:`flowrl.encoders.VectorEncoder`.
+        settings: training settings (default :attr:`default_settings`: minibatches of 256).
+        **training: training options by name (``lr``, ``batch_size``, ...), replacing those
+            of ``settings`` (see :class:`flowrl.online.TrainingSettings`).
+    """
+
+    default_settings = TrainingSettings(batch_size=256)
+
+    def __init__(
+        self,
+        obs_dim: int,
+        *,
+        hidden_features: Sequence[int] | int = (64, 64),
+        embedding_dim: int = 16,
+        error_decay: float = 0.99,
+        clip: float = 5.0,
+        normalize: bool = True,
+        settings: Optional[TrainingSettings] = None,
+        **training: Any,
+    ):
+        encoder = VectorEncoder(obs_dim, normalize=normalize, clip=clip)
+        check_embedding_dim(embedding_dim)
+        super().__init__(
+            encoder,
+            lambda: MLP(int(obs_dim), int(embedding_dim), hidden_features, activation=nn.LeakyReLU, zero_last=False),
+            self.training_settings(settings, training), error_decay=error_decay,
+        )
+        self.obs_dim = int(obs_dim)

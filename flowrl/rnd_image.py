@@ -5,7 +5,7 @@
 loop and error scale; frames enter as for
 :class:`flowrl.novelty_image.ImagePseudoCounter` (uint8 or float in
 ``[0, max_value]``, channels first or last, validated by
-:class:`flowrl.frames.FrameInput`).  A frame is scaled to ``[0, 1]``,
+:class:`flowrl.encoders.FrameEncoder`).  A frame is scaled to ``[0, 1]``,
 area-averaged to ``size`` (grey if ``grey``) and normalised per pixel by the
 running mean and standard deviation, clipped to ``[-5, 5]`` (as Burda et al.
 normalise observations); both networks are
@@ -15,13 +15,13 @@ strided convolution per entry of ``channels``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from .frames import FrameInput, check_frames
-from .novelty import OnlineDensityModel
-from .rnd import RNDNovelty, check_rnd_settings
+from .encoders import FrameEncoder
+from .online import TrainingSettings
+from .rnd import RandomNetworkDistillation, check_embedding_dim
 
 __all__ = ["ImageRND", "conv_embedding"]
 
@@ -37,7 +37,7 @@ def conv_embedding(shape: Sequence[int], channels: Sequence[int], embedding_dim:
     return nn.Sequential(*layers)
 
 
-class ImageRND(FrameInput, RNDNovelty):
+class ImageRND(RandomNetworkDistillation):
     """Random-network-distillation novelty of frames ``(C, H, W)``.
 
     Args:
@@ -48,9 +48,14 @@ class ImageRND(FrameInput, RNDNovelty):
         channels_last: ``False``: frames ``(B, C, H, W)``; ``True``: ``(B, H, W, C)``;
             ``None``: whichever layout the batch's shape matches.
         channels: output channels of the strided convolutions (each halves ``h`` and ``w``).
-        embedding_dim, error_decay, lr, batch_size, steps_per_update, steps_per_observation, buffer_size, seed:
-            as for :class:`flowrl.rnd.RNDNovelty`.
+        embedding_dim, error_decay: as for :class:`flowrl.rnd.RNDNovelty`.
+        settings: training settings (default :attr:`default_settings`: minibatches of 64).
+        **training: training options by name (``lr``, ``batch_size``, ...), replacing those
+            of ``settings`` (see :class:`flowrl.online.TrainingSettings`).
     """
+
+    default_settings = TrainingSettings(batch_size=64)
+    encoder: FrameEncoder
 
     def __init__(
         self,
@@ -63,29 +68,27 @@ class ImageRND(FrameInput, RNDNovelty):
         channels: Sequence[int] = (16, 32),
         embedding_dim: int = 32,
         error_decay: float = 0.99,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        steps_per_update: Optional[int] = None,
-        steps_per_observation: float = 1.0,
-        buffer_size: int = 100_000,
-        seed: Optional[int] = None,
+        settings: Optional[TrainingSettings] = None,
+        **training: Any,
     ):
-        shape, size_hw, model_shape = check_frames(image_shape, size, grey, max_value, channels_last)
+        encoder = FrameEncoder(image_shape, size, grey=grey, max_value=max_value, channels_last=channels_last,
+                               normalize=True, clip=5.0)
         channels = tuple(int(c) for c in channels)
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
-        check_rnd_settings(embedding_dim, error_decay)
-        OnlineDensityModel.__init__(
-            self, shape, lr=lr, batch_size=batch_size, steps_per_update=steps_per_update,
-            steps_per_observation=steps_per_observation,
-            buffer_size=buffer_size, clip=5.0, normalize=True, seed=seed, model_shape=model_shape,
-        )
-        self._init_frames(shape, size_hw, grey, max_value, channels_last)
-        self._init_networks(lambda: conv_embedding(model_shape, channels, embedding_dim), error_decay, seed)
+        check_embedding_dim(embedding_dim)
+        shape = encoder.model_shape
+        super().__init__(encoder, lambda: conv_embedding(shape, channels, embedding_dim),
+                         self.training_settings(settings, training), error_decay=error_decay)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Frames ``(B, C, H, W)`` -> ``(B, c, h, w)`` in ``[0, 1]``: scaled, area-averaged, grey if asked."""
-        return self.downsampled(x) / self.max_value
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.encoder.image_shape
 
-    def extra_repr(self) -> str:
-        return f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}"
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.encoder.size
+
+    @property
+    def max_value(self) -> float:
+        return self.encoder.max_value

@@ -11,7 +11,7 @@ relative to the rarest seen one, and the time to score the K states.
 
 ``--images``: the same for :class:`flowrl.novelty_image.ImagePseudoCounter`
 on ``--k`` frames (``--side`` x ``--side`` uint8, a bright square at K
-positions, :func:`flowrl.novelty_image.point_image_stream`) visited 1 to
+positions, ``point_image_stream`` of ``tests/count_streams.py``) visited 1 to
 ``--max-count`` times, with the cost of an ``update`` call (``--batch``
 frames, ``--steps`` training steps) and of a ``bonus`` call on 64 frames.
 
@@ -28,10 +28,14 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the streams with known counts, shared with the tests
+from count_streams import cluster_stream, count_agreement, point_image_stream  # noqa: E402
+
 import flowrl  # noqa: E402
-from flowrl.novelty import ESTIMATORS, FlowPseudoCounter, cluster_stream, count_agreement  # noqa: E402
-from flowrl.novelty_image import ImagePseudoCounter, point_image_stream  # noqa: E402
+from flowrl.novelty import ESTIMATORS, FlowPseudoCounter  # noqa: E402
+from flowrl.novelty_image import ImagePseudoCounter  # noqa: E402
 
 IMAGE_ESTIMATORS = ("density", "cell", "cell_bound")
 

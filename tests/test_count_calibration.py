@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from count_streams import cluster_stream, maze_walk, with_redundant_features
+from count_streams import cluster_visits, maze_walk, with_redundant_features
 from flowrl.novelty import FlowPseudoCounter
 
 
@@ -41,7 +41,7 @@ def _geometric_mean_ratio(estimate: np.ndarray, exact: np.ndarray) -> float:
 def test_default_counts_track_exact_counts_online(stream, redundant):
     """Spearman >= 0.9 against the exact counts and within a factor of 2 (geometric mean of the ratio)."""
     torch.manual_seed(0)
-    queries, x, counts = cluster_stream(0) if stream == "clusters" else maze_walk(0, n=2000)
+    queries, x, counts = cluster_visits(0) if stream == "clusters" else maze_walk(0, n=2000)
     if redundant:
         queries, x = with_redundant_features(queries), with_redundant_features(x)
     counter = FlowPseudoCounter(x.shape[1], seed=0)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from count_streams import cluster_stream, count_agreement, point_image_stream
+from flowrl.memo import RowMemo
 from flowrl.novelty import (
     ESTIMATORS,
     FlowPseudoCounter,
     RunningNormalizer,
     bonus_from_count,
-    cluster_stream,
-    count_agreement,
 )
 from flowrl.rnd import RNDNovelty
 from flowrl.precision import ieee_float32
@@ -203,7 +203,6 @@ def test_rnd_bonus_is_larger_off_the_visited_states_and_decreases_with_training(
 
 def test_image_rnd_bonus_is_larger_on_unseen_frames_and_validates_them():
     """The convolutional RND on frames: a square at a position never trained on is more novel than the seen ones."""
-    from flowrl.novelty_image import point_image_stream
     from flowrl.rnd_image import ImageRND
 
     frames, stream = point_image_stream([20] * 4, side=16, seed=0, unseen=1)
@@ -232,7 +231,7 @@ def test_image_rnd_bonus_is_larger_on_unseen_frames_and_validates_them():
 
 # ------------------------------------------------------------------ images
 from flowrl.frames import downsample  # noqa: E402
-from flowrl.novelty_image import ImagePseudoCounter, point_image_stream, quantize  # noqa: E402
+from flowrl.novelty_image import ImagePseudoCounter, quantize  # noqa: E402
 
 IMAGE_COUNTS = np.round(np.geomspace(1, 100, 8)).astype(int)  # 8 frames visited 1..100 times
 IMAGE_SETTING = dict(lr=3e-3, batch_size=32, steps_per_update=8, flow_kwargs=dict(transforms=2, hidden_features=(16,)))
@@ -384,17 +383,15 @@ def test_repeated_frames_are_evaluated_once_with_the_same_results(fitted_frames)
     distinct = torch.unique(counter.levels_of(batch).flatten(1), dim=0).shape[0]
     assert distinct == 9 and batch.shape[0] == 96
     direct = {}
-    counter.dedupe = False
+    counter.memo = None
     for est in ("cell", "density", "cell_bound", "pg_first_order"):
         direct[est] = counter.log_pseudo_count(batch, est)
     direct["log_density"] = counter.log_density(batch)
     seen = _rows_seen(counter)
     counter.log_pseudo_count(batch)
     assert seen == [96]  # without dedupe every row reaches the flow
-    counter.dedupe = True
     for cache_size in (0, 4096):  # distinct frames only, then also memoised
-        counter.cache_size = cache_size
-        counter.clear_cache()
+        counter.memo = RowMemo(cache_size)
         seen.clear()
         for est in ("cell", "density", "cell_bound", "pg_first_order"):
             got = counter.log_pseudo_count(batch, est)
@@ -410,11 +407,11 @@ def test_repeated_frames_are_evaluated_once_with_the_same_results(fitted_frames)
         counter.train()  # training mode: a layer may be stochastic, every row is evaluated, nothing memoised
         ld_tol = float(64 * torch.finfo(torch.float32).eps * (1 + direct["log_density"].abs().max()))
         assert torch.allclose(counter.log_density(batch), direct["log_density"], rtol=0.0, atol=ld_tol)
-        assert not counter._memo
+        assert not counter.memo.values
         counter.eval()
         ld_tol = float(64 * torch.finfo(torch.float32).eps * (1 + direct["log_density"].abs().max()))
         assert torch.allclose(counter.log_density(batch), direct["log_density"], rtol=0.0, atol=ld_tol)
-        assert ("log_prob" in counter._memo) == (cache_size > 0)
+        assert ("log_prob" in counter.memo.values) == (cache_size > 0)
 
 
 def test_memo_is_invalidated_by_updates_loads_and_parameter_changes(fitted_frames):
@@ -422,7 +419,7 @@ def test_memo_is_invalidated_by_updates_loads_and_parameter_changes(fitted_frame
     counter = copy.deepcopy(counter)
     batch = _repeated_batch(frames, unseen, seed=1)
     plain = copy.deepcopy(counter)
-    plain.dedupe = False
+    plain.memo = None
 
     def agree():
         got, want = counter.pseudo_count(batch), plain.pseudo_count(batch)
@@ -430,7 +427,7 @@ def test_memo_is_invalidated_by_updates_loads_and_parameter_changes(fitted_frame
         return got
 
     before = agree()
-    assert counter._memo  # filled
+    assert counter.memo.values  # filled
     seen = _rows_seen(counter)
     counter.update(frames[:2])
     plain.update(frames[:2])
@@ -480,6 +477,6 @@ def test_dedupe_on_cuda_matches_the_cpu(fitted_frames):
     gpu = copy.deepcopy(counter).cuda()
     with ieee_float32():  # cuDNN convolutions default to TF32 (~1e-3 here): compare float32 with float32
         got = gpu.log_pseudo_count(batch)
-    assert got.device.type == "cuda" and gpu._memo["cell"][0].device.type == "cuda"
+    assert got.device.type == "cuda" and gpu.memo.values["cell"][0].device.type == "cuda"
     assert torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-4)
     assert torch.equal(gpu.log_pseudo_count(batch), got)  # memo hit on the device

@@ -336,7 +336,7 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, devi
     assert torch.isfinite(samples.rewards).all() and (samples.rewards < 0).any()  # bonus <= 0, extrinsic >= 0
     replayed = model.replay_buffer.observations[:256, 0]  # frames repeat: scored once each, memoised
     plain = copy.deepcopy(bonus.model)
-    plain.dedupe = False
+    plain.memo = None  # every row evaluated
     assert torch.allclose(bonus.intrinsic(replayed), bonus.beta * (plain.bonus(replayed) - 1), rtol=1e-5, atol=1e-6)
     model.save(tmp_path / "agent")
     loaded = SAC.load(tmp_path / "agent", env=env, device=device)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from flowrl.novelty import FlowPseudoCounter, OnlineDensityModel
+from flowrl.novelty import FlowPseudoCounter, OnlineDensityModel, PseudoCounter
 from flowrl.novelty_image import ImagePseudoCounter
 from flowrl.rnd import RNDNovelty
 from flowrl.rnd_image import ImageRND
@@ -215,7 +215,7 @@ class NoveltyBonus:
         x = self.select(obs)
         with torch.no_grad():
             b = self.model.bonus(x)
-            return b if isinstance(self.model, FlowPseudoCounter) else -torch.expm1(-b)
+            return b if isinstance(self.model, PseudoCounter) else -torch.expm1(-b)
 
     def intrinsic(self, obs: Any) -> torch.Tensor:
         """The intrinsic reward of raw observations under the current model, shape ``(batch,)``."""
@@ -237,12 +237,12 @@ class NoveltyBonus:
 
     def log_density(self, obs: Any) -> np.ndarray:
         """``log rho(x)`` of the flow model in its normalised space (flow bonus only)."""
-        if not isinstance(self.model, FlowPseudoCounter):
+        if not isinstance(self.model, PseudoCounter):
             raise ValueError("log_density needs a flow novelty model; this bonus is RND")
         return self.model.log_density(self.select(obs)).cpu().numpy()
 
     def pseudo_count(self, obs: Any) -> np.ndarray:
-        if not isinstance(self.model, FlowPseudoCounter):
+        if not isinstance(self.model, PseudoCounter):
             raise ValueError("pseudo_count needs a flow novelty model; this bonus is RND")
         return self.model.pseudo_count(self.select(obs)).cpu().numpy()
 
