@@ -464,3 +464,49 @@ def test_replay_rows_are_gathered_as_sb3_gathers_them_and_scored_once(memory, as
     raw_next = (store["pos"] if as_dict else store)[rows, env_inds]
     expected = want.rewards.ravel() + bonus.intrinsic(raw_next).float()
     torch.testing.assert_close(got.rewards.ravel(), expected)
+
+
+def test_n_step_returns_add_the_current_bonus_of_every_step_in_the_window():
+    """With n_steps, SAC gets SB3's n-step return plus sum_k gamma^k r_int(x_{t+k+1}) up to the window's stop."""
+    from stable_baselines3.common.buffers import NStepReplayBuffer
+
+    from agents.novelty import NoveltyNStepReplayBuffer
+
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    kwargs, _ = attach_novelty(SAC, {"n_steps": 4, "gamma": 0.9}, _mc(), {**SMALL_FLOW, "beta": 0.5})
+    assert kwargs["replay_buffer_class"] is NoveltyNStepReplayBuffer and "n_steps" not in kwargs
+    assert kwargs["replay_buffer_kwargs"]["n_steps"] == 4 and kwargs["replay_buffer_kwargs"]["gamma"] == 0.9
+    bonus = kwargs["replay_buffer_kwargs"]["novelty"]
+    ours = NoveltyNStepReplayBuffer(300, box, spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2, n_steps=4, gamma=0.9,
+                                    novelty=bonus)
+    sb3 = NStepReplayBuffer(300, box, spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2, n_steps=4, gamma=0.9)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        o, nxt = rng.uniform(-1, 1, (2, 2)).astype(np.float32), rng.uniform(-1, 1, (2, 2)).astype(np.float32)
+        a, r, d = rng.uniform(-1, 1, (2, 1)), rng.normal(size=2).astype(np.float32), rng.random(2) < 0.15
+        infos = [{"TimeLimit.truncated": bool(t)} for t in rng.random(2) < 0.1]
+        ours.add(o, nxt, a, r, d, infos)
+        sb3.add(o, nxt, a, r, d, infos)
+    bonus.observe(ours.next_observations[:60].reshape(-1, 2))
+    bonus.flush()
+    inds = np.random.default_rng(1).integers(0, 60, size=64)
+    np.random.seed(2)
+    got = ours._get_samples(inds)
+    np.random.seed(2)
+    want = sb3._get_samples(inds)
+    np.random.seed(2)
+    cols = np.random.randint(0, 2, size=64)
+    for name in ("observations", "actions", "next_observations", "dones", "discounts"):
+        assert torch.equal(getattr(got, name), getattr(want, name).to(getattr(got, name).dtype)), name
+    # The bonus part, by hand: each row's window stops at its first termination or truncation (or the newest row).
+    extra = np.zeros(64)
+    for i, (t, c) in enumerate(zip(inds, cols)):
+        for k in range(4):
+            row = t + k
+            extra[i] += 0.9**k * float(bonus.intrinsic(ours.next_observations[row, c][None])[0])
+            if ours.dones[row, c] or ours.timeouts[row, c] or row == ours.pos - 1:
+                break
+    torch.testing.assert_close(got.rewards.ravel().double(), want.rewards.ravel().double() + torch.tensor(extra),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="n_steps"):
+        attach_novelty(SAC, {"n_steps": 3}, DummyVecEnv([PointDict]), {"obs_key": "pos"})

@@ -30,7 +30,13 @@ the same counts.  (``save_replay_buffer`` is independent of this.)
 
 from .attach import attach_novelty, find_novelty, make_novelty_bonus, novelty_callbacks, novelty_density
 from .bonus import NoveltyBonus, image_max_value, observation_dim, observation_shape
-from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
+from .buffers import (
+    NoveltyDictReplayBuffer,
+    NoveltyDictRolloutBuffer,
+    NoveltyNStepReplayBuffer,
+    NoveltyReplayBuffer,
+    NoveltyRolloutBuffer,
+)
 from .callback import NoveltyCallback
 from .options import NoveltyOptions, parse_options
 
@@ -44,6 +50,7 @@ __all__ = [
     "NoveltyCallback",
     "NoveltyOptions",
     "NoveltyReplayBuffer",
+    "NoveltyNStepReplayBuffer",
     "NoveltyDictReplayBuffer",
     "NoveltyRolloutBuffer",
     "NoveltyDictRolloutBuffer",

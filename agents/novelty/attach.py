@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import numpy as np
@@ -14,7 +15,13 @@ from gymnasium import spaces
 from flowrl.novelty import OnlineDensityModel
 
 from .bonus import NoveltyBonus, image_max_value, observation_shape
-from .buffers import NoveltyDictReplayBuffer, NoveltyDictRolloutBuffer, NoveltyReplayBuffer, NoveltyRolloutBuffer
+from .buffers import (
+    NoveltyDictReplayBuffer,
+    NoveltyDictRolloutBuffer,
+    NoveltyNStepReplayBuffer,
+    NoveltyReplayBuffer,
+    NoveltyRolloutBuffer,
+)
 from .callback import NoveltyCallback
 from .options import NoveltyOptions, parse_options
 
@@ -66,8 +73,16 @@ def attach_novelty(
     bonus = make_novelty_bonus(space, novelty)
     kwargs = dict(algo_kwargs)
     is_dict = isinstance(space, spaces.Dict)
+    extra: dict[str, Any] = {}
     if issubclass(algo_class, OffPolicyAlgorithm):
         key, cls = "replay_buffer", (NoveltyDictReplayBuffer if is_dict else NoveltyReplayBuffer)
+        n_steps = int(kwargs.pop("n_steps", 1))
+        if n_steps > 1 and is_dict:
+            raise ValueError("n_steps > 1 (n-step returns) needs Box observations: SB3 has no Dict n-step buffer")
+        if n_steps > 1:  # SB3 hands n-step returns to its own buffer class; ours takes them as kwargs
+            cls = NoveltyNStepReplayBuffer
+            gamma = kwargs.get("gamma", inspect.signature(algo_class).parameters["gamma"].default)
+            extra = {"n_steps": n_steps, "gamma": float(gamma)}
     elif issubclass(algo_class, OnPolicyAlgorithm):
         key, cls = "rollout_buffer", (NoveltyDictRolloutBuffer if is_dict else NoveltyRolloutBuffer)
     else:
@@ -76,7 +91,7 @@ def attach_novelty(
     if given is not None and given is not cls:
         raise ValueError(f"{key}_class={given.__name__} is set; the novelty bonus needs its own {cls.__name__}")
     kwargs[f"{key}_class"] = cls
-    kwargs[f"{key}_kwargs"] = {**dict(kwargs.get(f"{key}_kwargs") or {}), "novelty": bonus}
+    kwargs[f"{key}_kwargs"] = {**dict(kwargs.get(f"{key}_kwargs") or {}), **extra, "novelty": bonus}
     return kwargs, [NoveltyCallback(bonus)]
 
 

@@ -18,13 +18,22 @@ from typing import Optional
 
 import numpy as np
 import torch
-from stable_baselines3.common.buffers import DictReplayBuffer, DictRolloutBuffer, ReplayBuffer, RolloutBuffer
+from stable_baselines3.common.buffers import (
+    DictReplayBuffer,
+    DictRolloutBuffer,
+    NStepReplayBuffer,
+    ReplayBuffer,
+    RolloutBuffer,
+)
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from .bonus import NoveltyBonus
 
-__all__ = ["NoveltyReplayBuffer", "NoveltyDictReplayBuffer", "NoveltyRolloutBuffer", "NoveltyDictRolloutBuffer"]
+__all__ = [
+    "NoveltyReplayBuffer", "NoveltyNStepReplayBuffer", "NoveltyDictReplayBuffer", "NoveltyRolloutBuffer",
+    "NoveltyDictRolloutBuffer",
+]
 
 _MISSING_CALLBACK = ("the novelty model has never been updated: pass the callbacks returned by "
                      "attach_novelty (or novelty_callbacks(model)) to model.learn(callback=...)")
@@ -42,6 +51,8 @@ class _ReplayScoring:
     novelty: NoveltyBonus
 
     def _raw_states(self, batch_inds: np.ndarray, env_inds: np.ndarray):
+        """The raw states scored for rows ``(batch_inds, env_inds)``: each one's next state (or itself)."""
+
         def pick(store, inds):
             if isinstance(store, dict):
                 return {k: v[inds, env_inds] for k, v in store.items()}
@@ -61,16 +72,20 @@ class _ReplayScoring:
         bonus (:meth:`_gather` builds SB3's samples from them), so nothing depends on
         how SB3 consumes its random numbers.
         """
-        if not getattr(self, "_model_updated", False):  # read n_total (a device sync) only until the first update
-            self._model_updated = float(self.novelty.model.n_total) > 0
-            if not self._model_updated and self.size() > self.novelty.update_every:
-                raise RuntimeError(_MISSING_CALLBACK)
+        self._require_updates()
         env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         samples = self._gather(batch_inds, env_inds, env)
         bonus = self.novelty.intrinsic(self._raw_states(batch_inds, env_inds))
         self.last_intrinsic = bonus
         rewards = samples.rewards + bonus.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
         return samples._replace(rewards=rewards)
+
+    def _require_updates(self) -> None:
+        """A clear error when the model is never updated (the callbacks were not passed to ``learn``)."""
+        if not getattr(self, "_model_updated", False):  # read n_total (a device sync) only until the first update
+            self._model_updated = float(self.novelty.model.n_total) > 0
+            if not self._model_updated and self.size() > self.novelty.update_every:
+                raise RuntimeError(_MISSING_CALLBACK)
 
     def _gather(self, batch_inds: np.ndarray, env_inds: np.ndarray, env: Optional[VecNormalize]):
         """SB3's samples of the rows ``(batch_inds, env_inds)``."""
@@ -126,6 +141,57 @@ class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
             next_observations=rows(self.next_observations),
             dones=self.to_torch(self._dones(batch_inds, env_inds)),
             rewards=self.to_torch(self._normalize_reward(self.rewards[batch_inds, env_inds].reshape(-1, 1), env)),
+        )
+
+
+class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
+    """SB3's n-step ``ReplayBuffer`` whose returns include the current bonus of every step.
+
+    A sampled row ``t`` gives ``R = sum_{k<m} gamma^k (r_{t+k} + r_int(x_{t+k+1}))``
+    and the bootstrap discount ``gamma^m``, where ``m <= n_steps`` stops at the
+    first termination or truncation (as SB3's ``NStepReplayBuffer``); every
+    bonus in the window comes from the current model, in one batch.
+    """
+
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.novelty = _check_bonus(novelty)
+        self.novelty.follow(self.device)
+        self.last_intrinsic: Optional[torch.Tensor] = None
+        self._model_updated = False
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
+        self._require_updates()
+        env_inds = np.random.randint(0, high=self.n_envs, size=batch_inds.shape)
+        newest = self.pos - 1  # its successor is not stored yet: the window must stop there
+        saved = self.timeouts[newest].copy()
+        self.timeouts[newest] = np.logical_or(saved, np.logical_not(self.dones[newest]))
+        try:
+            steps = np.arange(self.n_steps)
+            rows = (batch_inds[:, None] + steps[None]) % self.buffer_size  # (batch, n)
+            cols = np.broadcast_to(env_inds[:, None], rows.shape)
+            ended = np.logical_or(self.dones[rows, cols], self.timeouts[rows, cols])
+            stop = np.where(ended.any(axis=1), ended.argmax(axis=1), self.n_steps - 1)
+            last = (batch_inds + stop) % self.buffer_size
+            dones = (self.dones[last, env_inds] * (1 - self.timeouts[last, env_inds])).reshape(-1, 1)
+        finally:
+            self.timeouts[newest] = saved
+        inside = steps[None] <= stop[:, None]  # (batch, n): the steps before the window stops
+        rewards = self.to_torch(self._normalize_reward(self.rewards[rows, cols], env))
+        bonus = self.novelty.intrinsic(self._raw_states(rows[inside], cols[inside]))
+        self.last_intrinsic = bonus
+        mask = torch.as_tensor(inside, device=rewards.device)
+        rewards[mask] = rewards[mask] + bonus.to(rewards.device, rewards.dtype)  # row-major, as rows[inside]
+        powers = self.gamma ** torch.arange(self.n_steps, device=rewards.device, dtype=rewards.dtype)
+        returns = (rewards * powers * mask).sum(dim=1, keepdim=True)
+        discounts = self.gamma ** mask.sum(dim=1, keepdim=True).to(rewards.dtype)
+        return ReplayBufferSamples(
+            observations=self.to_torch(self._normalize_obs(self.observations[batch_inds, env_inds], env)),
+            actions=self.to_torch(self.actions[batch_inds, env_inds]),
+            next_observations=self.to_torch(self._normalize_obs(self.next_observations[last, env_inds], env)),
+            dones=self.to_torch(dones),
+            rewards=returns,
+            discounts=discounts,
         )
 
 
