@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import copy
 
 import numpy as np
@@ -480,3 +481,16 @@ def test_dedupe_on_cuda_matches_the_cpu(fitted_frames):
     assert got.device.type == "cuda" and gpu.memo.values["cell"][0].device.type == "cuda"
     assert torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-4)
     assert torch.equal(gpu.log_pseudo_count(batch), got)  # memo hit on the device
+
+
+def test_counts_are_over_the_last_buffer_size_observations():
+    """``N(x) = min(N_seen, buffer_size) * rho(x) * h^d``: past ``buffer_size`` a count is one over that window,
+    the window the flow is fitted to (so counts of visited places stop growing, and old places read as new)."""
+    counter = FlowPseudoCounter(2, buffer_size=300, seed=0, flow_kwargs={"transforms": 1, "hidden_features": [16]})
+    x = torch.randn(600, 2, generator=torch.Generator().manual_seed(0))
+    points = torch.tensor([[0.0, 0.0], [1.0, -1.0], [3.0, 3.0]])
+    for seen, chunk in zip((200, 600), (x[:200], x[200:])):
+        counter.update(chunk, steps=5)
+        log_volume = 2 * math.log(counter.cell_side)
+        per_visit = counter.log_pseudo_count(points) - counter.log_density(points) - log_volume
+        torch.testing.assert_close(per_visit, torch.full((3,), math.log(min(seen, 300))), rtol=0, atol=1e-5)
