@@ -1,11 +1,13 @@
 """Exploration benchmark: does a novelty bonus let the agent *solve* sparse tasks, not only spread out?
 
 For each task, bonus (flow pseudo-count, RND, none), policy (Gaussian, RealNVP
-flow) and seed, SAC trains with the demo's settings and the script records:
+flow) and seed, the agent of ``--config`` (``configs/demo.yaml``: its algorithm,
+vectorised envs, networks and novelty options; RND keeps only the bonus's
+options) trains on the task and the script records:
 the first training step that reaches the goal, the deterministic evaluation
 success at fixed budgets (``--budgets``, 10 episodes each), the coverage of the
 visited states, the bonus saturation (share of steps whose bonus is within 5 %
-of its largest value: states that read as never seen) and env steps per
+of its largest value, i.e. novelty ``g(x) >= 0.95``: states that read as never seen) and env steps per
 second.  It prints one Markdown table (median and spread over seeds), writes
 every run to ``OUT/runs.jsonl`` and a PNG of evaluation success against steps
 with 95 % bootstrap confidence bands per method and task.
@@ -92,34 +94,37 @@ def coverage_tracker(task: str, env):
     return CoverageTracker((-2.5, 2.5, -2.5, 2.5), 5, valid=free)  # the 5x5 map of unit cells, centred
 
 
-def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], beta: float) -> dict:
-    """Train one agent; return its figures."""
+def method_overrides(bonus: str, policy: str) -> list[str]:
+    """Config overrides that turn the base config's agent into ``bonus``/``policy``."""
+    novelty = {"flow": ["novelty.kind=flow"], "rnd": ["novelty.kind=rnd"], "none": ["novelty=null"]}[bonus]
+    return [f"policy={policy}", *novelty]
+
+
+def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], config: str,
+            overrides: list[str]) -> dict:
+    """Train one agent of ``config`` (the demo's by default) on ``task``; return its figures."""
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from agents import FlowSACPolicy, attach_novelty
+    from agents.config import load_config
+    from agents.factory import build_model
 
-    env = make_vec_env(lambda: make_env(task), n_envs=1, seed=seed)
+    cfg = load_config(config, [*overrides, *method_overrides(bonus, policy), f"seed={seed}", "device=cpu"])
+    if bonus == "rnd":  # RND keeps its own defaults: only the bonus's options carry over
+        kept = cfg.novelty.model_dump(include={"kind", "beta", "form", "score", "update_every", "seed"})
+        cfg = cfg.model_copy(update={"novelty": type(cfg.novelty).model_validate(kept)})
+    env = make_vec_env(lambda: make_env(task), n_envs=cfg.env.n_envs, seed=seed)
     if task == "mountaincar":
         env = VecNormalize(env, norm_obs=True, norm_reward=False)
     eval_env = make_env(task)
-    kwargs: dict = dict(learning_starts=1000, batch_size=128, buffer_size=50_000)
-    callbacks: list = []
-    if bonus != "none":
-        kwargs, callbacks = attach_novelty(SAC, kwargs, env, {"kind": bonus, "beta": beta})
-    if policy == "flow":
-        policy_cls, policy_kwargs = FlowSACPolicy, dict(flow="realnvp", net_arch=[64, 64],
-                                                        flow_kwargs=dict(transforms=2, hidden_features=[64, 64]))
-    else:
-        policy_cls, policy_kwargs = "MlpPolicy", dict(net_arch=[64, 64])
-    model = SAC(policy_cls, env, seed=seed, device="cpu", policy_kwargs=policy_kwargs, **kwargs)
+    model, callbacks = build_model(cfg, env, device="cpu")
     tracker = coverage_tracker(task, eval_env)
+    n_envs = env.num_envs
 
     def evaluate(episodes: int = 10) -> float:
         wins = 0
@@ -139,7 +144,8 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
             super().__init__()
             self.first, self.successes, self.episodes, self.evals = None, 0, 0, {}
             self.saturated: list[float] = []
-            self.t_learn = 0.0
+            self.t_eval = 0.0
+            self.pending = sorted(budgets)
 
         def _on_step(self) -> bool:
             infos = self.locals["infos"]
@@ -155,21 +161,21 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
                     if info.get("is_success"):
                         self.successes += 1
                         self.first = self.first or self.num_timesteps
-            if self.num_timesteps in budgets:
+            while self.pending and self.num_timesteps >= self.pending[0]:  # n_envs steps at a time
                 t = time.perf_counter()
-                self.evals[self.num_timesteps] = evaluate()
-                self.t_learn -= time.perf_counter() - t  # evaluation time is not training time
+                self.evals[self.pending.pop(0)] = evaluate()
+                self.t_eval += time.perf_counter() - t  # evaluation time is not training time
             return True
 
     record = Record()
     t0 = time.perf_counter()
-    model.learn(steps, callback=[*callbacks, record])
-    wall = time.perf_counter() - t0 + record.t_learn
+    model.learn(steps + n_envs - 1, callback=[*callbacks, record])
+    wall = time.perf_counter() - t0 - record.t_eval
     tail = record.saturated[-10_000:]
     return dict(task=task, bonus=bonus, policy=policy, seed=seed, steps=steps, first_success=record.first,
                 train_successes=record.successes, episodes=record.episodes,
                 evals={str(k): v for k, v in record.evals.items()}, coverage=tracker.fraction,
-                saturation=float(np.mean(tail)) if tail else None, steps_per_s=steps / wall)
+                saturation=float(np.mean(tail)) if tail else None, steps_per_s=model.num_timesteps / wall)
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -250,7 +256,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=30_000)
     p.add_argument("--budgets", type=int, nargs="+", default=None, help="eval points (default: thirds of --steps)")
-    p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"),
+                   help="the agent's settings (algorithm, networks, novelty options); its env is replaced by the task")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. novelty.beta=2")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one core each)")
     p.add_argument("--out", default=os.path.join("runs", "bench_exploration"))
     args = p.parse_args()
@@ -262,7 +270,8 @@ def main() -> None:
     if max(budgets) > args.steps:
         p.error("every budget must be <= --steps")
     os.makedirs(args.out, exist_ok=True)
-    jobs = [(t, b, q, s, args.steps, budgets, args.beta) for t in args.tasks for b, q in methods for s in args.seeds]
+    jobs = [(t, b, q, s, args.steps, budgets, args.config, args.set)
+            for t in args.tasks for b, q in methods for s in args.seeds]
     print(f"{len(jobs)} runs of {args.steps:,} steps, {args.jobs} at a time", flush=True)
     rows = []
     with cf.ProcessPoolExecutor(args.jobs) as pool, open(os.path.join(args.out, "runs.jsonl"), "a") as log:
