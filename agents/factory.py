@@ -30,7 +30,7 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -283,14 +283,16 @@ class _Run:
 
 def train(
     cfg: TrainConfig, config_name: str = "run", on_model: Optional[Callable] = None,
-    progress_desc: Optional[str] = None, progress_position: int = 0,
+    progress_desc: Optional[str] = None, progress_position: int = 0, callbacks: Sequence[BaseCallback] = (),
 ) -> TrainResult:
     """Train ``cfg`` in a new run directory, or continue ``cfg.resume`` exactly; returns the run and its figures.
 
-    Runs with ``cfg.threads`` torch threads (:func:`agents.threads.torch_threads`).
+    Runs with ``cfg.threads`` torch threads (:func:`agents.threads.torch_threads`); ``callbacks`` are
+    passed to ``learn`` after the run's own (e.g. :class:`agents.health.HealthCallback`).
     """
     with torch_threads(cfg.threads):
         run = _setup(cfg, config_name)
+        run.callbacks.extend(callbacks)
         if on_model is not None:
             on_model(run.model)
         _learn(run, progress_desc, progress_position)
