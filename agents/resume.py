@@ -145,6 +145,9 @@ def _set_env_state(env: VecEnv, state: list[tuple[str, dict]]) -> None:
     if mine != saved:
         raise ValueError(f"the checkpoint's env layers {saved} differ from this run's {mine} "
                          f"(was it trained with another env or env.normalize_obs?)")
+    n_saved = len(state[-1][1].get("envs", ()))
+    if n_saved != layers[-1].num_envs:
+        raise ValueError(f"the checkpoint has {n_saved} envs, this run {layers[-1].num_envs} (env.n_envs)")
     for layer, (_, attrs) in zip(layers, state):
         vars(layer).update(attrs)  # one pickle: spaces shared between layers stay shared
 

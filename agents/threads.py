@@ -15,11 +15,13 @@ from typing import Iterator, Optional
 
 import torch
 
+from .config import ConfigError
+
 __all__ = ["resolve_threads", "torch_threads"]
 
 
 def resolve_threads(threads: Optional[int]) -> Optional[int]:
-    """The thread count to set: ``OMP_NUM_THREADS`` when it holds a positive int, else ``threads``.
+    """The thread count to set: ``OMP_NUM_THREADS`` when set (a positive int), else ``threads``.
 
     ``None``: leave PyTorch's setting alone (``threads: null`` and no ``OMP_NUM_THREADS``).
     """
@@ -28,12 +30,12 @@ def resolve_threads(threads: Optional[int]) -> Optional[int]:
         try:
             n = int(env)
         except ValueError:
-            raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}") from None
+            raise ConfigError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}") from None
         if n >= 1:
             return n
-        raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}")
+        raise ConfigError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}")
     if threads is not None and int(threads) < 1:
-        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        raise ConfigError(f"threads: must be >= 1 or null, got {threads}")
     return None if threads is None else int(threads)
 
 
