@@ -217,7 +217,9 @@ def save_checkpoint(
     name = f"step_{model.num_timesteps:010d}"
     final = os.path.join(ckpt_root, name)
     tmp = os.path.join(ckpt_root, f".tmp_{name}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in os.listdir(ckpt_root):  # half-written folders of this one or of a killed process
+        if stale.startswith(".tmp_step_"):
+            shutil.rmtree(os.path.join(ckpt_root, stale), ignore_errors=True)
     os.makedirs(tmp)
     model.save(os.path.join(tmp, "model.zip"))
     if save_replay_buffer and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
