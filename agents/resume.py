@@ -195,13 +195,19 @@ def truncate_csvs(run_dir: str, lines: dict[str, int]) -> None:
 
 
 # ------------------------------------------------------------------ save / restore
+def _env_of(model: BaseAlgorithm) -> VecEnv:
+    if model.env is None:
+        raise ValueError("the model has no env; exact resume saves and restores the training env")
+    return model.env
+
+
 def save_training_state(path: str, model: BaseAlgorithm, callbacks: Iterable[BaseCallback], run_dir: str) -> None:
     """Write what ``model.zip`` and the replay buffer leave out (see module docstring) to ``path``."""
     state = {
         "version": _VERSION,
         "num_timesteps": int(model.num_timesteps),
         "rng": _rng_state(),
-        "env": _env_state(model.env),
+        "env": _env_state(_env_of(model)),
         "logger": _logger_state(model.logger),
         "callbacks": [(type(cb).__name__, cb.resume_state()) for cb in callbacks if hasattr(cb, "resume_state")],
         "csv_lines": _csv_lines(run_dir),
@@ -231,9 +237,10 @@ def restore_training_state(model: BaseAlgorithm, state: dict) -> None:
     if int(state["num_timesteps"]) != int(model.num_timesteps):
         raise ValueError(f"training state of step {state['num_timesteps']} does not belong to the "
                          f"model of step {model.num_timesteps}")
-    _set_env_state(model.env, state["env"])
-    model.observation_space = model.env.observation_space
-    model.action_space = model.env.action_space  # SB3 samples it during learning_starts
+    env = _env_of(model)
+    _set_env_state(env, state["env"])
+    model.observation_space = env.observation_space
+    model.action_space = env.action_space  # SB3 samples it during learning_starts
 
 
 class RestoreCallback(BaseCallback):
