@@ -1,14 +1,17 @@
 # Two entry points: `make demo` (the main job) and `make test` (the test suite).
 # Each installs what it needs on first use into the current Python.
 PYTHON ?= python3
-STAMP := .make/installed
+# One install stamp per interpreter (a hash of its sys.prefix): a new virtual environment installs afresh.
+ifndef STAMP
+STAMP := .make/installed-$(shell $(PYTHON) -c "import hashlib, sys; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:12])")
+endif
 
 .PHONY: install demo test test-slow bench gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0 || $(PYTHON) -m pip install --quiet "torch>=2.2"
 	$(PYTHON) -m pip install --quiet -e ".[test]"
-	@mkdir -p .make && touch $(STAMP)
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 install: $(STAMP)
 

@@ -9,9 +9,11 @@
   it also feeds a :class:`envs.CoverageTracker` from
   ``info["position"]`` (or a projection of the observation).
 * :class:`CheckpointCallback` writes ``checkpoints/step_<N>/`` through a
-  temporary folder and ``os.replace``, then points ``checkpoints/latest``
-  at it (also replaced atomically): a crash mid-write leaves the last good
-  checkpoint untouched.
+  temporary folder and ``os.replace``, with a manifest of checksums written
+  last (:mod:`agents.resume`), then points ``checkpoints/latest`` at it:
+  a crash mid-write leaves the last good checkpoint untouched, and
+  :func:`latest_checkpoint` skips (with a warning) a newest checkpoint that is
+  incomplete or corrupt.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import time
+import warnings
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -31,12 +35,15 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from envs.coverage import CoverageTracker
 
+from .resume import check_checkpoint, write_manifest
+
 __all__ = [
     "MetricsCallback", "CheckpointCallback", "ProgressBar", "save_checkpoint", "latest_checkpoint",
     "write_json_atomic", "EPISODE_FIELDS", "METRIC_FIELDS",
 ]
 
 EPISODE_FIELDS = ["timesteps", "episode", "return", "intrinsic_return", "length", "success", "wall_time"]
+_STEP = re.compile(r"step_\d+")  # checkpoint folders
 METRIC_FIELDS = ["timesteps", "episodes", "return_mean", "success_rate", "successes", "coverage", "steps_per_s"]
 
 
@@ -166,6 +173,20 @@ class MetricsCallback(BaseCallback):
             steps_per_s=round((self.num_timesteps - self._steps0) / elapsed, 2),
         )
 
+    def resume_state(self) -> dict:
+        """Counters, rolling windows and the schedule of metric rows (for :mod:`agents.resume`)."""
+        return dict(episodes=self.episodes, successes=self.successes, first_success=self.first_success,
+                    recent_returns=list(self.recent_returns), recent_success=list(self.recent_success),
+                    last_log=self._last_log, intrinsic=None if self._intrinsic is None else self._intrinsic.copy())
+
+    def load_resume_state(self, state: dict) -> None:
+        self.episodes, self.successes = int(state["episodes"]), int(state["successes"])
+        self.first_success = state["first_success"]
+        self.recent_returns = deque(state["recent_returns"], maxlen=self.recent_returns.maxlen)
+        self.recent_success = deque(state["recent_success"], maxlen=self.recent_success.maxlen)
+        self._last_log = int(state["last_log"])
+        self._intrinsic = None if state["intrinsic"] is None else np.array(state["intrinsic"])
+
     def _write_metrics(self) -> None:
         row = self.summary()
         self._metrics_csv.write(row)
@@ -187,15 +208,18 @@ def save_checkpoint(
     """Write ``ckpt_root/step_<N>`` atomically and point ``ckpt_root/latest`` at it; returns its path.
 
     The folder holds ``model.zip``, the replay buffer (off-policy, when
-    asked), ``state.json`` (``extra``), ``arrays.npz`` (``extra_arrays``) and
-    one file per ``extra_files`` item (``name -> writer(path)``).
+    asked), ``state.json`` (``extra``), ``arrays.npz`` (``extra_arrays``),
+    one file per ``extra_files`` item (``name -> writer(path)``) and, written
+    last, ``manifest.json`` (step and checksums, :func:`agents.resume.write_manifest`).
     Only the ``keep`` most recent checkpoints are kept.
     """
     os.makedirs(ckpt_root, exist_ok=True)
     name = f"step_{model.num_timesteps:010d}"
     final = os.path.join(ckpt_root, name)
     tmp = os.path.join(ckpt_root, f".tmp_{name}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in os.listdir(ckpt_root):  # half-written folders of this one or of a killed process
+        if stale.startswith(".tmp_step_"):
+            shutil.rmtree(os.path.join(ckpt_root, stale), ignore_errors=True)
     os.makedirs(tmp)
     model.save(os.path.join(tmp, "model.zip"))
     if save_replay_buffer and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
@@ -205,6 +229,7 @@ def save_checkpoint(
         np.savez(os.path.join(tmp, "arrays.npz"), **extra_arrays)
     for file_name, write in (extra_files or {}).items():
         write(os.path.join(tmp, file_name))
+    write_manifest(tmp, model.num_timesteps)
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -212,7 +237,7 @@ def save_checkpoint(
     with open(pointer_tmp, "w") as f:
         f.write(name)
     os.replace(pointer_tmp, os.path.join(ckpt_root, "latest"))
-    old = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step_"))
+    old = sorted(d for d in os.listdir(ckpt_root) if _STEP.fullmatch(d))
     for d in old[:-keep] if keep > 0 else []:
         if d != name:
             shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
@@ -220,32 +245,51 @@ def save_checkpoint(
 
 
 def latest_checkpoint(ckpt_root: str) -> Optional[str]:
-    """The folder named by ``ckpt_root/latest``, or ``None`` when there is no checkpoint."""
-    pointer = os.path.join(ckpt_root, "latest")
-    if not os.path.exists(pointer):
+    """The newest complete checkpoint folder in ``ckpt_root``, or ``None`` when there is none.
+
+    A newer folder whose manifest is missing or does not match its files
+    (:func:`agents.resume.check_checkpoint`) is skipped with a ``UserWarning`` naming it.
+    """
+    if not os.path.isdir(ckpt_root):
         return None
-    with open(pointer) as f:
-        path = os.path.join(ckpt_root, f.read().strip())
-    return path if os.path.isdir(path) else None
+    for name in sorted((d for d in os.listdir(ckpt_root) if _STEP.fullmatch(d)), reverse=True):
+        path = os.path.join(ckpt_root, name)
+        problem = check_checkpoint(path)
+        if problem is None:
+            return path
+        warnings.warn(f"checkpoint {path} is unusable: {problem}; falling back to the one before it", stacklevel=2)
+    return None
 
 
 class CheckpointCallback(BaseCallback):
-    """Call ``save()`` (a closure that writes one checkpoint) every ``every`` env steps."""
+    """Call ``save()`` (a closure that writes one checkpoint) every ``every`` env steps.
+
+    The checkpoint falls due in ``_on_step`` and is written at the start of the
+    next rollout: there the last transition is stored and its gradient steps are
+    taken, the one point of SB3's loop from which a resumed ``learn`` continues exactly.
+    """
 
     def __init__(self, save: Callable[[], str], every: int):
         super().__init__()
         self.save = save
         self.every = int(every)
         self._last = 0
+        self._due = False
 
     def _on_training_start(self) -> None:
         self._last = self.num_timesteps
+        self._due = False
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last >= self.every:
+            self._due = True
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self._due:
             self.save()
             self._last = self.num_timesteps
-        return True
+            self._due = False
 
 
 class ProgressBar(BaseCallback):

@@ -85,6 +85,10 @@ class TrainConfig(_Strict):
     total_timesteps: int = Field(10_000, ge=1)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: Optional[int] = Field(
+        1, ge=1, description="PyTorch threads of flowrl train/eval, sweep trials and the demo (one is fastest "
+                             "for MLP-sized agents, see agents.threads); null: PyTorch's default (one per "
+                             "core); an OMP_NUM_THREADS in the environment wins")
     wandb: bool = Field(False, description="log to Weights & Biases (works with WANDB_MODE=offline)")
     wandb_project: str = "flowrl"
     wandb_group: Optional[str] = Field(None, description="wandb group of the run (flowrl sweep: the sweep's name)")

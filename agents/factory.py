@@ -30,7 +30,7 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -55,6 +55,9 @@ from envs.coverage import CoverageTracker, maze_tracker
 
 from .callbacks import CheckpointCallback, MetricsCallback, ProgressBar, latest_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_config
+from .resume import STATE_FILE, RestoreCallback, read_training_state, restore_training_state, save_training_state, \
+    truncate_csvs
+from .threads import torch_threads
 
 __all__ = [
     "ALGORITHMS", "resolve_device", "make_env", "build_model", "coverage_tracker", "train", "TrainResult",
@@ -80,7 +83,7 @@ def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
     """The vectorised, Monitor-wrapped training env of ``cfg`` (seeded with ``seed``).
 
     With ``env.normalize_obs`` it is wrapped in ``VecNormalize`` (observations
-    only, fresh statistics; :func:`train` restores them when it resumes).
+    only, fresh statistics; :func:`train` restores every layer when it resumes).
 
     Example:
         >>> from agents.config import TrainConfig
@@ -246,77 +249,133 @@ def _start_wandb(cfg: TrainConfig, run_dir: str):
     return run, WandbCallback(verbose=0)
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds between :func:`_setup` and :func:`_finish`."""
+
+    cfg: TrainConfig
+    run_dir: str
+    device: str
+    env: VecEnv
+    model: BaseAlgorithm
+    novelty_callbacks: list[BaseCallback]
+    tracker: Optional[CoverageTracker]
+    normalizer: Optional[VecNormalize]
+    metrics: MetricsCallback
+    callbacks: list[BaseCallback]  # wandb's
+    restore: Optional[RestoreCallback]  # when resuming
+    wandb_run: Any
+    t_start: float
+
+    def checkpoint(self) -> str:
+        """Write one checkpoint of the run (model, buffer, training state, statistics, coverage)."""
+        m = self.metrics
+        extra = {"episodes": m.episodes, "successes": m.successes, "first_success": m.first_success}
+        arrays = {"coverage_counts": self.tracker.counts} if self.tracker is not None else None
+        resumable = [*self.novelty_callbacks, self.metrics]
+        files: dict[str, Callable[[str], None]] = {
+            STATE_FILE: lambda path: save_training_state(path, self.model, resumable, self.run_dir)}
+        if self.normalizer is not None:
+            files[OBS_STATS_FILE] = self.normalizer.save
+        return save_checkpoint(self.model, os.path.join(self.run_dir, "checkpoints"), extra, arrays,
+                               extra_files=files)
+
+
 def train(
     cfg: TrainConfig, config_name: str = "run", on_model: Optional[Callable] = None,
-    progress_desc: Optional[str] = None, progress_position: int = 0,
+    progress_desc: Optional[str] = None, progress_position: int = 0, callbacks: Sequence[BaseCallback] = (),
 ) -> TrainResult:
-    """Train ``cfg`` in a new run directory, or continue ``cfg.resume``; returns the run and its figures."""
+    """Train ``cfg`` in a new run directory, or continue ``cfg.resume`` exactly; returns the run and its figures.
+
+    Runs with ``cfg.threads`` torch threads (:func:`agents.threads.torch_threads`); ``callbacks`` are
+    passed to ``learn`` after the run's own (e.g. :class:`agents.health.HealthCallback`).
+    """
+    with torch_threads(cfg.threads):
+        run = _setup(cfg, config_name)
+        run.callbacks.extend(callbacks)
+        if on_model is not None:
+            on_model(run.model)
+        _learn(run, progress_desc, progress_position)
+        return _finish(run)
+
+
+def _setup(cfg: TrainConfig, config_name: str) -> _Run:
+    """A new run directory with a fresh agent, or ``cfg.resume``'s with the agent of its last good checkpoint."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     set_random_seed(cfg.seed)
-    resume_dir = cfg.resume
-    state: dict = {}
-    if resume_dir:
-        ckpt = latest_checkpoint(os.path.join(resume_dir, "checkpoints"))
+    ckpt, state = None, None
+    if cfg.resume:
+        ckpt = latest_checkpoint(os.path.join(cfg.resume, "checkpoints"))
         if ckpt is None:
-            raise ConfigError(f"resume: no checkpoint in {resume_dir!r}")
-        run_dir = resume_dir
-        state = read_json(os.path.join(ckpt, "state.json"))
+            raise ConfigError(f"resume: no complete checkpoint in {cfg.resume!r}")
+        try:
+            state = read_training_state(ckpt)
+        except ValueError as err:
+            raise ConfigError(f"resume: {err}") from None
+        run_dir = cfg.resume
+        truncate_csvs(run_dir, state["csv_lines"])  # rows a killed process wrote after the checkpoint
     else:
         run_dir = _new_run_dir(cfg, config_name)
     save_config(cfg.model_copy(update={"resume": None}), os.path.join(run_dir, "config.yaml"))
 
-    env = make_env(cfg, seed=cfg.seed + int(state.get("num_timesteps", 0)))
+    env = make_env(cfg)
     wandb_run, callbacks = None, []
     if cfg.wandb:
         wandb_run, wandb_cb = _start_wandb(cfg, run_dir)
         callbacks.append(wandb_cb)
-    if resume_dir and isinstance(env, VecNormalize):
-        stats = os.path.join(ckpt, OBS_STATS_FILE)
-        if not os.path.exists(stats):
-            raise ConfigError(f"env.normalize_obs: the checkpoint {ckpt!r} has no observation statistics "
-                              f"({OBS_STATS_FILE}); it was trained without normalize_obs")
-        env = VecNormalize.load(stats, env.venv)
     model, novelty_callbacks = build_model(cfg, env, device)
     tracker = coverage_tracker(env)
-    normalizer = env if isinstance(env, VecNormalize) else None
-    if resume_dir:
-        model = _restore(model, ckpt, env, device, tracker)
-        if cfg.novelty:
-            from .novelty import novelty_callbacks as restored_novelty_callbacks
-
-            novelty_callbacks = restored_novelty_callbacks(model)  # the bonus saved with the model
-    csv_name = "progress.csv" if not resume_dir else f"progress-{model.num_timesteps:010d}.csv"
+    if ckpt is not None and state is not None:
+        model, novelty_callbacks = _resume(cfg, model, ckpt, state, env, device, tracker)
+    csv_name = "progress.csv" if ckpt is None else f"progress-{model.num_timesteps:010d}.csv"
     model.set_logger(_logger(run_dir, cfg, csv_name, wandb_run))
-    metrics = MetricsCallback(
-        run_dir, tracker, _projection(env), cfg.run.log_every,
-        episodes_so_far=state.get("episodes", 0), successes_so_far=state.get("successes", 0),
-    )
-    metrics.first_success = state.get("first_success")
-    ckpt_root = os.path.join(run_dir, "checkpoints")
+    metrics = MetricsCallback(run_dir, tracker, _projection(env), cfg.run.log_every)
+    restore = RestoreCallback(state, [*novelty_callbacks, metrics]) if state is not None else None
+    return _Run(cfg, run_dir, device, env, model, novelty_callbacks, tracker,
+                env if isinstance(env, VecNormalize) else None, metrics, callbacks, restore, wandb_run, t_start)
 
-    def checkpoint() -> str:
-        extra = {"episodes": metrics.episodes, "successes": metrics.successes, "first_success": metrics.first_success}
-        arrays = {"coverage_counts": tracker.counts} if tracker is not None else None
-        files = {OBS_STATS_FILE: normalizer.save} if normalizer is not None else None
-        return save_checkpoint(model, ckpt_root, extra, arrays, extra_files=files)
 
-    if on_model is not None:
-        on_model(model)
+def _resume(cfg: TrainConfig, model: BaseAlgorithm, ckpt: str, state: dict, env: VecEnv, device: str,
+            tracker: Optional[CoverageTracker]) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    """The checkpoint's agent on ``env``, with the env's layers as they were (:mod:`agents.resume`)."""
+    model = _restore(model, ckpt, env, device, tracker)
+    try:
+        restore_training_state(model, state)
+    except ValueError as err:
+        raise ConfigError(f"resume: {err}") from None
+    novelty_callbacks: list[BaseCallback] = []
+    if cfg.novelty:
+        from .novelty import novelty_callbacks as restored_novelty_callbacks
+
+        novelty_callbacks = restored_novelty_callbacks(model)  # the bonus saved with the model
+    return model, novelty_callbacks
+
+
+def _learn(run: _Run, progress_desc: Optional[str], progress_position: int) -> None:
+    """``learn`` up to ``total_timesteps`` with the run's callbacks, then flush SB3's logger."""
+    cfg, model = run.cfg, run.model
     remaining = cfg.total_timesteps - model.num_timesteps
-    bar = [ProgressBar(cfg.total_timesteps, progress_desc or os.path.basename(run_dir), progress_position)] \
+    bar = [ProgressBar(cfg.total_timesteps, progress_desc or os.path.basename(run.run_dir), progress_position)] \
         if cfg.run.progress_bar else []
     if remaining > 0:
+        # novelty first: it writes info["intrinsic_reward"], which the metrics read; the restoring one
+        # last: it puts back the others' counters after their own start, then the RNG states
         model.learn(
             remaining,
-            # novelty first: it writes info["intrinsic_reward"], which the metrics read
-            callback=[*novelty_callbacks, metrics, CheckpointCallback(checkpoint, cfg.run.checkpoint_every),
-                      *callbacks, *bar],
-            reset_num_timesteps=not resume_dir,
+            callback=[*run.novelty_callbacks, run.metrics, CheckpointCallback(run.checkpoint, cfg.run.checkpoint_every),
+                      *run.callbacks, *bar, *([run.restore] if run.restore is not None else [])],
+            reset_num_timesteps=not cfg.resume,
         )
     model.logger.dump(model.num_timesteps)  # flush the last scalars (SB3 dumps only every log_interval)
     model.logger.close()
-    checkpoint()
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Final checkpoint, model, statistics, coverage, evaluation, summary and pictures."""
+    cfg, model, run_dir, normalizer, tracker, metrics = run.cfg, run.model, run.run_dir, run.normalizer, \
+        run.tracker, run.metrics
+    run.checkpoint()
     tmp = os.path.join(run_dir, f".final_model_{os.getpid()}.zip")
     model.save(tmp)
     os.replace(tmp, os.path.join(run_dir, "final_model.zip"))
@@ -333,13 +392,14 @@ def train(
         "first_success_step": metrics.first_success,
         "coverage": tracker.fraction if tracker is not None else None,
         "eval_success_rate": eval_stats["success_rate"], "eval_return_mean": eval_stats["return_mean"],
-        "wall_time_s": round(time.perf_counter() - t_start, 1), "device": device,
+        "wall_time_s": round(time.perf_counter() - run.t_start, 1), "device": run.device,
     }
     write_json_atomic(os.path.join(run_dir, "summary.json"), summary)
+    wandb_run = run.wandb_run
     if cfg.run.plots:
         from .plots import plot_run
 
-        paths = plot_run(run_dir, model=model, env=env, tracker=tracker,
+        paths = plot_run(run_dir, model=model, env=run.env, tracker=tracker,
                          density=novelty_density_fn(model), normalize=normalize)
         if wandb_run is not None:
             import wandb
@@ -350,7 +410,7 @@ def train(
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
         wandb_run.finish()
-    env.close()
+    run.env.close()
     return TrainResult(run_dir, model, summary)
 
 
@@ -362,7 +422,8 @@ def read_json(path: str) -> dict:
 
 
 def _restore(model: BaseAlgorithm, ckpt: str, env: VecEnv, device: str, tracker: Optional[CoverageTracker]):
-    loaded = type(model).load(os.path.join(ckpt, "model.zip"), env=env, device=device)
+    # force_reset=False keeps _last_obs: learn() then continues the episodes instead of resetting the env
+    loaded = type(model).load(os.path.join(ckpt, "model.zip"), env=env, device=device, force_reset=False)
     buffer = os.path.join(ckpt, "replay_buffer.pkl")
     if isinstance(loaded, OffPolicyAlgorithm) and os.path.exists(buffer):
         loaded.load_replay_buffer(buffer)
@@ -445,10 +506,14 @@ def evaluate_model(model: BaseAlgorithm, cfg: TrainConfig, episodes: int, determ
 
 
 def evaluate(run_dir: str, episodes: Optional[int] = None, deterministic: Optional[bool] = None) -> dict:
-    """Evaluate a run's final model; writes ``eval.json`` in the run directory and returns its content."""
+    """Evaluate a run's final model; writes ``eval.json`` in the run directory and returns its content.
+
+    Runs with the run config's ``threads`` (:func:`agents.threads.torch_threads`).
+    """
     cfg, model = load_run(run_dir)
-    stats = evaluate_model(model, cfg, episodes or cfg.eval.episodes,
-                           cfg.eval.deterministic if deterministic is None else deterministic,
-                           normalize=load_obs_normalizer(run_dir))
+    with torch_threads(cfg.threads):
+        stats = evaluate_model(model, cfg, episodes or cfg.eval.episodes,
+                               cfg.eval.deterministic if deterministic is None else deterministic,
+                               normalize=load_obs_normalizer(run_dir))
     write_json_atomic(os.path.join(run_dir, "eval.json"), stats)
     return stats

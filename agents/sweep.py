@@ -62,9 +62,10 @@ def run_trial(config: dict, spec: dict) -> None:
 
     The run directory is ``<sweep>/runs/<point>-s<seed>`` (plus the trial id
     in a search, where two samples may coincide).  A retry continues it from
-    its latest checkpoint; a finished run is only reported.
+    its latest checkpoint; a finished run is only reported.  Torch threads: the
+    config's ``threads`` (applied by ``train``), unless the worker's environment
+    sets ``OMP_NUM_THREADS`` (Ray sets it to the trial's CPUs), which wins.
     """
-    import torch
     from ray import tune
 
     from .factory import train
@@ -87,7 +88,6 @@ def run_trial(config: dict, spec: dict) -> None:
         cfg = cfg.model_copy(update={"resume": run_dir})  # what `flowrl train resume=RUN_DIR` does
     elif os.path.exists(run_dir):  # an attempt that died before its first checkpoint
         shutil.rmtree(run_dir)
-    torch.set_num_threads(max(1, int(sweep.resources.cpus)))
 
     def record(model: Any) -> None:  # the run directory exists from here on
         import ray

@@ -34,10 +34,7 @@ def _overrides(args: argparse.Namespace, variant: str) -> list[str]:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    """Train one variant in this process (one thread)."""
-    import torch
-
-    torch.set_num_threads(1)
+    """Train one variant in this process (with the config's ``threads``, one by default)."""
     from agents.config import load_config
     from agents.factory import train
 
@@ -67,7 +64,7 @@ def main() -> None:
         return
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "PYTHONPATH": ROOT}  # threads: the config's key (an OMP_NUM_THREADS here wins)
     cmds = {v: [sys.executable, os.path.abspath(__file__), "--child", v, "--config", args.config, "--seed",
                 str(args.seed), "--out", args.out, *(["--steps", str(args.steps)] if args.steps else [])]
             for v in VARIANTS}

@@ -5,9 +5,17 @@ novelty, memory, agents: every test that takes the ``device`` fixture) on
 the GPU; everything else stays pinned to the CPU.  The default is ``cpu``.
 Asking for a device this machine does not have is a usage error, never a
 skip: a run that asked for CUDA cannot go green without it.
+
+Two environment variables shake out assumptions of one thread count or one
+test order (results that hold only for some batchings or kernels):
+
+* ``FLOWRL_TEST_THREADS=N``: torch threads of the test process (default 1);
+* ``FLOWRL_TEST_SHUFFLE=SEED``: run the collected tests in an order shuffled
+  with ``SEED`` (each xdist worker shuffles alike, so they agree on the order).
 """
 
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -17,7 +25,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise pytest.UsageError(f"{name} must be an integer, got {value!r}") from None
+
+
+THREADS = _env_int("FLOWRL_TEST_THREADS", 1)
+if THREADS < 1:
+    raise pytest.UsageError(f"FLOWRL_TEST_THREADS must be >= 1, got {THREADS}")
+torch.set_num_threads(THREADS)
 
 
 def pytest_addoption(parser):
@@ -40,6 +60,18 @@ def pytest_configure(config):
             raise pytest.UsageError(f"--device {name!r} but only {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
         raise pytest.UsageError(f"--device must be cpu or cuda[:N], got {name!r}")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    seed = os.environ.get("FLOWRL_TEST_SHUFFLE", "").strip()
+    if seed:
+        random.Random(_env_int("FLOWRL_TEST_SHUFFLE", 0)).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = os.environ.get("FLOWRL_TEST_SHUFFLE", "").strip()
+    return f"flowrl: torch threads {torch.get_num_threads()}, test order " + (f"shuffled (seed {seed})" if seed else
+                                                                               "as collected")
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,8 @@ def test_defaults_and_types():
         ({**MINIMAL, "flow": "no-such-flow"}, "flow"),
         ({**MINIMAL, "run": {"checkpoint_every": "often"}}, "run.checkpoint_every"),
         ({**MINIMAL, "seeds": 3}, "seeds: unknown key"),
+        ({**MINIMAL, "novelty": {"beta": "abc"}}, "novelty.beta: Input should be a valid number"),
+        ({**MINIMAL, "threads": 0}, "threads: Input should be greater than or equal to 1"),
         ({}, "env: required key is missing"),
         ({"env": {"kwargs": {}}}, "env.id: required key is missing"),
     ],
@@ -84,3 +86,13 @@ def test_missing_or_malformed_file(tmp_path):
     bad.write_text("- a list\n- not a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(bad))
+
+
+def test_a_bad_novelty_value_on_the_command_line_is_one_line_naming_the_key(tmp_path, capsys):
+    from agents.cli import main
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
+    assert main(["train", demo, "novelty.beta=abc", f"run.out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "novelty.beta" in err and "Traceback" not in err
+    assert not os.listdir(tmp_path)  # refused before any run directory is made

@@ -56,6 +56,14 @@ class NoveltyCallback(BaseCallback):
             self._ep_intrinsic = np.zeros(n_envs)
             self._ep_extrinsic = np.zeros(n_envs)
 
+    def resume_state(self) -> dict:
+        """The episode sums and the last scored state (for :mod:`agents.resume`)."""
+        return {"last_raw": self._last_raw, "ep_intrinsic": self._ep_intrinsic, "ep_extrinsic": self._ep_extrinsic}
+
+    def load_resume_state(self, state: dict) -> None:
+        self._last_raw, self._ep_intrinsic, self._ep_extrinsic = (
+            state["last_raw"], state["ep_intrinsic"], state["ep_extrinsic"])
+
     def _on_training_end(self) -> None:
         self.bonus.flush()  # the model has seen every visited state when learn returns
 
