@@ -8,7 +8,7 @@
   (empty without a bonus);
   it also feeds a :class:`envs.CoverageTracker` from
   ``info["position"]`` (or a projection of the observation).
-* :class:`CheckpointCallback` writes ``checkpoints/step_<N>/`` through a
+* :class:`PeriodicCheckpoint` writes ``checkpoints/step_<N>/`` through a
   temporary folder and ``os.replace``, with a manifest of checksums written
   last (:mod:`agents.resume`), then points ``checkpoints/latest`` at it:
   a crash mid-write leaves the last good checkpoint untouched, and
@@ -38,7 +38,7 @@ from envs.coverage import CoverageTracker
 from .resume import check_checkpoint, write_manifest
 
 __all__ = [
-    "MetricsCallback", "CheckpointCallback", "ProgressBar", "save_checkpoint", "latest_checkpoint",
+    "MetricsCallback", "PeriodicCheckpoint", "ProgressBar", "save_checkpoint", "latest_checkpoint",
     "write_json_atomic", "EPISODE_FIELDS", "METRIC_FIELDS",
 ]
 
@@ -261,7 +261,7 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
     return None
 
 
-class CheckpointCallback(BaseCallback):
+class PeriodicCheckpoint(BaseCallback):
     """Call ``save()`` (a closure that writes one checkpoint) every ``every`` env steps.
 
     The checkpoint falls due in ``_on_step`` and is written at the start of the

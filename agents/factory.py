@@ -52,9 +52,12 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import envs  # noqa: F401  (registers the flowrl/ environments)
 from envs.coverage import CoverageTracker, maze_tracker
+from envs.deep_sea import DeepSea
 
-from .callbacks import CheckpointCallback, MetricsCallback, ProgressBar, latest_checkpoint, save_checkpoint, write_json_atomic
+from .callbacks import PeriodicCheckpoint, MetricsCallback, ProgressBar, latest_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_config
+from .novelty import attach_novelty, find_novelty, novelty_density
+from .policies import FlowActorCriticPolicy, FlowSACPolicy
 from .resume import STATE_FILE, RestoreCallback, read_training_state, restore_training_state, save_training_state, \
     truncate_csvs
 from .threads import torch_threads
@@ -104,10 +107,6 @@ def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm]) -> tuple[Any, dic
     kwargs = dict(cfg.policy_kwargs)
     if cfg.policy == "gaussian":
         return "MlpPolicy", kwargs
-    try:
-        from .policies import FlowActorCriticPolicy, FlowSACPolicy
-    except ImportError as err:  # pragma: no cover - only while the policy module is missing
-        raise ConfigError(f"policy: 'flow' needs agents.policies ({err})") from None
     kwargs.update(flow=cfg.flow, flow_kwargs=dict(cfg.flow_kwargs))
     return (FlowSACPolicy if algo_class is SAC else FlowActorCriticPolicy), kwargs
 
@@ -115,10 +114,6 @@ def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm]) -> tuple[Any, dic
 def _attach_novelty(cfg: TrainConfig, algo_class, algo_kwargs: dict, env: VecEnv) -> tuple[dict, list[BaseCallback]]:
     if not cfg.novelty:
         return algo_kwargs, []
-    try:
-        from .novelty import attach_novelty
-    except ImportError as err:  # pragma: no cover - only while the novelty module is missing
-        raise ConfigError(f"novelty: needs agents.novelty.attach_novelty ({err})") from None
     try:
         return attach_novelty(algo_class, algo_kwargs, env, cfg.novelty)
     except ValueError as err:
@@ -151,7 +146,7 @@ def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:
     base = env.envs[0].unwrapped if hasattr(env, "envs") else None
     if base is not None and hasattr(base, "layout") and hasattr(base, "extent"):
         return maze_tracker(base)
-    if base is not None and hasattr(base, "size") and type(base).__name__ == "DeepSea":
+    if isinstance(base, DeepSea):
         return CoverageTracker((0, base.size, 0, base.size), base.size)
     space = env.observation_space
     if isinstance(space, gym.spaces.Box) and space.shape[0] >= 2 and np.all(np.isfinite(space.low[:2])) \
@@ -160,16 +155,13 @@ def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:
     return None
 
 
-def _projection(env: VecEnv) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda obs: np.asarray(obs).reshape(len(obs), -1)[:, :2]
+def _first_two_features(obs: np.ndarray) -> np.ndarray:
+    """The coverage tracker's default projection: the first two features of each observation."""
+    return np.asarray(obs).reshape(len(obs), -1)[:, :2]
 
 
 def novelty_density_fn(model: BaseAlgorithm) -> Optional[Callable[[np.ndarray], np.ndarray]]:
     """``f(obs (N, d)) -> log-density (N,)`` of the model's novelty density (``None`` without one)."""
-    try:
-        from .novelty import find_novelty, novelty_density
-    except ImportError:  # pragma: no cover - only while the novelty module is missing
-        return None
     try:
         bonus = find_novelty(model)
         novelty_density(bonus, np.zeros((1, int(np.prod(model.observation_space.shape))), dtype=np.float32))
@@ -330,7 +322,7 @@ def _setup(cfg: TrainConfig, config_name: str) -> _Run:
         model, novelty_callbacks = _resume(cfg, model, ckpt, state, env, device, tracker)
     csv_name = "progress.csv" if ckpt is None else f"progress-{model.num_timesteps:010d}.csv"
     model.set_logger(_logger(run_dir, cfg, csv_name, wandb_run))
-    metrics = MetricsCallback(run_dir, tracker, _projection(env), cfg.run.log_every)
+    metrics = MetricsCallback(run_dir, tracker, _first_two_features, cfg.run.log_every)
     restore = RestoreCallback(state, [*novelty_callbacks, metrics]) if state is not None else None
     return _Run(cfg, run_dir, device, env, model, novelty_callbacks, tracker,
                 env if isinstance(env, VecNormalize) else None, metrics, callbacks, restore, wandb_run, t_start)
@@ -363,7 +355,7 @@ def _learn(run: _Run, progress_desc: Optional[str], progress_position: int) -> N
         # last: it puts back the others' counters after their own start, then the RNG states
         model.learn(
             remaining,
-            callback=[*run.novelty_callbacks, run.metrics, CheckpointCallback(run.checkpoint, cfg.run.checkpoint_every),
+            callback=[*run.novelty_callbacks, run.metrics, PeriodicCheckpoint(run.checkpoint, cfg.run.checkpoint_every),
                       *run.callbacks, *bar, *([run.restore] if run.restore is not None else [])],
             reset_num_timesteps=not cfg.resume,
         )

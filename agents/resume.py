@@ -21,7 +21,7 @@ by :func:`save_training_state`:
 a folder whose manifest is missing or does not match is incomplete or corrupt
 (:func:`check_checkpoint`).
 
-Checkpoints are taken at the start of a rollout (:class:`agents.callbacks.CheckpointCallback`):
+Checkpoints are taken at the start of a rollout (:class:`agents.callbacks.PeriodicCheckpoint`):
 there the previous transition is stored and its gradient steps are taken, so
 SB3's loop state is consistent, and ``learn(reset_num_timesteps=False)`` goes on
 without an ``env.reset()`` because ``_last_obs`` is restored.  On the CPU with the

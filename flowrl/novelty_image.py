@@ -72,9 +72,7 @@ evaluation up to the float rounding of a different batch size (about 1 ulp
 of the log-density).  While a layer of the scoring flow still awaits its
 data-dependent initialisation (ActNorm's first batch) the batch is
 evaluated as given, so the initialising batch is the one without
-deduplication.  Measured (SAC, 600 steps, one CPU thread, load ~3.5 on 2
-cores): 180 ms per env step before, 45 ms with deduplication, 22 ms with
-the memo as well (SAC alone: 8 ms; most of the rest is the counter's training).
+deduplication.
 """
 
 from __future__ import annotations
