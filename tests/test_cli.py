@@ -92,7 +92,7 @@ def test_train_eval_plot_through_the_cli(tmp_path, capsys):
 
 def test_demo_agent_has_flow_policy_novelty_and_pictures(tmp_path):
     path = os.path.join(ROOT, "configs", "demo.yaml")
-    cfg = load_config(path, tiny(path, tmp_path, steps=150, **{"run.plots": "true", "run.name": "d"}))
+    cfg = load_config(path, tiny(path, tmp_path, steps=256, **{"run.plots": "true", "run.name": "d"}))  # 64 per env
     assert cfg.policy == "flow" and cfg.novelty and cfg.novelty.kind == "flow"
     result = train(cfg)
     from agents.novelty import find_novelty
