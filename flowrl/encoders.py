@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .frames import check_frames, downsample, quantize, real_tensor
 
-__all__ = ["RunningNormalizer", "ObservationEncoder", "VectorEncoder", "FrameEncoder", "Projection"]
+__all__ = ["RunningNormalizer", "ObservationEncoder", "VectorEncoder", "FrameEncoder", "FrameFacts", "Projection"]
 
 #: What a vector counter counts on: every feature (``None``), feature indices, or a callable on ``(B, d)`` tensors.
 Projection = Optional[Sequence[int] | Callable[[Tensor], Tensor]]
@@ -332,3 +332,21 @@ class FrameEncoder(ObservationEncoder):
 
     def extra_repr(self) -> str:
         return f"image_shape={self.image_shape}, size={self.size}, grey={self.grey}, levels={self.levels}"
+
+
+class FrameFacts:
+    """Frame facts of a model whose ``encoder`` is a :class:`FrameEncoder` (read from the encoder)."""
+
+    encoder: FrameEncoder
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.encoder.image_shape
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.encoder.size
+
+    @property
+    def max_value(self) -> float:
+        return self.encoder.max_value

@@ -85,7 +85,7 @@ import torch
 from torch import Tensor
 
 from .core import Compose, Transform
-from .encoders import FrameEncoder
+from .encoders import FrameEncoder, FrameFacts
 from .flow import Flow
 from .frames import quantize
 from .memo import RowMemo
@@ -144,7 +144,7 @@ class PixelSpline(Transform):
         return self._run(z, inverse=True)
 
 
-class ImagePseudoCounter(PseudoCounter):
+class ImagePseudoCounter(FrameFacts, PseudoCounter):
     """Pseudo-counts of frames from an image flow fitted online to downsampled, quantised frames.
 
     Assembled from a :class:`flowrl.encoders.FrameEncoder` with ``levels``
@@ -245,18 +245,6 @@ class ImagePseudoCounter(PseudoCounter):
         self.pixel_bins = int(pixel_bins)
         self.flow_name = flow
         self.flow_kwargs = kwargs
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.encoder.image_shape
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.encoder.size
-
-    @property
-    def max_value(self) -> float:
-        return self.encoder.max_value
 
     def levels_of(self, obs: Any) -> Tensor:
         """The quantised frames ``q`` (integers as floats), shape ``(B, c, h, w)``: what is counted."""

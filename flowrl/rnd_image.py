@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
-from .encoders import FrameEncoder
+from .encoders import FrameEncoder, FrameFacts
 from .online import TrainingSettings
 from .rnd import RandomNetworkDistillation, check_embedding_dim
 
@@ -37,7 +37,7 @@ def conv_embedding(shape: Sequence[int], channels: Sequence[int], embedding_dim:
     return nn.Sequential(*layers)
 
 
-class ImageRND(RandomNetworkDistillation):
+class ImageRND(FrameFacts, RandomNetworkDistillation):
     """Random-network-distillation novelty of frames ``(C, H, W)``.
 
     Args:
@@ -80,15 +80,3 @@ class ImageRND(RandomNetworkDistillation):
         shape = encoder.model_shape
         super().__init__(encoder, lambda: conv_embedding(shape, channels, embedding_dim),
                          self.training_settings(settings, training), error_decay=error_decay)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.encoder.image_shape
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.encoder.size
-
-    @property
-    def max_value(self) -> float:
-        return self.encoder.max_value

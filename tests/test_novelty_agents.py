@@ -416,6 +416,16 @@ def test_default_bonus_is_nonpositive_so_ending_an_episode_never_costs_bonus(kin
         assert np.allclose(g, -np.expm1(-e), atol=1e-6)
 
 
+def _sample_both(ours, sb3, inds: np.ndarray, n_envs: int, seed: int):
+    """Both buffers' samples of rows ``inds`` from the same global RNG state, and the env columns SB3 drew."""
+    np.random.seed(seed)
+    got = ours._get_samples(inds)
+    np.random.seed(seed)
+    want = sb3._get_samples(inds)
+    np.random.seed(seed)
+    return got, want, np.random.randint(0, n_envs, size=len(inds))
+
+
 @pytest.mark.parametrize("as_dict, memory", [(False, False), (False, True), (True, False)])
 def test_replay_rows_are_gathered_as_sb3_gathers_them_and_scored_once(memory, as_dict):
     """The bonus buffer draws each row's env column once and uses it for sample and bonus alike.
@@ -452,12 +462,7 @@ def test_replay_rows_are_gathered_as_sb3_gathers_them_and_scored_once(memory, as
     bonus.observe(ours.observations["pos"][:40] if as_dict else ours.observations[:40])
     bonus.flush()
     inds = np.random.default_rng(1).integers(0, 40, size=32)
-    np.random.seed(5)
-    got = ours._get_samples(inds)
-    np.random.seed(5)
-    want = sb3._get_samples(inds)
-    np.random.seed(5)
-    env_inds = np.random.randint(0, 3, size=32)
+    got, want, env_inds = _sample_both(ours, sb3, inds, n_envs=3, seed=5)
     for name in ("observations", "next_observations"):
         g, w = getattr(got, name), getattr(want, name)
         for key in (w if as_dict else [None]):
@@ -493,12 +498,7 @@ def test_n_step_returns_add_the_current_bonus_of_every_step_in_the_window():
     bonus.observe(ours.next_observations[:60].reshape(-1, 2))
     bonus.flush()
     inds = np.random.default_rng(1).integers(0, 60, size=64)
-    np.random.seed(2)
-    got = ours._get_samples(inds)
-    np.random.seed(2)
-    want = sb3._get_samples(inds)
-    np.random.seed(2)
-    cols = np.random.randint(0, 2, size=64)
+    got, want, cols = _sample_both(ours, sb3, inds, n_envs=2, seed=2)
     for name in ("observations", "actions", "next_observations", "dones", "discounts"):
         assert torch.equal(getattr(got, name), getattr(want, name).to(getattr(got, name).dtype)), name
     # The bonus part, by hand: each row's window stops at its first termination or truncation (or the newest row).

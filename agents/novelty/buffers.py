@@ -50,6 +50,13 @@ class _ReplayScoring:
 
     novelty: NoveltyBonus
 
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]  # the SB3 buffer next in the MRO
+        self.novelty = _check_bonus(novelty)
+        self.novelty.follow(self.device)
+        self.last_intrinsic: Optional[torch.Tensor] = None
+        self._model_updated = False
+
     def _raw_states(self, batch_inds: np.ndarray, env_inds: np.ndarray):
         """The raw states scored for rows ``(batch_inds, env_inds)``: each one's next state (or itself)."""
 
@@ -100,13 +107,6 @@ class _ReplayScoring:
 class NoveltyReplayBuffer(_ReplayScoring, ReplayBuffer):
     """``ReplayBuffer`` whose sampled rewards include the current novelty bonus."""
 
-    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.novelty = _check_bonus(novelty)
-        self.novelty.follow(self.device)
-        self.last_intrinsic: Optional[torch.Tensor] = None
-        self._model_updated = False
-
     def _gather(self, batch_inds: np.ndarray, env_inds: np.ndarray, env: Optional[VecNormalize]):
         next_rows = (batch_inds + 1) % self.buffer_size if self.optimize_memory_usage else batch_inds
         next_store = self.observations if self.optimize_memory_usage else self.next_observations
@@ -122,13 +122,6 @@ class NoveltyReplayBuffer(_ReplayScoring, ReplayBuffer):
 
 class NoveltyDictReplayBuffer(_ReplayScoring, DictReplayBuffer):
     """``DictReplayBuffer`` whose sampled rewards include the current novelty bonus (of ``obs_key``)."""
-
-    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.novelty = _check_bonus(novelty)
-        self.novelty.follow(self.device)
-        self.last_intrinsic: Optional[torch.Tensor] = None
-        self._model_updated = False
 
     def _gather(self, batch_inds: np.ndarray, env_inds: np.ndarray, env: Optional[VecNormalize]):
         def rows(store: dict) -> dict:
@@ -152,13 +145,6 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
     first termination or truncation (as SB3's ``NStepReplayBuffer``); every
     bonus in the window comes from the current model, in one batch.
     """
-
-    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.novelty = _check_bonus(novelty)
-        self.novelty.follow(self.device)
-        self.last_intrinsic: Optional[torch.Tensor] = None
-        self._model_updated = False
 
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
         self._require_updates()
