@@ -127,7 +127,8 @@ class FlowDistribution(Distribution):
     * ``log_prob(actions)``: exact log-density of given actions in the action
       box (boundary actions: see :class:`agents.squash.SquashToBox`).
     * ``sample()``: reparameterised samples (differentiable).
-    * ``mode()``: the base distribution's mode pushed through the flow and the squash.
+    * ``mode()``: a deterministic estimate of the pre-squash mode, squashed
+      (``mode_candidates`` fixed candidates; 0: the base mode pushed through).
     * ``entropy()``: a Monte-Carlo estimate ``H ~ -(1/K) sum_k log pi(a_k | c)``
       with ``a_k = squash(g(z_k; c))`` drawn by reparameterisation, so its
       gradient reaches the flow and the features; ``K = entropy_samples``
@@ -161,6 +162,7 @@ class FlowDistribution(Distribution):
         high: Optional[Sequence[float] | np.ndarray] = None,
         entropy_samples: int = 1,
         pre_squash: bool = False,
+        mode_candidates: int = 64,
     ):
         super().__init__()
         _check_flow_name(flow)
@@ -178,6 +180,9 @@ class FlowDistribution(Distribution):
         self.low = np.full(self.action_dim, -1.0, dtype=np.float32) if low is None else np.asarray(low, np.float32)
         self.high = np.full(self.action_dim, 1.0, dtype=np.float32) if high is None else np.asarray(high, np.float32)
         self.entropy_samples = int(entropy_samples)
+        if int(mode_candidates) < 0:
+            raise ValueError(f"mode_candidates must be >= 0, got {mode_candidates}")
+        self.mode_candidates = int(mode_candidates)
         self.pre_squash = bool(pre_squash)
         self.flow: Optional[Flow] = None
         self._unsquashed: Optional[Flow] = None  # the flow without its squash (shares its modules)
@@ -253,9 +258,16 @@ class FlowDistribution(Distribution):
         return flow.rsample(1, ctx)[0]
 
     def mode(self) -> Tensor:
-        """Deterministic action: the base mode pushed through the flow (and the squash), ``(B, D)``."""
-        flow, ctx = self._action_flow()
-        return flow.mode_sample(ctx)
+        """Deterministic action ``(B, D)``: the flow's mode estimate before the squash, then squashed.
+
+        ``argmax_k log pi(u_k | c)`` over the base mode and ``mode_candidates``
+        fixed base points (:meth:`flowrl.Flow.mode_estimate`), taken before the
+        squash like SAC's Gaussian ``tanh(mean)`` (in the box the squashed
+        density of a wide policy peaks at the boundary).
+        """
+        flow, ctx = self._ready()
+        u = self._unsquashed.mode_estimate(ctx, self.mode_candidates)  # type: ignore[union-attr]
+        return u if self.pre_squash else flow.transform.transforms[0].inverse(u, ctx)[0]
 
     def actions_from_params(self, latent: Tensor, deterministic: bool = False) -> Tensor:
         self.proba_distribution(latent)

@@ -114,8 +114,8 @@ class FlowSACPolicy(SACPolicy):
     """SAC policy with a flow actor; the critics, entropy target and temperature are SB3's unchanged.
 
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
-    (see the module doc).  The deterministic action is the base mode pushed
-    through the flow and the squash.
+    (see the module doc).  The deterministic action is a mode estimate of the
+    flow before the squash, squashed (:meth:`agents.FlowDistribution.mode`).
 
     Example:
         >>> from stable_baselines3 import SAC

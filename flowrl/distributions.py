@@ -23,15 +23,33 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class BaseDistribution(nn.Module):
-    """Interface of a flow's base distribution over tensors of shape ``shape``."""
+    """Interface of a flow's base distribution over tensors of shape ``shape``.
+
+    A scalar buffer ``_anchor`` follows ``.to(device)`` and ``.double()``:
+    noise and constants are created on its device and dtype.
+    """
 
     shape: tuple[int, ...]
     context_dim: int = 0
+    _anchor: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
     def rsample(self, n: int, context: Optional[Tensor] = None) -> Tensor:
+        """``n`` reparameterised samples: :meth:`from_noise` of standard normal noise."""
+        ctx_rows = None if context is None else context.shape[0]
+        if ctx_rows is not None and ctx_rows != n:
+            raise ValueError(f"rsample({n}) needs {n} context rows, got {ctx_rows}")
+        eps = torch.randn(n, *self.shape, device=self._anchor.device, dtype=self._anchor.dtype)
+        return self.from_noise(eps, context)
+
+    def from_noise(self, eps: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """The reparameterisation ``z = g(eps, c)`` of standard normal noise ``eps`` (``(N, *shape)``)."""
         raise NotImplementedError
 
     def mode(self, n: int, context: Optional[Tensor] = None) -> Tensor:
@@ -42,20 +60,16 @@ class BaseDistribution(nn.Module):
 class StandardNormal(BaseDistribution):
     """``N(0, I)``: ``log p(z) = -0.5 (||z||^2 + D log 2 pi)``."""
 
-    _anchor: Tensor
-
     def __init__(self, shape: Sequence[int] | int):
         super().__init__()
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        # A buffer follows .to(device) and .double(): samples are created on it.
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         d = math.prod(self.shape)
         return -0.5 * (sum_except_batch(z * z) + d * _LOG_2PI)
 
-    def rsample(self, n: int, context: Optional[Tensor] = None) -> Tensor:
-        return torch.randn(n, *self.shape, device=self._anchor.device, dtype=self._anchor.dtype)
+    def from_noise(self, eps: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        return eps
 
     def mode(self, n: int, context: Optional[Tensor] = None) -> Tensor:
         return self._anchor.new_zeros(n, *self.shape)
@@ -99,13 +113,12 @@ class ConditionalDiagonalNormal(BaseDistribution):
         d = math.prod(self.shape)
         return -0.5 * (sum_except_batch(eps * eps) + d * _LOG_2PI) - sum_except_batch(log_scale)
 
-    def rsample(self, n: int, context: Optional[Tensor] = None) -> Tensor:
+    def from_noise(self, eps: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """``z = mu(c) + sigma(c) * eps``."""
         if context is None:
             raise ValueError("ConditionalDiagonalNormal needs a context")
-        if context.shape[0] != n:
-            raise ValueError(f"rsample({n}) needs {n} context rows, got {context.shape[0]}")
         mean, log_scale = self._params(context)
-        return mean + torch.exp(log_scale) * torch.randn_like(mean)
+        return mean + torch.exp(log_scale) * eps
 
     def mode(self, n: int, context: Optional[Tensor] = None) -> Tensor:
         if context is None:

@@ -135,6 +135,30 @@ def test_log_prob_with_one_context_per_row_matches_broadcast_context():
     assert_close_rounding(one_x, flow.log_prob(x[:1].expand(4, 2), ctx[:4]))
 
 
+@pytest.mark.parametrize("name", FLOWS)
+def test_deterministic_action_is_the_squashed_pre_squash_mode_estimate(name):
+    dists = {}
+    for pre in (False, True):
+        torch.manual_seed(0)
+        d = FlowDistribution(2, name, SMALL[name], base="conditional", low=[-2.0, -1.0], high=[2.0, 1.0],
+                             pre_squash=pre)
+        perturb(d.proba_distribution_net(3), std=0.5)
+        dists[pre] = d.proba_distribution(_ctx(16).float())
+    box, u = dists[False].mode(), dists[True].mode()
+    assert torch.equal(box, dists[False].mode())  # deterministic
+    squash = dists[False].flow.transform.transforms[0]
+    torch.testing.assert_close(box, squash.inverse(u, None)[0])
+    assert (box[:, 0].abs() <= 2).all() and (box[:, 1].abs() <= 1).all()
+    inner, ctx = dists[True]._unsquashed, _ctx(16).float()
+    # never a lower pre-squash density than the base mode pushed through (it is one of the candidates)
+    lp_est, lp_base = inner.log_prob(u, ctx), inner.log_prob(inner.mode_sample(ctx), ctx)
+    assert (lp_est >= lp_base - 1e-5 * (1 + lp_base.abs())).all()
+    dists[True].mode_candidates = 0
+    torch.testing.assert_close(dists[True].mode(), inner.mode_sample(ctx))
+    with pytest.raises(ValueError, match="mode_candidates"):
+        FlowDistribution(2, name, SMALL[name], mode_candidates=-1)
+
+
 def test_flow_distribution_entropy_matches_grid_and_has_gradient():
     dist = FlowDistribution(1, "realnvp", SMALL["realnvp"], base="conditional", entropy_samples=20000)
     torch.manual_seed(0)
