@@ -50,6 +50,10 @@ class AlgoConfig(_Strict):
 
     name: Literal["sac", "ppo", "a2c"] = "sac"
     kwargs: dict[str, Any] = Field(default_factory=dict, description="SB3 constructor arguments")
+    learning_rate_end: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="decay the learning rate linearly from kwargs.learning_rate (or the algorithm's default) "
+                    "to this value over total_timesteps; null keeps it constant")
 
 
 class RunConfig(_Strict):

@@ -25,6 +25,7 @@ updated constructor arguments and the callbacks to pass to ``learn``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import sys
@@ -130,6 +131,9 @@ def build_model(
     for reserved in ("policy", "env", "seed", "device", "policy_kwargs", "tensorboard_log"):
         if reserved in kwargs:
             raise ConfigError(f"algo.kwargs.{reserved}: set it with the top-level key instead")
+    if cfg.algo.learning_rate_end is not None:
+        kwargs["learning_rate"] = _linear_learning_rate(algo_class, kwargs.get("learning_rate"),
+                                                        cfg.algo.learning_rate_end)
     kwargs, callbacks = _attach_novelty(cfg, algo_class, kwargs, env)
     try:
         model = algo_class(
@@ -139,6 +143,32 @@ def build_model(
     except TypeError as err:
         raise ConfigError(f"algo.kwargs: {err}") from None
     return model, list(callbacks)
+
+
+@dataclass(frozen=True)
+class LinearLearningRate:
+    """SB3 schedule ``lr(p) = end + p (start - end)``, ``p`` the progress remaining (1 at the start, 0 at the end).
+
+    Why (``algo.learning_rate_end``): an exploring agent needs a fast critic while
+    the bonus moves, but once it reaches the goal a constant high rate keeps
+    moving the deterministic policy; on the demo maze it flipped between solving
+    and pressing into a wall from one evaluation to the next until the rate decayed.
+    """
+
+    start: float
+    end: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.end + progress_remaining * (self.start - self.end)
+
+
+def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearLearningRate:
+    """From ``start`` (the algorithm's default learning rate when ``None``) to ``end`` over the run."""
+    if start is None:
+        start = inspect.signature(algo_class.__init__).parameters["learning_rate"].default
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0:
+        raise ConfigError(f"algo.learning_rate_end: needs a positive number as algo.kwargs.learning_rate, got {start!r}")
+    return LinearLearningRate(float(start), end)
 
 
 def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:

@@ -8,7 +8,8 @@ the first training step that reaches the goal, the deterministic evaluation
 success at fixed budgets (``--budgets``, 10 episodes each), the coverage of the
 visited states, the bonus saturation (share of steps whose bonus is within 5 %
 of its largest value, i.e. novelty ``g(x) >= 0.95``: states that read as never seen) and env steps per
-second.  It prints one Markdown table (median and spread over seeds), writes
+second, and the training success over the last 10k steps.  It prints one
+Markdown table (median and spread over seeds), writes
 every run to ``OUT/runs.jsonl`` and a PNG of evaluation success against steps
 with 95 % bootstrap confidence bands per method and task.
 
@@ -116,7 +117,7 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
 
     cfg = load_config(config, [*overrides, *method_overrides(bonus, policy), f"seed={seed}", "device=cpu"])
     if bonus == "rnd":  # RND keeps its own defaults: only the bonus's options carry over
-        kept = cfg.novelty.model_dump(include={"kind", "beta", "form", "score", "update_every", "seed"})
+        kept = cfg.novelty.model_dump(include={"kind", "beta", "beta_end", "form", "score", "update_every", "seed"})
         cfg = cfg.model_copy(update={"novelty": type(cfg.novelty).model_validate(kept)})
     env = make_vec_env(lambda: make_env(task), n_envs=cfg.env.n_envs, seed=seed)
     if task == "mountaincar":
@@ -144,6 +145,7 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
             super().__init__()
             self.first, self.successes, self.episodes, self.evals = None, 0, 0, {}
             self.saturated: list[float] = []
+            self.ended: list[tuple[int, bool]] = []  # (env step, success) of every finished episode
             self.t_eval = 0.0
             self.pending = sorted(budgets)
 
@@ -158,6 +160,7 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
                     self.saturated.append(float(info["novelty"] >= 0.95))
                 if done:
                     self.episodes += 1
+                    self.ended.append((self.num_timesteps, bool(info.get("is_success"))))
                     if info.get("is_success"):
                         self.successes += 1
                         self.first = self.first or self.num_timesteps
@@ -172,8 +175,10 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
     model.learn(steps + n_envs - 1, callback=[*callbacks, record])
     wall = time.perf_counter() - t0 - record.t_eval
     tail = record.saturated[-10_000:]
+    late = [ok for t, ok in record.ended if t > model.num_timesteps - 10_000]
     return dict(task=task, bonus=bonus, policy=policy, seed=seed, steps=steps, first_success=record.first,
                 train_successes=record.successes, episodes=record.episodes,
+                train_success_last10k=float(np.mean(late)) if late else None,
                 evals={str(k): v for k, v in record.evals.items()}, coverage=tracker.fraction,
                 saturation=float(np.mean(tail)) if tail else None, steps_per_s=model.num_timesteps / wall)
 
@@ -193,9 +198,9 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, floa
 def table(rows: list[dict], budgets: list[int]) -> str:
     import numpy as np
 
-    head = ("| task | bonus | policy | reached goal | first success (median) | "
+    head = ("| task | bonus | policy | reached goal | first success (median) | train success, last 10k | "
             + " | ".join(f"eval @ {b:,}" for b in budgets) + " | coverage | saturation | steps/s |")
-    lines = [head, "|" + "---|" * (8 + len(budgets))]
+    lines = [head, "|" + "---|" * (9 + len(budgets))]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["task"], r["bonus"], r["policy"]), []).append(r)
@@ -206,9 +211,11 @@ def table(rows: list[dict], budgets: list[int]) -> str:
             v = [r["evals"].get(str(b)) for r in rs if r["evals"].get(str(b)) is not None]
             evals.append(f"{np.mean(v):.2f} ({sum(x >= 0.9 for x in v)}/{len(v)} >= 0.9)" if v else "-")
         sat = [r["saturation"] for r in rs if r["saturation"] is not None]
+        late = [r["train_success_last10k"] for r in rs if r.get("train_success_last10k") is not None]
+        late_text = f"{np.mean(late):.2f} ({sum(x >= 0.9 for x in late)}/{len(late)} >= 0.9)" if late else "-"
         lines.append(
             f"| {task} | {bonus} | {policy} | {len(firsts)}/{len(rs)} | "
-            f"{(f'{int(np.median(firsts)):,}' if firsts else '-')} | " + " | ".join(evals)
+            f"{(f'{int(np.median(firsts)):,}' if firsts else '-')} | {late_text} | " + " | ".join(evals)
             + f" | {np.mean([r['coverage'] for r in rs]):.0%} | {(f'{np.mean(sat):.0%}' if sat else '-')} | "
             f"{np.mean([r['steps_per_s'] for r in rs]):.0f} |")
     return "\n".join(lines)

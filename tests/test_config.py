@@ -96,3 +96,24 @@ def test_a_bad_novelty_value_on_the_command_line_is_one_line_naming_the_key(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "novelty.beta" in err and "Traceback" not in err
     assert not os.listdir(tmp_path)  # refused before any run directory is made
+
+
+def test_learning_rate_end_decays_linearly_over_the_run_and_survives_save_and_load(tmp_path):
+    from stable_baselines3 import SAC
+
+    from agents.factory import build_model, make_env
+
+    cfg = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
+                      algo=dict(name="sac", kwargs={"learning_rate": 1e-3}, learning_rate_end=1e-4))
+    model, _ = build_model(cfg, make_env(cfg))
+    assert [model.lr_schedule(p) for p in (1.0, 0.5, 0.0)] == pytest.approx([1e-3, 5.5e-4, 1e-4], rel=1e-12)
+    model.save(tmp_path / "m")
+    assert SAC.load(tmp_path / "m", device="cpu").lr_schedule(0.0) == pytest.approx(1e-4, rel=1e-12)
+    default = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=dict(name="sac", learning_rate_end=1e-5))
+    assert build_model(default, make_env(default))[0].lr_schedule(1.0) == pytest.approx(3e-4)  # SAC's default start
+    bad = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
+                      algo=dict(name="sac", kwargs={"learning_rate": "fast"}, learning_rate_end=1e-4))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        build_model(bad, make_env(bad))
+    with pytest.raises(ConfigError, match="learning_rate_end"):
+        config_from_dict({"env": {"id": "flowrl/PointMaze-v0"}, "algo": {"learning_rate_end": -1.0}})

@@ -513,3 +513,28 @@ def test_n_step_returns_add_the_current_bonus_of_every_step_in_the_window():
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="n_steps"):
         attach_novelty(SAC, {"n_steps": 3}, DummyVecEnv([PointDict]), {"obs_key": "pos"})
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_beta_end_decays_the_weight_linearly_over_the_run(algo):
+    """beta_t = beta_end + p_t (beta - beta_end), p_t = SB3's progress remaining, in every step's reward."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    env = _mc()
+    cls, small = (SAC, SMALL_SAC) if algo == "sac" else (PPO, SMALL_PPO)
+    kwargs, callbacks = attach_novelty(cls, small, env, {**SMALL_FLOW, "beta": 2.0, "beta_end": 0.5})
+    model = cls("MlpPolicy", env, seed=0, device="cpu", **kwargs)
+    seen = []
+
+    class Spy(BaseCallback):
+        def _on_step(self):
+            info = self.locals["infos"][0]
+            seen.append((info["intrinsic_reward"], info["novelty"], self.model._current_progress_remaining))
+            return True
+
+    model.learn(128, callback=[*callbacks, Spy()])
+    progress = [p for _, _, p in seen]
+    assert progress[0] > 0.9 and progress[-1] < 0.3 and all(a >= b for a, b in zip(progress, progress[1:]))
+    for r_int, g, p in seen:
+        assert r_int == pytest.approx((0.5 + p * 1.5) * (g - 1), rel=1e-5, abs=1e-6)
+    assert find_novelty(model).beta == pytest.approx(0.5 + progress[-1] * 1.5)

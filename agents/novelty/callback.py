@@ -82,6 +82,7 @@ class NoveltyCallback(BaseCallback):
                     term = venv.unnormalize_obs(term)
                 raw_next[i] = self.bonus.select(term)[0]
         scored = raw_next if self.bonus.score == "next" else self._last_raw
+        self.bonus.progress_remaining = float(self.model._current_progress_remaining)
         novelty = self.bonus.novelty(scored)
         intrinsic = self.bonus.reward(novelty).cpu().numpy()
         extrinsic = np.asarray(venv.get_original_reward() if venv is not None else self.locals["rewards"],

@@ -32,7 +32,9 @@ class NoveltyOptions(BaseModel):
     """Every option of the bonus.
 
     The bonus: ``kind`` (``"flow"`` pseudo-count or ``"rnd"``); ``beta``, its
-    weight; ``form``: ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
+    weight; ``beta_end``: if set, the weight goes linearly from ``beta`` to
+    ``beta_end`` over the run (SB3's progress; ``None`` keeps it); ``form``:
+    ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
     with ``b = 1 / sqrt(N + 1)`` in ``(0, 1]``, ``"positive"`` gives ``beta * b(x)``
     (see :class:`agents.novelty.bonus.NoveltyBonus` for why the default never
     rewards staying alive); ``score``: ``"next"`` scores the state an action
@@ -58,6 +60,7 @@ class NoveltyOptions(BaseModel):
 
     kind: Literal["flow", "rnd"] = "flow"
     beta: float = Field(0.5, ge=0, allow_inf_nan=False)
+    beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     form: Literal["nonpositive", "positive", "centred"] = "nonpositive"
     score: Literal["next", "current"] = "next"
     update_every: int = Field(16, ge=1)
