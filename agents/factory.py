@@ -59,6 +59,7 @@ from .callbacks import PeriodicCheckpoint, MetricsCallback, ProgressBar, latest_
 from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_config
 from .novelty import attach_novelty, find_novelty, novelty_density
 from .policies import FlowActorCriticPolicy, FlowSACPolicy
+from .schedule import LinearSchedule
 from .resume import STATE_FILE, RestoreCallback, read_training_state, restore_training_state, save_training_state, \
     truncate_csvs
 from .threads import torch_threads
@@ -145,30 +146,19 @@ def build_model(
     return model, list(callbacks)
 
 
-@dataclass(frozen=True)
-class LinearLearningRate:
-    """SB3 schedule ``lr(p) = end + p (start - end)``, ``p`` the progress remaining (1 at the start, 0 at the end).
+def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearSchedule:
+    """From ``start`` (the algorithm's default learning rate when ``None``) to ``end`` over the run.
 
     Why (``algo.learning_rate_end``): an exploring agent needs a fast critic while
     the bonus moves, but once it reaches the goal a constant high rate keeps
     moving the deterministic policy; on the demo maze it flipped between solving
     and pressing into a wall from one evaluation to the next until the rate decayed.
     """
-
-    start: float
-    end: float
-
-    def __call__(self, progress_remaining: float) -> float:
-        return self.end + progress_remaining * (self.start - self.end)
-
-
-def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearLearningRate:
-    """From ``start`` (the algorithm's default learning rate when ``None``) to ``end`` over the run."""
     if start is None:
         start = inspect.signature(algo_class.__init__).parameters["learning_rate"].default
     if isinstance(start, bool) or not isinstance(start, (int, float)) or not start > 0:
         raise ConfigError(f"algo.learning_rate_end: needs a positive number as algo.kwargs.learning_rate, got {start!r}")
-    return LinearLearningRate(float(start), end)
+    return LinearSchedule(float(start), end)
 
 
 def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:

@@ -143,7 +143,7 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
     class Record(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.first, self.successes, self.episodes, self.evals = None, 0, 0, {}
+            self.evals: dict = {}
             self.saturated: list[float] = []
             self.ended: list[tuple[int, bool]] = []  # (env step, success) of every finished episode
             self.t_eval = 0.0
@@ -159,11 +159,7 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
                 if "novelty" in info:  # g(x) in (0, 1]: within 5 % of 1 reads as never seen
                     self.saturated.append(float(info["novelty"] >= 0.95))
                 if done:
-                    self.episodes += 1
                     self.ended.append((self.num_timesteps, bool(info.get("is_success"))))
-                    if info.get("is_success"):
-                        self.successes += 1
-                        self.first = self.first or self.num_timesteps
             while self.pending and self.num_timesteps >= self.pending[0]:  # n_envs steps at a time
                 t = time.perf_counter()
                 self.evals[self.pending.pop(0)] = evaluate()
@@ -176,8 +172,9 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
     wall = time.perf_counter() - t0 - record.t_eval
     tail = record.saturated[-10_000:]
     late = [ok for t, ok in record.ended if t > model.num_timesteps - 10_000]
-    return dict(task=task, bonus=bonus, policy=policy, seed=seed, steps=steps, first_success=record.first,
-                train_successes=record.successes, episodes=record.episodes,
+    first = next((t for t, ok in record.ended if ok), None)
+    return dict(task=task, bonus=bonus, policy=policy, seed=seed, steps=steps, first_success=first,
+                train_successes=sum(ok for _, ok in record.ended), episodes=len(record.ended),
                 train_success_last10k=float(np.mean(late)) if late else None,
                 evals={str(k): v for k, v in record.evals.items()}, coverage=tracker.fraction,
                 saturation=float(np.mean(tail)) if tail else None, steps_per_s=model.num_timesteps / wall)

@@ -28,6 +28,7 @@ from flowrl.novelty_image import ImagePseudoCounter
 from flowrl.rnd import RNDNovelty
 from flowrl.rnd_image import ImageRND
 
+from ..schedule import LinearSchedule
 from .options import NoveltyOptions, model_kwargs, parse_options
 
 __all__ = ["NoveltyBonus", "observation_dim", "observation_shape", "image_max_value"]
@@ -174,7 +175,7 @@ class NoveltyBonus:
     def beta(self) -> float:
         """The weight in use: ``beta_end + p (beta - beta_end)``, ``p`` = :attr:`progress_remaining` (1 -> 0)."""
         end = self.options.beta_end
-        return self.options.beta if end is None else end + self.progress_remaining * (self.options.beta - end)
+        return self.options.beta if end is None else LinearSchedule(self.options.beta, end)(self.progress_remaining)
 
     @property
     def score(self) -> str:
