@@ -2,16 +2,24 @@
 
 For each task, bonus (flow pseudo-count, RND, none), policy (Gaussian, RealNVP
 flow) and seed, the agent of ``--config`` (``configs/demo.yaml``: its algorithm,
-vectorised envs, networks and novelty options; RND keeps only the bonus's
+vectorised envs, networks and novelty options, and on the point mazes its
+``env.kwargs``: episode length, speed, start noise; RND keeps only the bonus's
 options) trains on the task and the script records:
 the first training step that reaches the goal, the deterministic evaluation
 success at fixed budgets (``--budgets``, 10 episodes each), the coverage of the
 visited states, the bonus saturation (share of steps whose bonus is within 5 %
 of its largest value, i.e. novelty ``g(x) >= 0.95``: states that read as never seen) and env steps per
 second, and the training success over the last 10k steps.  It prints one
-Markdown table (median and spread over seeds), writes
-every run to ``OUT/runs.jsonl`` and a PNG of evaluation success against steps
-with 95 % bootstrap confidence bands per method and task.
+Markdown table (mean over seeds, and how many seeds reach 0.9) and writes:
+
+* ``OUT/runs.jsonl``: every run, with the config and overrides it ran with. A run
+  already logged there with the same settings, steps and budgets is not run
+  again, so a long benchmark can be resumed or extended seed by seed;
+* ``OUT/table-TASKS.md``: the table;
+* ``OUT/success_curves-TASKS.png``: evaluation success against steps with 95 %
+  bootstrap confidence bands per method and task.
+
+The measured runs are kept in ``docs/bench_exploration/`` (``--out`` there adds to them).
 
 Tasks: ``open``, ``umaze``, ``rooms`` (``flowrl/PointMaze-*``), ``mountaincar``
 (``flowrl/SparseMountainCar-v0``, observations normalised for the agent) and
@@ -20,7 +28,7 @@ Tasks: ``open``, ``umaze``, ``rooms`` (``flowrl/PointMaze-*``), ``mountaincar``
 position and velocity; fixed start and goal; the episode ends at the goal),
 installed by ``make bench``.
 
-    python scripts/bench_exploration.py --tasks umaze --seeds 0 1 2 3 4 --steps 30000 --jobs 2
+    python scripts/bench_exploration.py --tasks umaze --steps 60000 --budgets 20000 40000 60000
     python scripts/bench_exploration.py --tasks robotics-umaze --methods flow/gaussian none/gaussian
 """
 
@@ -43,15 +51,21 @@ TASKS = ("open", "umaze", "rooms", "mountaincar", "robotics-umaze")
 ROBOTICS_UMAZE = [[1, 1, 1, 1, 1], [1, "r", 0, 0, 1], [1, 1, 1, 0, 1], [1, "g", 0, 0, 1], [1, 1, 1, 1, 1]]
 
 
-def make_env(task: str, seed: int = 0):
-    """One gymnasium env of ``task`` with ``info["is_success"]`` and a 2-D ``info["position"]`` where it has one."""
+MAZE_DEFAULTS = {"max_episode_steps": 200, "max_speed": 0.25}
+
+
+def make_env(task: str, maze_kwargs: dict | None = None):
+    """One gymnasium env of ``task`` with ``info["is_success"]`` and a 2-D ``info["position"]`` where it has one.
+
+    ``maze_kwargs`` (the config's ``env.kwargs``: episode length, speed, start noise) apply to the point mazes.
+    """
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers flowrl/ ids)
 
     if task in ("open", "umaze", "rooms"):
         name = {"open": "Open", "umaze": "UMaze", "rooms": "Rooms"}[task]
-        return gym.make(f"flowrl/PointMaze-{name}-v0", max_episode_steps=200, max_speed=0.25)
+        return gym.make(f"flowrl/PointMaze-{name}-v0", **{**MAZE_DEFAULTS, **(maze_kwargs or {})})
     if task == "mountaincar":
         return gym.make("flowrl/SparseMountainCar-v0")
     if task == "robotics-umaze":
@@ -97,8 +111,11 @@ def coverage_tracker(task: str, env):
 
 def method_overrides(bonus: str, policy: str) -> list[str]:
     """Config overrides that turn the base config's agent into ``bonus``/``policy``."""
-    novelty = {"flow": ["novelty.kind=flow"], "rnd": ["novelty.kind=rnd"], "none": ["novelty=null"]}[bonus]
+    novelty = {"flow": ["novelty.kind=flow"], "rnd": [], "none": ["novelty=null"]}[bonus]  # RND: see run_one
     return [f"policy={policy}", *novelty]
+
+
+RND_KEPT = {"beta", "beta_end", "form", "score", "update_every", "seed"}  # the bonus's options, not the model's
 
 
 def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], config: str,
@@ -114,15 +131,17 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
 
     from agents.config import load_config
     from agents.factory import build_model
+    from agents.novelty import NoveltyOptions
 
     cfg = load_config(config, [*overrides, *method_overrides(bonus, policy), f"seed={seed}", "device=cpu"])
-    if bonus == "rnd":  # RND keeps its own defaults: only the bonus's options carry over
-        kept = cfg.novelty.model_dump(include={"kind", "beta", "beta_end", "form", "score", "update_every", "seed"})
-        cfg = cfg.model_copy(update={"novelty": type(cfg.novelty).model_validate(kept)})
-    env = make_vec_env(lambda: make_env(task), n_envs=cfg.env.n_envs, seed=seed)
+    if bonus == "rnd":  # RND keeps its own defaults: only the bonus's options carry over from the config
+        kept = cfg.novelty.model_dump(include=RND_KEPT) if cfg.novelty is not None else {}
+        cfg = cfg.model_copy(update={"novelty": NoveltyOptions.model_validate({**kept, "kind": "rnd"})})
+    maze_kwargs = dict(cfg.env.kwargs)  # the config's maze settings (start noise, speed) carry to every layout
+    env = make_vec_env(lambda: make_env(task, maze_kwargs), n_envs=cfg.env.n_envs, seed=seed)
     if task == "mountaincar":
         env = VecNormalize(env, norm_obs=True, norm_reward=False)
-    eval_env = make_env(task)
+    eval_env = make_env(task, maze_kwargs)
     model, callbacks = build_model(cfg, env, device="cpu")
     tracker = coverage_tracker(task, eval_env)
     n_envs = env.num_envs
@@ -178,6 +197,19 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
                 train_success_last10k=float(np.mean(late)) if late else None,
                 evals={str(k): v for k, v in record.evals.items()}, coverage=tracker.fraction,
                 saturation=float(np.mean(tail)) if tail else None, steps_per_s=model.num_timesteps / wall)
+
+
+def read_runs(path: str) -> list[dict]:
+    """The runs logged in ``path`` (one JSON object a line); none if it does not exist yet."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_key(row: dict) -> tuple:
+    """(task, bonus, policy, seed): which run of the grid a logged row is."""
+    return row["task"], row["bonus"], row["policy"], row["seed"]
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -252,7 +284,7 @@ def plot(rows: list[dict], budgets: list[int], path: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["umaze"], choices=TASKS)
     p.add_argument("--methods", nargs="+", default=[f"{b}/{q}" for b in BONUSES for q in POLICIES],
@@ -265,7 +297,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. novelty.beta=2")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one core each)")
     p.add_argument("--out", default=os.path.join("runs", "bench_exploration"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     methods = [tuple(m.split("/")) for m in args.methods]
     for bonus, policy in methods:
         if bonus not in BONUSES or policy not in POLICIES:
@@ -274,24 +306,45 @@ def main() -> None:
     if max(budgets) > args.steps:
         p.error("every budget must be <= --steps")
     os.makedirs(args.out, exist_ok=True)
-    jobs = [(t, b, q, s, args.steps, budgets, args.config, args.set)
-            for t in args.tasks for b, q in methods for s in args.seeds]
-    print(f"{len(jobs)} runs of {args.steps:,} steps, {args.jobs} at a time", flush=True)
-    rows = []
-    with cf.ProcessPoolExecutor(args.jobs) as pool, open(os.path.join(args.out, "runs.jsonl"), "a") as log:
+    log_path = os.path.join(args.out, "runs.jsonl")
+    settings = {"config": os.path.relpath(os.path.abspath(args.config), ROOT), "set": args.set}
+    wanted = {(t, b, q, s) for t in args.tasks for b, q in methods for s in args.seeds}
+    rows = [r for r in read_runs(log_path) if run_key(r) in wanted and r.get("settings") == settings
+            and r["steps"] == args.steps and all(str(b) in r["evals"] for b in budgets)]
+    done = {run_key(r) for r in rows}
+    jobs = [(t, b, q, s, args.steps, budgets, args.config, args.set) for t, b, q, s in sorted(wanted - done)]
+    print(f"{len(jobs)} runs of {args.steps:,} steps, {args.jobs} at a time"
+          + (f" ({len(done)} found in {log_path}, not run again)" if done else ""), flush=True)
+    with cf.ProcessPoolExecutor(args.jobs) as pool, open(log_path, "a") as log:
         futures = {pool.submit(run_one, *job): job for job in jobs}
+        failed = []
         for fut in cf.as_completed(futures):
-            row = fut.result()
+            error = fut.exception()
+            if error is not None:  # one broken run must not lose the others: report it at the end
+                task, bonus, policy, seed = futures[fut][:4]
+                failed.append(f"{task} {bonus}/{policy} seed {seed}: {type(error).__name__}: {error}")
+                print(f"  FAILED {failed[-1]}", flush=True)
+                continue
+            row = dict(fut.result(), settings=settings)
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(f"  {row['task']} {row['bonus']}/{row['policy']} seed {row['seed']}: first {row['first_success']}, "
                   f"eval {row['evals']}, coverage {row['coverage']:.0%}, {row['steps_per_s']:.0f} steps/s", flush=True)
+    if not rows:
+        raise SystemExit("no run finished:\n" + "\n".join(failed))
+    text = table(rows, budgets)
     print()
-    print(table(rows, budgets))
-    path = os.path.join(args.out, "success_curves.png")
+    print(text)
+    name = "-".join(args.tasks)  # one table and one figure per task list: budgets differ between tasks
+    table_path = os.path.join(args.out, f"table-{name}.md")
+    with open(table_path, "w") as f:
+        f.write(f"`{' '.join([settings['config'], *settings['set']])}`, {args.steps:,} steps\n\n{text}\n")
+    path = os.path.join(args.out, f"success_curves-{name}.png")
     plot(rows, budgets, path)
-    print(f"\nruns: {os.path.join(args.out, 'runs.jsonl')}; success curves: {path}")
+    print(f"\nruns: {log_path}; table: {table_path}; success curves: {path}")
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed:\n" + "\n".join(failed))
 
 
 if __name__ == "__main__":
