@@ -6,6 +6,7 @@ import torch
 import flowrl
 from flowrl.inversion import InversionError
 from flowrl.transforms.lowrank import PlanarMap, RadialMap, SylvesterMap
+from tolerances import assert_close_rounding
 
 
 def _randomise(module, std=2.0, seed=0):
@@ -131,10 +132,15 @@ def test_joint_newton_inverse_matches_the_coordinate_solve(dtype):
         x_seq, ld_seq = t.inverse(y, c)
         t.solve_jointly = True
         x_joint, ld_joint = t.inverse(y, c)
+        y_joint, _ = t(x_joint, c)
         t.joint_newton_steps = 0  # nothing converges: every row falls back to the scalar solves
         x_fallback, _ = t.inverse(y, c)
     rt, ld_tol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 2e-3)  # the property suite's float32 bounds
-    torch.testing.assert_close(x_joint, x, rtol=0, atol=rt)
+    if dtype == torch.float64:
+        torch.testing.assert_close(x_joint, x, rtol=0, atol=rt)
+    else:  # in float32 x is only as exact as the map's conditioning allows (1.5e-4 off on an AVX-512 CPU for
+        # both solvers alike); the solve is exact where it is posed: y is reproduced to float32 rounding
+        assert_close_rounding(y_joint, y)
     torch.testing.assert_close(ld_joint, -ld, rtol=0, atol=ld_tol)
     torch.testing.assert_close(x_joint, x_seq, rtol=0, atol=rt)
     torch.testing.assert_close(x_fallback, x_seq, rtol=0, atol=0)

@@ -499,8 +499,10 @@ def test_n_step_returns_add_the_current_bonus_of_every_step_in_the_window():
     bonus.flush()
     inds = np.random.default_rng(1).integers(0, 60, size=64)
     got, want, cols = _sample_both(ours, sb3, inds, n_envs=2, seed=2)
-    for name in ("observations", "actions", "next_observations", "dones", "discounts"):
+    for name in ("observations", "actions", "next_observations", "dones"):
         assert torch.equal(getattr(got, name), getattr(want, name).to(getattr(got, name).dtype)), name
+    # gamma^m: torch's and numpy's float32 pow may differ by an ulp (seen on an AVX-512 CPU)
+    torch.testing.assert_close(got.discounts, want.discounts.to(got.discounts.dtype), rtol=2 * 2**-23, atol=0)
     # The bonus part, by hand: each row's window stops at its first termination or truncation (or the newest row).
     extra = np.zeros(64)
     for i, (t, c) in enumerate(zip(inds, cols)):
