@@ -15,9 +15,13 @@ Markdown table (mean over seeds, and how many seeds reach 0.9) and writes:
 * ``OUT/runs.jsonl``: every run, with the config and overrides it ran with. A run
   already logged there with the same settings, steps and budgets is not run
   again, so a long benchmark can be resumed or extended seed by seed;
-* ``OUT/table-TASKS.md``: the table;
-* ``OUT/success_curves-TASKS.png``: evaluation success against steps with 95 %
+* ``OUT/table-NAME.md``: the table;
+* ``OUT/success_curves-NAME.png``: evaluation success against steps with 95 %
   bootstrap confidence bands per method and task.
+
+``NAME`` is the tasks, followed by whatever departs from the defaults (another
+config, the ``--set`` overrides, a subset of methods), so a variant never
+overwrites the default table (see ``output_name``).
 
 The measured runs are kept in ``docs/bench_exploration/`` (``--out`` there adds to them).
 
@@ -38,6 +42,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import re
 import sys
 import time
 
@@ -46,6 +51,7 @@ sys.path.insert(0, ROOT)
 
 BONUSES = ("flow", "rnd", "none")
 POLICIES = ("gaussian", "flow")
+DEFAULT_METHODS = [f"{b}/{q}" for b in BONUSES for q in POLICIES]
 TASKS = ("open", "umaze", "rooms", "mountaincar", "robotics-umaze")
 # Gymnasium-Robotics' U-maze with the start (r) and the goal (g) fixed.
 ROBOTICS_UMAZE = [[1, 1, 1, 1, 1], [1, "r", 0, 0, 1], [1, 1, 1, 0, 1], [1, "g", 0, 0, 1], [1, 1, 1, 1, 1]]
@@ -212,6 +218,21 @@ def run_key(row: dict) -> tuple:
     return row["task"], row["bonus"], row["policy"], row["seed"]
 
 
+def output_name(tasks: list[str], config: str, overrides: list[str], methods: list[str]) -> str:
+    """The file stem of a table and figure: the tasks, then each departure from the default grid.
+
+    E.g. ``robotics-umaze`` for the default command, ``robotics-umaze_novelty.beta=1_flow-flow`` for
+    ``--set novelty.beta=1 --methods flow/flow``.
+    """
+    parts = ["-".join(tasks)]
+    if os.path.normpath(config) != os.path.join("configs", "demo.yaml"):
+        parts.append(os.path.splitext(os.path.basename(config))[0])
+    parts.extend(overrides)
+    if sorted(methods) != sorted(DEFAULT_METHODS):
+        parts.append("+".join(m.replace("/", "-") for m in methods))
+    return "_".join(re.sub(r"[^\w.=+-]", "-", part) for part in parts)
+
+
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the mean."""
     import numpy as np
@@ -287,7 +308,7 @@ def plot(rows: list[dict], budgets: list[int], path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["umaze"], choices=TASKS)
-    p.add_argument("--methods", nargs="+", default=[f"{b}/{q}" for b in BONUSES for q in POLICIES],
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                    help="bonus/policy pairs, e.g. flow/flow rnd/gaussian none/gaussian")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=30_000)
@@ -336,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows, budgets)
     print()
     print(text)
-    name = "-".join(args.tasks)  # one table and one figure per task list: budgets differ between tasks
+    name = output_name(args.tasks, settings["config"], args.set, args.methods)  # budgets differ between tasks
     table_path = os.path.join(args.out, f"table-{name}.md")
     with open(table_path, "w") as f:
         f.write(f"`{' '.join([settings['config'], *settings['set']])}`, {args.steps:,} steps\n\n{text}\n")

@@ -36,8 +36,8 @@ def test_a_logged_run_is_reused_and_a_changed_setting_runs_again(tmp_path, monke
     rows = bench_exploration.read_runs(os.path.join(out, "runs.jsonl"))
     assert len(rows) == 1 and set(rows[0]["evals"]) == {"300"} and 0 <= rows[0]["evals"]["300"] <= 1
     assert rows[0]["settings"] == {"config": os.path.join("configs", "demo.yaml"), "set": []}
-    assert os.path.exists(os.path.join(out, "success_curves-umaze.png"))
-    with open(os.path.join(out, "table-umaze.md")) as f:
+    assert os.path.exists(os.path.join(out, "success_curves-umaze_none-gaussian.png"))
+    with open(os.path.join(out, "table-umaze_none-gaussian.md")) as f:
         assert "| umaze | none | gaussian | 0/1 |" in f.read()
     capsys.readouterr()
 
@@ -65,6 +65,21 @@ class _NoJobs:
 
     def submit(self, *args, **kwargs):
         raise AssertionError("a logged run was run again")
+
+
+def test_a_variant_gets_its_own_table_name():
+    demo = os.path.join("configs", "demo.yaml")
+    everything = bench_exploration.DEFAULT_METHODS
+    assert bench_exploration.output_name(["umaze"], demo, [], everything) == "umaze"
+    assert bench_exploration.output_name(["open", "rooms"], demo, [], everything[::-1]) == "open-rooms"
+    names = {
+        bench_exploration.output_name(["umaze"], demo, ["novelty.beta=1"], everything),
+        bench_exploration.output_name(["umaze"], demo, [], ["flow/flow"]),
+        bench_exploration.output_name(["umaze"], os.path.join("configs", "other.yaml"), [], everything),
+        bench_exploration.output_name(["umaze"], demo, ["novelty.beta=1"], ["flow/flow"]),
+    }
+    assert names == {"umaze_novelty.beta=1", "umaze_flow-flow", "umaze_other", "umaze_novelty.beta=1_flow-flow"}
+    assert "/" not in bench_exploration.output_name(["umaze"], demo, ["env.kwargs={a: 1/2}"], everything)
 
 
 def test_a_bad_method_is_named():
