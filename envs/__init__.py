@@ -38,9 +38,13 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
         register(id=env_id, entry_point=entry_point, **kwargs)
 
 
-_register("flowrl/PointMaze-v0", "envs.maze:PointMaze")
+# The mazes leave truncation to gymnasium's TimeLimit (200 steps unless
+# ``gym.make(id, max_episode_steps=N)`` says otherwise): gym.make keeps that
+# keyword for the wrapper and never passes it to the env.
+_register("flowrl/PointMaze-v0", "envs.maze:PointMaze", max_episode_steps=200, kwargs={"max_episode_steps": None})
 for _name, _layout in _MAZES.items():
-    _register(f"flowrl/PointMaze-{_name}-v0", "envs.maze:PointMaze", kwargs={"layout": _layout})
+    _register(f"flowrl/PointMaze-{_name}-v0", "envs.maze:PointMaze",
+              max_episode_steps=200, kwargs={"layout": _layout, "max_episode_steps": None})
 _register("flowrl/DeepSea-v0", "envs.deep_sea:DeepSea", kwargs={"size": 10})
 _register(
     "flowrl/SparsePendulum-v0", "envs.sparse:make_sparse",

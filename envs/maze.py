@@ -42,7 +42,9 @@ class PointMaze(gym.Env):
             ASCII map string with newlines, or a list of rows.
         control: ``"velocity"`` or ``"position"`` (see module docstring).
         max_speed: largest displacement per axis and step, in cells.
-        max_episode_steps: episode length before truncation.
+        max_episode_steps: episode length before truncation; ``None`` leaves
+            truncation to a ``TimeLimit`` wrapper (how the registered ids run,
+            so ``gym.make(id, max_episode_steps=N)`` sets the length).
         goal_radius: success distance to the goal centre, in cells.
         goal_reward: reward of the step that reaches the goal (every other step gives 0).
         agent_radius: half-size of the agent's square, in cells (< 0.5).
@@ -59,7 +61,7 @@ class PointMaze(gym.Env):
         layout: str | list[str] = "umaze",
         control: str = "velocity",
         max_speed: float = 0.25,
-        max_episode_steps: int = 200,
+        max_episode_steps: int | None = 200,
         goal_radius: float = 0.5,
         goal_reward: float = 1.0,
         agent_radius: float = 0.1,
@@ -73,7 +75,7 @@ class PointMaze(gym.Env):
             raise ValueError(f"max_speed must be positive, got {max_speed}")
         if not 0 <= agent_radius < 0.5:
             raise ValueError(f"agent_radius must be in [0, 0.5), got {agent_radius}")
-        if max_episode_steps < 1:
+        if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         if goal_radius <= 0:
             raise ValueError(f"goal_radius must be positive, got {goal_radius}")
@@ -84,7 +86,7 @@ class PointMaze(gym.Env):
         self.layout: MazeLayout = load_layout(layout)
         self.control = control
         self.max_speed = float(max_speed)
-        self.max_episode_steps = int(max_episode_steps)
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.goal_radius = float(goal_radius)
         self.goal_reward = float(goal_reward)
         self.agent_radius = float(agent_radius)
@@ -152,7 +154,8 @@ class PointMaze(gym.Env):
         self._x, self._y = self.layout.move(self._x, self._y, dx, dy, self.agent_radius)
         self._t += 1
         success = self._at_goal()
-        truncated = self._t >= self.max_episode_steps and not success
+        limit = self.max_episode_steps
+        truncated = limit is not None and self._t >= limit and not success
         return self._obs(), self.goal_reward if success else 0.0, success, truncated, self._info(success)
 
     def render(self) -> Optional[np.ndarray]:

@@ -234,3 +234,17 @@ def test_coverage_wrapper_on_maze_and_with_projection():
     with pytest.raises(ValueError, match="position"):
         CoverageWrapper(_Ramp(), CoverageTracker((0, 1, 0, 1), 2)).reset()
 
+
+
+@pytest.mark.parametrize("env_id", ["flowrl/PointMaze-Rooms-v0", "flowrl/PointMaze-v0"])
+@pytest.mark.parametrize("limit", [None, 5, 400])
+def test_gym_make_sets_the_episode_length(env_id, limit):
+    """``gym.make(id, max_episode_steps=N)`` gives N-step episodes (200 by default), never the env's own 200."""
+    kwargs = {} if limit is None else {"max_episode_steps": limit}
+    env = gym.make(env_id, **kwargs)
+    env.reset(seed=0)
+    steps, term, trunc = 0, False, False
+    while not (term or trunc):
+        _, _, term, trunc, _ = env.step(np.zeros(2, dtype=np.float32))  # stays at the start: never the goal
+        steps += 1
+    assert trunc and not term and steps == (200 if limit is None else limit)
