@@ -121,7 +121,8 @@ def method_overrides(bonus: str, policy: str) -> list[str]:
     return [f"policy={policy}", *novelty]
 
 
-RND_KEPT = {"beta", "beta_end", "form", "score", "update_every", "seed"}  # the bonus's options, not the model's
+# the bonus's options, not the model's
+RND_KEPT = {"beta", "beta_end", "success_window", "form", "score", "update_every", "seed"}
 
 
 def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], config: str,

@@ -540,3 +540,69 @@ def test_beta_end_decays_the_weight_linearly_over_the_run(algo):
     for r_int, g, p in seen:
         assert r_int == pytest.approx((0.5 + p * 1.5) * (g - 1), rel=1e-5, abs=1e-6)
     assert find_novelty(model).beta == pytest.approx(0.5 + progress[-1] * 1.5)
+
+
+class AlternatingGoal(gym.Env):
+    """Four-step episodes that alternately reach a terminal goal (reward 1) and time out; ``info["is_success"]``
+    is reported only if ``report`` (otherwise success is read from the extrinsic return)."""
+
+    def __init__(self, report: bool = True):
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.report, self.episode, self.t = report, -1, 0
+        self.pos = np.zeros(2, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        self.pos = np.zeros(2, np.float32)
+        return self.pos.copy(), {}
+
+    def step(self, action):
+        self.pos = np.clip(self.pos + 0.2 * np.asarray(action, np.float32), -1, 1)
+        self.t += 1
+        end = self.t == 4
+        success = end and self.episode % 2 == 0
+        info = {"is_success": success} if self.report and end else {}
+        return self.pos.copy(), float(success), success, end and not success, info
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+@pytest.mark.parametrize("report", [True, False])
+def test_success_window_fades_the_weight_as_episodes_succeed(algo, report):
+    """beta_t = beta (1 - s_t), s_t the success share of the last 3 finished episodes, in every step's reward."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    env = DummyVecEnv([lambda: AlternatingGoal(report)])
+    cls, small = (SAC, SMALL_SAC) if algo == "sac" else (PPO, SMALL_PPO)
+    kwargs, callbacks = attach_novelty(cls, small, env, {**SMALL_FLOW, "beta": 2.0, "success_window": 3})
+    model = cls("MlpPolicy", env, seed=0, device="cpu", **kwargs)
+    seen = []
+
+    class Spy(BaseCallback):
+        def _on_step(self):
+            info = self.locals["infos"][0]
+            seen.append((info["intrinsic_reward"], info["novelty"]))
+            return True
+
+    model.learn(64, callback=[*callbacks, Spy()])
+    assert len(seen) == 64
+    history: list[bool] = []  # episodes finished before each step: 0 succeeds, 1 fails, 2 succeeds, ...
+    for t, (r_int, g) in enumerate(seen):
+        last = history[-3:]
+        s = sum(last) / len(last) if last else 0.0
+        assert r_int == pytest.approx(2.0 * (1 - s) * (g - 1), rel=1e-5, abs=1e-6), (t, s)
+        if t % 4 == 3:
+            history.append((t // 4) % 2 == 0)
+    bonus = find_novelty(model)
+    assert bonus.success_rate == pytest.approx(sum(history[-3:]) / 3) and 0 < bonus.success_rate < 1
+    restored = copy.deepcopy(bonus)  # the pickled state keeps the window (and so the weight)
+    assert restored.beta == pytest.approx(bonus.beta) and list(restored.recent_successes) == history[-3:]
+
+
+def test_success_window_is_validated_and_off_by_default():
+    with pytest.raises(ValueError, match="success_window"):
+        NoveltyBonus({"success_window": 0}, 2)
+    bonus = NoveltyBonus({"beta": 2.0}, 2)
+    bonus.record_episode(True)
+    assert bonus.success_rate == 0.0 and bonus.beta == 2.0

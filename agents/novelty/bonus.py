@@ -17,6 +17,7 @@ and the counter downsamples and quantises them.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Optional
 
 import numpy as np
@@ -106,6 +107,15 @@ class NoveltyBonus:
     training success (0.93-0.95 to 0.99-1.00) but not the deterministic
     evaluation, so it is off by default.
 
+    ``success_window`` fades the weight as the agent succeeds:
+    ``beta_t = beta * (1 - s)``, ``s`` the share of the last ``success_window``
+    finished training episodes that succeeded (:meth:`record_episode`).  The
+    bonus is there to find the reward; once episodes reach it, what is left of
+    the bonus only competes with the route to it (the window effect above).
+    If the agent loses the goal, ``s`` falls and the bonus comes back.  A fixed
+    decay (``beta_end``) cannot tell an agent that has found the goal from one
+    that has not.
+
     ``obs_shape``: an int or ``(obs_dim,)`` for vectors, ``(C, H, W)`` for
     frames whose pixel values lie in ``[0, max_value]`` (see :func:`observation_shape`).
     """
@@ -121,6 +131,7 @@ class NoveltyBonus:
         self._pending: list[np.ndarray] = []
         self._pending_steps = 0
         self.progress_remaining = 1.0  # of the training run, set by the callback (for beta_end)
+        self.recent_successes: deque[bool] = deque(maxlen=self.options.success_window or 1)
 
     # ---------------------------------------------------------------- model
     @property
@@ -173,9 +184,25 @@ class NoveltyBonus:
 
     @property
     def beta(self) -> float:
-        """The weight in use: ``beta_end + p (beta - beta_end)``, ``p`` = :attr:`progress_remaining` (1 -> 0)."""
+        """The weight in use: ``(beta_end + p (beta - beta_end)) (1 - s)``.
+
+        ``p`` is :attr:`progress_remaining` (1 -> 0; no decay without ``beta_end``),
+        ``s`` the :attr:`success_rate` (0 without ``success_window``).
+        """
         end = self.options.beta_end
-        return self.options.beta if end is None else LinearSchedule(self.options.beta, end)(self.progress_remaining)
+        beta = self.options.beta if end is None else LinearSchedule(self.options.beta, end)(self.progress_remaining)
+        return beta * (1.0 - self.success_rate)
+
+    @property
+    def success_rate(self) -> float:
+        """Share of the last ``success_window`` finished episodes that succeeded (0 before any, or without a window)."""
+        if self.options.success_window is None or not self.recent_successes:
+            return 0.0
+        return sum(self.recent_successes) / len(self.recent_successes)
+
+    def record_episode(self, success: bool) -> None:
+        """Note how a finished training episode ended (for ``success_window``)."""
+        self.recent_successes.append(bool(success))
 
     @property
     def score(self) -> str:
@@ -285,6 +312,7 @@ class NoveltyBonus:
             "model_state": state,
             "pending": list(self._pending),
             "pending_steps": self._pending_steps,
+            "recent_successes": list(self.recent_successes),
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -297,6 +325,8 @@ class NoveltyBonus:
         self.model.load_state_dict({k: _to_device(v, device) for k, v in state["model_state"].items()})
         self._pending = list(state["pending"])
         self._pending_steps = state["pending_steps"]
+        self.progress_remaining = 1.0
+        self.recent_successes = deque(state.get("recent_successes", ()), maxlen=self.options.success_window or 1)
 
     def __repr__(self) -> str:
         return f"NoveltyBonus(kind={self.options.kind!r}, beta={self.beta}, model={self.model.__class__.__name__})"

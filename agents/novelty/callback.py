@@ -21,7 +21,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from .bonus import NoveltyBonus
 
-__all__ = ["NoveltyCallback"]
+__all__ = ["NoveltyCallback", "episode_succeeded"]
+
+
+def episode_succeeded(final_info: dict, extrinsic_return: float) -> bool:
+    """``info["is_success"]`` of an episode's last step where the env reports it, else ``extrinsic_return > 0``."""
+    if "is_success" in final_info:
+        return bool(final_info["is_success"])
+    return extrinsic_return > 0
 
 
 class NoveltyCallback(BaseCallback):
@@ -97,11 +104,13 @@ class NoveltyCallback(BaseCallback):
         self.logger.record_mean("rollout/intrinsic_reward", float(intrinsic.mean()))
         self.logger.record_mean("novelty/saturated", float(self.bonus.saturated(novelty).mean()))
         self.logger.record_mean("rollout/extrinsic_reward", float(extrinsic.mean()))
+        self.logger.record("novelty/beta", self.bonus.beta)
         self._ep_intrinsic += intrinsic
         self._ep_extrinsic += extrinsic
         for i in np.flatnonzero(dones):
             self.logger.record_mean("rollout/intrinsic_ep_return", float(self._ep_intrinsic[i]))
             self.logger.record_mean("rollout/extrinsic_ep_return", float(self._ep_extrinsic[i]))
+            self.bonus.record_episode(episode_succeeded(infos[i], self._ep_extrinsic[i]))
             self._ep_intrinsic[i] = self._ep_extrinsic[i] = 0.0
         stats = self.bonus.observe(raw_next, env_steps=1)
         if stats:

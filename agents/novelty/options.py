@@ -33,7 +33,10 @@ class NoveltyOptions(BaseModel):
 
     The bonus: ``kind`` (``"flow"`` pseudo-count or ``"rnd"``); ``beta``, its
     weight; ``beta_end``: if set, the weight goes linearly from ``beta`` to
-    ``beta_end`` over the run (SB3's progress; ``None`` keeps it); ``form``:
+    ``beta_end`` over the run (SB3's progress; ``None`` keeps it);
+    ``success_window``: if set, the weight is further scaled by ``1 - s``, ``s``
+    the share of the last ``success_window`` finished training episodes that
+    succeeded (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`); ``form``:
     ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
     with ``b = 1 / sqrt(N + 1)`` in ``(0, 1]``, ``"positive"`` gives ``beta * b(x)``
     (see :class:`agents.novelty.bonus.NoveltyBonus` for why the default never
@@ -61,6 +64,7 @@ class NoveltyOptions(BaseModel):
     kind: Literal["flow", "rnd"] = "flow"
     beta: float = Field(0.5, ge=0, allow_inf_nan=False)
     beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    success_window: Optional[int] = Field(None, ge=1)
     form: Literal["nonpositive", "positive", "centred"] = "nonpositive"
     score: Literal["next", "current"] = "next"
     update_every: int = Field(16, ge=1)
