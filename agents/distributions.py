@@ -269,6 +269,22 @@ class FlowDistribution(Distribution):
         u = self._unsquashed.mode_estimate(ctx, self.mode_candidates)  # type: ignore[union-attr]
         return u if self.pre_squash else flow.transform.transforms[0].inverse(u, ctx)[0]
 
+    def candidate_actions(self) -> Tensor:
+        """The fixed candidates :meth:`mode` chooses from, ``(mode_candidates + 1, B, D)``, in action coordinates.
+
+        The flow's base mode and ``mode_candidates`` fixed base points pushed
+        through the flow before the squash (:meth:`flowrl.Flow.fixed_candidates`),
+        then squashed (unless ``pre_squash``): a deterministic set for another
+        rule to choose from (:class:`agents.FlowSACPolicy` with ``deterministic="critic"``).
+        """
+        flow, ctx = self._ready()
+        u, _ = self._unsquashed.fixed_candidates(ctx, self.mode_candidates)  # type: ignore[union-attr]
+        if self.pre_squash:
+            return u
+        k1, rows = u.shape[0], u.shape[1]
+        flat_ctx = ctx.unsqueeze(0).expand(k1, *ctx.shape).reshape(k1 * rows, -1)
+        return flow.transform.transforms[0].inverse(u.reshape(k1 * rows, -1), flat_ctx)[0].reshape(u.shape)
+
     def actions_from_params(self, latent: Tensor, deterministic: bool = False) -> Tensor:
         self.proba_distribution(latent)
         return self.get_actions(deterministic=deterministic)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
@@ -35,10 +36,13 @@ import flowrl
 
 from .distributions import DIRECTIONS, FlowDistribution, _check_flow_name, check_action_space
 
-__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy", "PPO_NAF_MIN_SLOPE"]
+__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy", "PPO_NAF_MIN_SLOPE", "DETERMINISTIC_RULES"]
 
 #: NAF's slope floor in :class:`FlowActorCriticPolicy` unless ``flow_kwargs`` sets ``min_slope``.
 PPO_NAF_MIN_SLOPE = 0.1
+
+#: How :class:`FlowSACPolicy` picks its deterministic action among the flow's fixed candidates.
+DETERMINISTIC_RULES = ("density", "critic")
 
 
 def _resolve_direction(flow: str, direction: str, scores_stored_actions: bool) -> str:
@@ -114,8 +118,17 @@ class FlowSACPolicy(SACPolicy):
     """SAC policy with a flow actor; the critics, entropy target and temperature are SB3's unchanged.
 
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
-    (see the module doc).  The deterministic action is a mode estimate of the
-    flow before the squash, squashed (:meth:`agents.FlowDistribution.mode`).
+    (see the module doc) and ``deterministic_rule``, how the deterministic action
+    (``predict(deterministic=True)``, evaluation) is chosen among the flow's fixed
+    candidates (:meth:`agents.FlowDistribution.candidate_actions`):
+
+    * ``"density"`` (default): the mode estimate ``argmax_k log pi(a_k | s)``
+      (:meth:`agents.FlowDistribution.mode`);
+    * ``"critic"``: ``argmax_k min_j Q_j(s, a_k)``, the candidate the twin
+      critics value most.  A policy trained on a sparse reward can reach the
+      goal in most of its stochastic episodes while the density's peak still
+      presses into a wall on the way; the critic scores where the actions lead.
+      Training is unchanged (SAC's updates use samples, never this choice).
 
     Example:
         >>> from stable_baselines3 import SAC
@@ -135,11 +148,15 @@ class FlowSACPolicy(SACPolicy):
         flow_kwargs: Optional[dict] = None,
         base: str = "normal",
         direction: str = "auto",
+        deterministic_rule: str = "density",
         use_sde: bool = False,
         **kwargs: Any,
     ):
         _check_flow_settings("FlowSACPolicy", action_space, flow, use_sde)
         _resolve_direction(flow, direction, scores_stored_actions=False)
+        if deterministic_rule not in DETERMINISTIC_RULES:
+            raise ValueError(f"unknown deterministic_rule {deterministic_rule!r}; use one of {DETERMINISTIC_RULES}")
+        self.deterministic_rule = deterministic_rule
         # Read by make_actor(), which SACPolicy.__init__ calls through _build().
         self._flow_settings = dict(flow=flow, flow_kwargs=dict(flow_kwargs or {}), base=base, direction=direction)
         super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
@@ -151,8 +168,28 @@ class FlowSACPolicy(SACPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.pop("use_sde", None)
-        data.update(self._flow_settings)
+        data.update(self._flow_settings, deterministic_rule=self.deterministic_rule)
         return data
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
+        if deterministic and self.deterministic_rule == "critic":
+            return self._best_candidate_by_critic(observation)
+        return self.actor(observation, deterministic)
+
+    def _best_candidate_by_critic(self, obs: PyTorchObs) -> Tensor:
+        """``argmax_k min_j Q_j(s, a_k)`` over the actor's fixed candidates, ``(B, D)``."""
+        dist = self.actor.action_dist
+        dist.proba_distribution(self.actor._latent(obs))
+        candidates = dist.candidate_actions()  # (K, B, D)
+        k, b, d = candidates.shape
+        tiled = {key: _tile(v, k) for key, v in obs.items()} if isinstance(obs, dict) else _tile(obs, k)
+        q = torch.cat(self.critic(tiled, candidates.reshape(k * b, d)), dim=1).min(dim=1).values.reshape(k, b)
+        return candidates[q.argmax(dim=0), torch.arange(b, device=candidates.device)]
+
+
+def _tile(x: Tensor, k: int) -> Tensor:
+    """``k`` copies of a batch stacked along the first axis: row ``j * B + i`` is ``x[i]``."""
+    return x.repeat(k, *([1] * (x.dim() - 1)))
 
 
 # ------------------------------------------------------------- PPO and A2C

@@ -169,21 +169,17 @@ class Flow(nn.Module):
         return x.reshape(*lead[1:], *self.shape) if context is not None else x.reshape(self.shape)
 
     @torch.no_grad()
-    def mode_estimate(self, context: Optional[Tensor] = None, candidates: int = 64) -> Tensor:
-        """The highest-density point among fixed candidates: ``argmax_k log p(f^-1(z_k) | c)``.
+    def fixed_candidates(self, context: Optional[Tensor] = None, candidates: int = 64) -> tuple[Tensor, Tensor]:
+        """The base mode and ``candidates`` fixed base points pushed through the flow, with ``log p(x_k | c)``.
 
-        The candidates are the base mode and ``candidates`` base points
-        ``z_k = g(eps_k, c)`` from fixed noise ``eps_k`` (the same for every
-        call), pushed through the flow: a deterministic estimate of the mode of
-        ``p(x | c)``, one per context row.  Unlike :meth:`mode_sample` it lands
-        on a high-density point of the flow's own density, wherever the flow
-        has moved the mass (a bimodal ``p`` can push the base mode between
-        its modes).  ``candidates=0`` gives :meth:`mode_sample`.
+        ``x_0 = f^-1(mode)``, ``x_k = f^-1(g(eps_k, c))`` for fixed noise ``eps_k``
+        (the same for every call): points ``(candidates + 1, *context_lead, *shape)``
+        and their log-densities ``(candidates + 1, *context_lead)``.  Deterministic
+        choices among them: :meth:`mode_estimate` (highest density), or any other
+        score a caller has (e.g. a critic's value of each candidate action).
         """
         if candidates < 0:
             raise ValueError(f"candidates must be >= 0, got {candidates}")
-        if candidates == 0:
-            return self.mode_sample(context)
         ctx, lead = self._flat_context(candidates + 1, context)
         rows = math.prod(lead[1:])
         anchor = self.base._anchor
@@ -193,10 +189,29 @@ class Flow(nn.Module):
         z = torch.cat([self.base.mode(rows, head_ctx),
                        self.base.from_noise(eps, None if ctx is None else ctx[rows:])])
         x, logdet_inv = self.transform.inverse(z, ctx)
-        lp = (self.base.log_prob(z, ctx) - logdet_inv).reshape(candidates + 1, rows)
-        best = lp.argmax(dim=0)
-        x = x.reshape(candidates + 1, rows, *self.shape)[best, torch.arange(rows, device=best.device)]
-        return x.reshape(*lead[1:], *self.shape) if context is not None else x.reshape(self.shape)
+        lp = self.base.log_prob(z, ctx) - logdet_inv
+        return x.reshape(candidates + 1, *lead[1:], *self.shape), lp.reshape(candidates + 1, *lead[1:])
+
+    def mode_estimate(self, context: Optional[Tensor] = None, candidates: int = 64) -> Tensor:
+        """The highest-density point among fixed candidates: ``argmax_k log p(f^-1(z_k) | c)``.
+
+        The candidates are those of :meth:`fixed_candidates` (the base mode and
+        ``candidates`` fixed base points pushed through the flow): a deterministic
+        estimate of the mode of ``p(x | c)``, one per context row.  Unlike
+        :meth:`mode_sample` it lands on a high-density point of the flow's own
+        density, wherever the flow has moved the mass (a bimodal ``p`` can push
+        the base mode between its modes).  ``candidates=0`` gives :meth:`mode_sample`.
+        """
+        if candidates < 0:
+            raise ValueError(f"candidates must be >= 0, got {candidates}")
+        if candidates == 0:
+            return self.mode_sample(context)
+        x, lp = self.fixed_candidates(context, candidates)
+        k1 = candidates + 1
+        flat_x, flat_lp = x.reshape(k1, -1, *self.shape), lp.reshape(k1, -1)
+        best = flat_lp.argmax(dim=0)
+        chosen = flat_x[best, torch.arange(flat_x.shape[1], device=best.device)]
+        return chosen.reshape(x.shape[1:])
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, context_dim={self.context_dim}"

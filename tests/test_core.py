@@ -8,6 +8,7 @@ from flowrl import Compose, ConditionalDiagonalNormal, Flow, Inverse, StandardNo
 from flowrl.transforms.coupling import Coupling, alternating_mask
 from flowrl.transforms.elementwise import Affine, Logit
 from flowrl.transforms.permutations import Permutation, ReversePermutation
+from tolerances import assert_close_rounding
 
 
 def test_sample_and_log_prob_shapes_follow_torch_distributions():
@@ -146,6 +147,27 @@ def test_mode_estimate_is_per_context_row_and_never_below_the_base_mode():
     lp_est, lp_base = flow.log_prob(est, c), flow.log_prob(flow.mode_sample(c), c)
     assert (lp_est >= lp_base - 1e-5 * (1 + lp_base.abs())).all()
     assert (lp_est > lp_base + 1e-3).any()
+
+
+def test_fixed_candidates_are_fixed_scored_by_log_prob_and_hold_the_mode_estimate():
+    torch.manual_seed(0)
+    flow = build_flow("realnvp", 2, context_dim=3, transforms=2, hidden_features=(16,))
+    for p in flow.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    c = torch.randn(5, 3)
+    x, lp = flow.fixed_candidates(c, candidates=8)
+    assert x.shape == (9, 5, 2) and lp.shape == (9, 5)
+    again = flow.fixed_candidates(c, candidates=8)
+    assert torch.equal(x, again[0]) and torch.equal(lp, again[1])
+    # the first candidate is the base mode pushed through (in a larger batch: equal up to rounding)
+    assert_close_rounding(x[0], flow.mode_sample(c))
+    assert_close_rounding(lp, flow.log_prob(x.reshape(45, 2), c.repeat(9, 1)).reshape(9, 5))
+    assert torch.equal(flow.mode_estimate(c, candidates=8), x[lp.argmax(0), torch.arange(5)])
+    unconditional = build_flow("realnvp", 2, transforms=1, hidden_features=(8,))
+    ux, ulp = unconditional.fixed_candidates(candidates=4)
+    assert ux.shape == (5, 2) and ulp.shape == (5,)
+    with pytest.raises(ValueError, match="candidates"):
+        flow.fixed_candidates(c, candidates=-1)
 
 
 def test_validation_can_be_turned_off():

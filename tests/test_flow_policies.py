@@ -159,6 +159,21 @@ def test_deterministic_action_is_the_squashed_pre_squash_mode_estimate(name):
         FlowDistribution(2, name, SMALL[name], mode_candidates=-1)
 
 
+@pytest.mark.parametrize("pre_squash", [False, True])
+def test_candidate_actions_are_fixed_hold_the_mode_and_lie_in_the_box(pre_squash):
+    torch.manual_seed(0)
+    d = FlowDistribution(2, "realnvp", SMALL["realnvp"], base="conditional", low=[-2.0, -1.0], high=[2.0, 1.0],
+                         pre_squash=pre_squash, mode_candidates=16)
+    perturb(d.proba_distribution_net(3), std=0.5)
+    d.proba_distribution(_ctx(8).float())
+    cands = d.candidate_actions()
+    assert cands.shape == (17, 8, 2) and torch.equal(cands, d.candidate_actions())
+    # the mode is one of the candidates, row by row
+    assert (cands == d.mode().unsqueeze(0)).all(dim=-1).any(dim=0).all()
+    if not pre_squash:
+        assert (cands[..., 0].abs() <= 2).all() and (cands[..., 1].abs() <= 1).all()
+
+
 def test_flow_distribution_entropy_matches_grid_and_has_gradient():
     dist = FlowDistribution(1, "realnvp", SMALL["realnvp"], base="conditional", entropy_samples=20000)
     torch.manual_seed(0)
@@ -236,8 +251,8 @@ def test_algorithms_reject_flow_policies_on_discrete_envs():
 
 
 # ------------------------------------------------------------------ SAC
-def _sac(env, flow, seed=0, device="cpu", **kw):
-    pk = dict(net_arch=[32, 32], flow=flow, flow_kwargs=SMALL[flow])
+def _sac(env, flow, seed=0, device="cpu", policy_kwargs_extra=None, **kw):
+    pk = dict(net_arch=[32, 32], flow=flow, flow_kwargs=SMALL[flow], **(policy_kwargs_extra or {}))
     return SAC(FlowSACPolicy, env, policy_kwargs=pk, learning_starts=32, batch_size=32, seed=seed, device=device,
                **kw)
 
@@ -291,6 +306,37 @@ def test_sac_save_load_round_trip(name, tmp_path, device):
     low, high = model.action_space.low, model.action_space.high
     actions, _ = loaded.predict(obs)
     assert (actions >= low).all() and (actions <= high).all()
+
+
+def test_sac_critic_rule_picks_the_candidate_the_twin_critics_value_most(device, tmp_path):
+    model = _sac("Pendulum-v1", "realnvp", device=device, policy_kwargs_extra=dict(deterministic_rule="critic"))
+    model.learn(64)
+    policy, actor = model.policy, model.policy.actor
+    obs = torch.randn(16, 3, device=device)
+    with torch.no_grad():
+        chosen = policy._predict(obs, deterministic=True)
+        actor.action_dist.proba_distribution(actor._latent(obs))
+        cands = actor.action_dist.candidate_actions()  # (K, 16, 1)
+        # every candidate scored row by row, with no tiling: min over the twin critics
+        q = torch.stack([torch.cat(policy.critic(obs[i:i + 1].expand(len(cands), 3), cands[:, i]), 1).min(1).values
+                         for i in range(16)], dim=1)  # (K, 16)
+        picked = (cands == chosen.unsqueeze(0)).all(dim=-1)  # (K, 16): which candidate each row chose
+        mode = actor(obs, deterministic=True)
+    assert (picked.sum(dim=0) >= 1).all()  # the choice is one of the candidates
+    q_chosen = torch.where(picked, q, torch.full_like(q, -torch.inf)).max(dim=0).values
+    # the best one, up to the rounding of Q between a batch of K * 16 and one of K
+    assert_close_rounding(q_chosen, q.max(dim=0).values)
+    assert not torch.equal(chosen, mode)  # a different rule from the density's mode on some rows
+    torch.manual_seed(1)
+    sampled = policy._predict(obs, deterministic=False)
+    assert sampled.shape == (16, 1) and not torch.equal(sampled, chosen)  # sampling is unchanged
+    model.save(tmp_path / "sac")
+    loaded = SAC.load(tmp_path / "sac", device=device)
+    assert loaded.policy.deterministic_rule == "critic"
+    np.testing.assert_array_equal(loaded.predict(obs.cpu().numpy(), deterministic=True)[0],
+                                  model.predict(obs.cpu().numpy(), deterministic=True)[0])
+    with pytest.raises(ValueError, match="deterministic_rule"):
+        _sac("Pendulum-v1", "realnvp", policy_kwargs_extra=dict(deterministic_rule="mean"))
 
 
 # --------------------------------------------------------------- PPO / A2C
