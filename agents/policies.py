@@ -129,6 +129,9 @@ class FlowSACPolicy(SACPolicy):
       goal in most of its stochastic episodes while the density's peak still
       presses into a wall on the way; the critic scores where the actions lead.
       Training is unchanged (SAC's updates use samples, never this choice).
+      Measured on the four-rooms maze (``docs/bench_exploration/``) it did not
+      help: 0 of 4 seeds solved at 100k steps against 2 of 5 with ``"density"``
+      (a likely reason, untested: the critic is least accurate where the policy gets stuck).
 
     Example:
         >>> from stable_baselines3 import SAC
