@@ -265,9 +265,8 @@ class FlowDistribution(Distribution):
         squash like SAC's Gaussian ``tanh(mean)`` (in the box the squashed
         density of a wide policy peaks at the boundary).
         """
-        flow, ctx = self._ready()
-        u = self._unsquashed.mode_estimate(ctx, self.mode_candidates)  # type: ignore[union-attr]
-        return u if self.pre_squash else flow.transform.transforms[0].inverse(u, ctx)[0]
+        _, ctx = self._ready()
+        return self._in_action_coordinates(self._unsquashed.mode_estimate(ctx, self.mode_candidates))  # type: ignore[union-attr]
 
     def candidate_actions(self) -> Tensor:
         """The fixed candidates :meth:`mode` chooses from, ``(mode_candidates + 1, B, D)``, in action coordinates.
@@ -275,15 +274,18 @@ class FlowDistribution(Distribution):
         The flow's base mode and ``mode_candidates`` fixed base points pushed
         through the flow before the squash (:meth:`flowrl.Flow.fixed_candidates`),
         then squashed (unless ``pre_squash``): a deterministic set for another
-        rule to choose from (:class:`agents.FlowSACPolicy` with ``deterministic="critic"``).
+        rule to choose from (:class:`agents.FlowSACPolicy` with ``deterministic_rule="critic"``).
         """
-        flow, ctx = self._ready()
+        _, ctx = self._ready()
         u, _ = self._unsquashed.fixed_candidates(ctx, self.mode_candidates)  # type: ignore[union-attr]
+        return self._in_action_coordinates(u.reshape(-1, self.action_dim)).reshape(u.shape)
+
+    def _in_action_coordinates(self, u: Tensor) -> Tensor:
+        """Pre-squash values ``(N, D)`` as the actions this distribution hands out: squashed unless ``pre_squash``."""
         if self.pre_squash:
             return u
-        k1, rows = u.shape[0], u.shape[1]
-        flat_ctx = ctx.unsqueeze(0).expand(k1, *ctx.shape).reshape(k1 * rows, -1)
-        return flow.transform.transforms[0].inverse(u.reshape(k1 * rows, -1), flat_ctx)[0].reshape(u.shape)
+        flow, _ = self._ready()
+        return flow.transform.transforms[0].inverse(u, None)[0]  # the elementwise squash needs no context
 
     def actions_from_params(self, latent: Tensor, deterministic: bool = False) -> Tensor:
         self.proba_distribution(latent)

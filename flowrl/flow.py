@@ -192,6 +192,7 @@ class Flow(nn.Module):
         lp = self.base.log_prob(z, ctx) - logdet_inv
         return x.reshape(candidates + 1, *lead[1:], *self.shape), lp.reshape(candidates + 1, *lead[1:])
 
+    @torch.no_grad()
     def mode_estimate(self, context: Optional[Tensor] = None, candidates: int = 64) -> Tensor:
         """The highest-density point among fixed candidates: ``argmax_k log p(f^-1(z_k) | c)``.
 
