@@ -74,6 +74,8 @@ class EvalConfig(_Strict):
 
     episodes: int = Field(10, ge=1)
     deterministic: bool = True
+    every: Optional[int] = Field(None, ge=1, description="env steps between evaluations of the live policy "
+                                 "during training (logged as eval/success_rate); null: only at the end")
 
 
 class TrainConfig(_Strict):

@@ -55,9 +55,17 @@ import envs  # noqa: F401  (registers the flowrl/ environments)
 from envs.coverage import CoverageTracker, maze_tracker
 from envs.deep_sea import DeepSea
 
-from .callbacks import PeriodicCheckpoint, MetricsCallback, ProgressBar, latest_checkpoint, save_checkpoint, write_json_atomic
+from .callbacks import (
+    MetricsCallback,
+    PeriodicCheckpoint,
+    PeriodicEvaluation,
+    ProgressBar,
+    latest_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
 from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_config
-from .novelty import attach_novelty, find_novelty, novelty_density
+from .novelty import IntrinsicCriticSAC, attach_novelty, find_novelty, novelty_density
 from .policies import FlowActorCriticPolicy, FlowSACPolicy
 from .schedule import LinearSchedule
 from .resume import STATE_FILE, RestoreCallback, read_training_state, restore_training_state, save_training_state, \
@@ -66,7 +74,7 @@ from .threads import torch_threads
 
 __all__ = [
     "ALGORITHMS", "resolve_device", "make_env", "build_model", "coverage_tracker", "train", "TrainResult",
-    "load_run", "load_obs_normalizer", "evaluate", "novelty_density_fn",
+    "load_run", "load_obs_normalizer", "evaluate", "novelty_density_fn", "algorithm_class",
 ]
 
 #: The VecNormalize statistics, saved beside each model file (final model and checkpoints).
@@ -105,12 +113,22 @@ def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
     return VecNormalize(env, norm_obs=True, norm_reward=False) if cfg.env.normalize_obs else env
 
 
+def algorithm_class(cfg: TrainConfig) -> type[BaseAlgorithm]:
+    """The SB3 class of ``algo.name``; SAC with ``novelty.intrinsic_critic`` is :class:`IntrinsicCriticSAC`."""
+    algo_class = ALGORITHMS[cfg.algo.name]
+    if cfg.novelty is None or not cfg.novelty.intrinsic_critic:
+        return algo_class
+    if algo_class is not SAC:
+        raise ConfigError(f"novelty.intrinsic_critic: SAC only (algo.name is {cfg.algo.name!r})")
+    return IntrinsicCriticSAC
+
+
 def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm]) -> tuple[Any, dict]:
     kwargs = dict(cfg.policy_kwargs)
     if cfg.policy == "gaussian":
         return "MlpPolicy", kwargs
     kwargs.update(flow=cfg.flow, flow_kwargs=dict(cfg.flow_kwargs))
-    return (FlowSACPolicy if algo_class is SAC else FlowActorCriticPolicy), kwargs
+    return (FlowSACPolicy if issubclass(algo_class, SAC) else FlowActorCriticPolicy), kwargs
 
 
 def _attach_novelty(cfg: TrainConfig, algo_class, algo_kwargs: dict, env: VecEnv) -> tuple[dict, list[BaseCallback]]:
@@ -126,7 +144,7 @@ def build_model(
     cfg: TrainConfig, env: VecEnv, device: Optional[str] = None
 ) -> tuple[BaseAlgorithm, list[BaseCallback]]:
     """The SB3 algorithm of ``cfg`` on ``env`` and the extra callbacks its novelty bonus needs."""
-    algo_class = ALGORITHMS[cfg.algo.name]
+    algo_class = algorithm_class(cfg)
     policy, policy_kwargs = _policy(cfg, algo_class)
     kwargs = dict(cfg.algo.kwargs)
     for reserved in ("policy", "env", "seed", "device", "policy_kwargs", "tensorboard_log"):
@@ -376,11 +394,21 @@ def _learn(run: _Run, progress_desc: Optional[str], progress_position: int) -> N
         model.learn(
             remaining,
             callback=[*run.novelty_callbacks, run.metrics, PeriodicCheckpoint(run.checkpoint, cfg.run.checkpoint_every),
-                      *run.callbacks, *bar, *([run.restore] if run.restore is not None else [])],
+                      *_evaluations(run), *run.callbacks, *bar, *([run.restore] if run.restore is not None else [])],
             reset_num_timesteps=not cfg.resume,
         )
     model.logger.dump(model.num_timesteps)  # flush the last scalars (SB3 dumps only every log_interval)
     model.logger.close()
+
+
+def _evaluations(run: _Run) -> list[BaseCallback]:
+    """The periodic evaluation of ``eval.every`` (none without it), on the run's evaluation episodes."""
+    cfg = run.cfg
+    if cfg.eval.every is None:
+        return []
+    normalize = run.normalizer.normalize_obs if run.normalizer is not None else None
+    return [PeriodicEvaluation(lambda: evaluate_model(run.model, cfg, cfg.eval.episodes, cfg.eval.deterministic,
+                                                      normalize=normalize), cfg.eval.every)]
 
 
 def _finish(run: _Run) -> TrainResult:
@@ -485,7 +513,7 @@ def load_run(run_dir: str, checkpoint: bool = False) -> tuple[TrainConfig, BaseA
     path = _model_path(run_dir, checkpoint)
     if cfg.policy == "flow":
         from . import policies  # noqa: F401  (the pickled policy class lives there)
-    model = ALGORITHMS[cfg.algo.name].load(path, device=resolve_device(cfg.device))
+    model = algorithm_class(cfg).load(path, device=resolve_device(cfg.device))
     return cfg, model
 
 

@@ -144,6 +144,28 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert load_config(os.path.join(run_dir, "config.yaml")).total_timesteps == 450
 
 
+def test_eval_every_evaluates_the_live_policy_during_training(tmp_path, monkeypatch):
+    """eval.every=50 over 200 steps of one env: four evaluations of the live model, logged as eval/success_rate."""
+    import agents.factory as factory
+
+    calls = []
+    real = factory.evaluate_model
+
+    def counting(model, cfg, *args, **kwargs):
+        calls.append(model.num_timesteps)
+        return real(model, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "evaluate_model", counting)
+    path = os.path.join(ROOT, "configs", "maze_sac.yaml")
+    result = train(load_config(path, tiny(path, tmp_path, steps=200, **{"run.name": "r", "eval.every": 50})))
+    assert calls == [50, 100, 150, 200, 200]  # four during training, then the final evaluation
+    rows = read_rows(os.path.join(result.run_dir, "progress.csv"))
+    logged = [float(r["eval/success_rate"]) for r in rows if r.get("eval/success_rate")]
+    assert logged and all(0.0 <= v <= 1.0 for v in logged)
+    with pytest.raises(factory.ConfigError, match="eval.every"):
+        load_config(path, ["eval.every=0"])
+
+
 def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     path = os.path.join(ROOT, "configs", "maze_sac.yaml")
     result = train(load_config(path, tiny(path, tmp_path, steps=100, **{"run.name": "r"})))
