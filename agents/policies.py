@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ import flowrl
 
 from .distributions import DIRECTIONS, FlowDistribution, _check_flow_name, check_action_space
 
-__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy", "PPO_NAF_MIN_SLOPE", "DETERMINISTIC_RULES"]
+__all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy", "PPO_NAF_MIN_SLOPE", "DETERMINISTIC_RULES",
+           "critic_value"]
 
 #: NAF's slope floor in :class:`FlowActorCriticPolicy` unless ``flow_kwargs`` sets ``min_slope``.
 PPO_NAF_MIN_SLOPE = 0.1
@@ -125,7 +126,8 @@ class FlowSACPolicy(SACPolicy):
     * ``"density"`` (default): the mode estimate ``argmax_k log pi(a_k | s)``
       (:meth:`agents.FlowDistribution.mode`);
     * ``"critic"``: ``argmax_k min_j Q_j(s, a_k)``, the candidate the twin
-      critics value most.  A policy trained on a sparse reward can reach the
+      critics value most (:func:`critic_value`: extrinsic plus weighted intrinsic
+      critics under :class:`agents.novelty.sac.IntrinsicCriticSAC`).  A policy trained on a sparse reward can reach the
       goal in most of its stochastic episodes while the density's peak still
       presses into a wall on the way; the critic scores where the actions lead.
       Training is unchanged (SAC's updates use samples, never this choice).
@@ -160,6 +162,8 @@ class FlowSACPolicy(SACPolicy):
         if deterministic_rule not in DETERMINISTIC_RULES:
             raise ValueError(f"unknown deterministic_rule {deterministic_rule!r}; use one of {DETERMINISTIC_RULES}")
         self.deterministic_rule = deterministic_rule
+        #: Set by IntrinsicCriticSAC: the critics' second half values the intrinsic reward, weighted by this.
+        self.intrinsic_weight: Optional[float] = None
         # Read by make_actor(), which SACPolicy.__init__ calls through _build().
         self._flow_settings = dict(flow=flow, flow_kwargs=dict(flow_kwargs or {}), base=base, direction=direction)
         super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
@@ -186,8 +190,21 @@ class FlowSACPolicy(SACPolicy):
         candidates = dist.candidate_actions()  # (K, B, D)
         k, b, d = candidates.shape
         tiled = {key: _tile(v, k) for key, v in obs.items()} if isinstance(obs, dict) else _tile(obs, k)
-        q = torch.cat(self.critic(tiled, candidates.reshape(k * b, d)), dim=1).min(dim=1).values.reshape(k, b)
+        q = critic_value(self.critic(tiled, candidates.reshape(k * b, d)), self.intrinsic_weight).reshape(k, b)
         return candidates[q.argmax(dim=0), torch.arange(b, device=candidates.device)]
+
+
+def critic_value(q_values: Sequence[Tensor], intrinsic_weight: Optional[float] = None) -> Tensor:
+    """``min_j Q_j``; with ``intrinsic_weight`` ``w``: ``min_j Q_e,j + w min_j Q_i,j``, shape ``(B,)``.
+
+    The intrinsic critics are the second half of ``q_values``
+    (:class:`agents.novelty.sac.IntrinsicCriticSAC`).
+    """
+    q = torch.cat(tuple(q_values), dim=1)
+    if intrinsic_weight is None:
+        return q.min(dim=1).values
+    half = q.shape[1] // 2
+    return q[:, :half].min(dim=1).values + intrinsic_weight * q[:, half:].min(dim=1).values
 
 
 def _tile(x: Tensor, k: int) -> Tensor:

@@ -122,7 +122,8 @@ def method_overrides(bonus: str, policy: str) -> list[str]:
 
 
 # the bonus's options, not the model's
-RND_KEPT = {"beta", "beta_end", "success_window", "form", "score", "update_every", "seed"}
+RND_KEPT = {"beta", "beta_end", "success_window", "success_best", "intrinsic_critic", "form", "score", "update_every",
+            "seed"}
 
 
 def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], config: str,

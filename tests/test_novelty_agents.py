@@ -606,3 +606,24 @@ def test_success_window_is_validated_and_off_by_default():
     bonus = NoveltyBonus({"beta": 2.0}, 2)
     bonus.record_episode(True)
     assert bonus.success_rate == 0.0 and bonus.beta == 2.0
+
+
+def test_success_best_keeps_the_best_share_of_any_full_window():
+    """s = the highest share over full windows so far: the weight only falls, and a lucky first episode is no window."""
+    bonus = NoveltyBonus({"beta": 2.0, "success_window": 3, "success_best": True}, 2)
+    bonus.record_episode(True)
+    assert bonus.success_rate == 0.0 and bonus.beta == 2.0  # one episode is not a full window
+    for ok in (True, False):
+        bonus.record_episode(ok)
+    assert bonus.success_rate == pytest.approx(2 / 3)
+    for _ in range(3):
+        bonus.record_episode(False)  # the recent share falls to 0; the best stays
+    assert sum(bonus.recent_successes) == 0 and bonus.beta == pytest.approx(2.0 / 3)
+    for _ in range(3):
+        bonus.record_episode(True)
+    assert bonus.success_rate == 1.0 and bonus.beta == 0.0
+    restored = copy.deepcopy(bonus)
+    restored.record_episode(False)
+    assert restored.beta == 0.0  # pickled with its best share
+    with pytest.raises(ValueError, match="success_best needs success_window"):
+        NoveltyBonus({"success_best": True}, 2)

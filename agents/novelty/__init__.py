@@ -13,6 +13,8 @@ Interface (stable)::
 ``{"kind": "rnd", "beta": 0.5}``.  Off-policy agents get a replay buffer that
 scores each sampled minibatch with the current model; on-policy agents get a
 rollout buffer that adds the bonus before advantages are computed.
+With ``intrinsic_critic=True``, :class:`IntrinsicCriticSAC` learns the
+intrinsic return with critics of its own and weights it only in the actor.
 
 Image observations (a 3-D ``Box``: uint8 frames, channels last or first,
 as SB3 sees them before or after ``VecTransposeImage``) get the image
@@ -39,6 +41,7 @@ from .buffers import (
 )
 from .callback import NoveltyCallback
 from .options import NoveltyOptions, parse_options
+from .sac import IntrinsicCriticSAC
 
 __all__ = [
     "attach_novelty",
@@ -49,6 +52,7 @@ __all__ = [
     "NoveltyBonus",
     "NoveltyCallback",
     "NoveltyOptions",
+    "IntrinsicCriticSAC",
     "NoveltyReplayBuffer",
     "NoveltyNStepReplayBuffer",
     "NoveltyDictReplayBuffer",

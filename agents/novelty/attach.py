@@ -24,6 +24,7 @@ from .buffers import (
 )
 from .callback import NoveltyCallback
 from .options import NoveltyOptions, parse_options
+from .sac import IntrinsicCriticSAC
 
 __all__ = ["attach_novelty", "novelty_callbacks", "find_novelty", "novelty_density", "make_novelty_bonus"]
 
@@ -71,6 +72,10 @@ def attach_novelty(
         raise ValueError(f"algo_class must be an SB3 algorithm class, got {algo_class!r}")
     space = env.observation_space
     bonus = make_novelty_bonus(space, novelty)
+    if bonus.options.intrinsic_critic != issubclass(algo_class, IntrinsicCriticSAC):
+        raise ValueError("intrinsic_critic=True needs algo_class=IntrinsicCriticSAC (agents.novelty), and "
+                         f"IntrinsicCriticSAC needs intrinsic_critic=True; got {algo_class.__name__} with "
+                         f"intrinsic_critic={bonus.options.intrinsic_critic}")
     kwargs = dict(algo_kwargs)
     is_dict = isinstance(space, spaces.Dict)
     extra: dict[str, Any] = {}
@@ -81,7 +86,7 @@ def attach_novelty(
             raise ValueError("n_steps > 1 (n-step returns) needs Box observations: SB3 has no Dict n-step buffer")
         if n_steps > 1:  # SB3 hands n-step returns to its own buffer class; ours takes them as kwargs
             cls = NoveltyNStepReplayBuffer
-            gamma = kwargs.get("gamma", inspect.signature(algo_class).parameters["gamma"].default)
+            gamma = kwargs.get("gamma", _default_gamma(algo_class))
             extra = {"n_steps": n_steps, "gamma": float(gamma)}
     elif issubclass(algo_class, OnPolicyAlgorithm):
         key, cls = "rollout_buffer", (NoveltyDictRolloutBuffer if is_dict else NoveltyRolloutBuffer)
@@ -93,6 +98,15 @@ def attach_novelty(
     kwargs[f"{key}_class"] = cls
     kwargs[f"{key}_kwargs"] = {**dict(kwargs.get(f"{key}_kwargs") or {}), **extra, "novelty": bonus}
     return kwargs, [NoveltyCallback(bonus)]
+
+
+def _default_gamma(algo_class: type) -> float:
+    """The ``gamma`` default of the first class in the MRO whose constructor names it (subclasses may not)."""
+    for cls in algo_class.__mro__:
+        param = inspect.signature(cls).parameters.get("gamma") if cls is not object else None
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return float(param.default)
+    raise ValueError(f"{algo_class.__name__} has no default gamma: pass gamma in algo_kwargs")
 
 
 def find_novelty(obj: Any) -> NoveltyBonus:

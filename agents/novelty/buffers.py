@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from .bonus import NoveltyBonus
 
 __all__ = [
     "NoveltyReplayBuffer", "NoveltyNStepReplayBuffer", "NoveltyDictReplayBuffer", "NoveltyRolloutBuffer",
-    "NoveltyDictRolloutBuffer",
+    "NoveltyDictRolloutBuffer", "SplitReplaySamples",
 ]
 
 _MISSING_CALLBACK = ("the novelty model has never been updated: pass the callbacks returned by "
@@ -43,6 +43,22 @@ def _check_bonus(novelty: Optional[NoveltyBonus]) -> NoveltyBonus:
     if not isinstance(novelty, NoveltyBonus):
         raise ValueError("novelty buffers need novelty=NoveltyBonus(...) in their kwargs (see attach_novelty)")
     return novelty
+
+
+class SplitReplaySamples(NamedTuple):
+    """SB3's replay samples (extrinsic ``rewards``) plus the unweighted ``intrinsic_rewards`` of the same rows.
+
+    What the buffers return with ``intrinsic_critic`` (:class:`agents.novelty.sac.IntrinsicCriticSAC`);
+    for n-step samples both are discounted sums over the same window.
+    """
+
+    observations: Any
+    actions: torch.Tensor
+    next_observations: Any
+    dones: torch.Tensor
+    rewards: torch.Tensor
+    discounts: Optional[torch.Tensor]
+    intrinsic_rewards: torch.Tensor
 
 
 class _ReplayScoring:
@@ -82,10 +98,20 @@ class _ReplayScoring:
         self._require_updates()
         env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         samples = self._gather(batch_inds, env_inds, env)
-        bonus = self.novelty.intrinsic(self._raw_states(batch_inds, env_inds))
-        self.last_intrinsic = bonus
-        rewards = samples.rewards + bonus.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
-        return samples._replace(rewards=rewards)
+        shaped = self.novelty.shaped(self.novelty.novelty(self._raw_states(batch_inds, env_inds)))
+        return self._with_bonus(samples, shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1))
+
+    def _with_bonus(self, samples, shaped: torch.Tensor):
+        """``samples`` with the bonus ``beta * shaped`` added to the rewards, or kept apart.
+
+        With ``intrinsic_critic`` the rewards stay extrinsic and the unweighted
+        ``shaped`` rewards travel beside them (:class:`SplitReplaySamples`).
+        """
+        beta = self.novelty.beta
+        self.last_intrinsic = beta * shaped
+        if self.novelty.options.intrinsic_critic:
+            return SplitReplaySamples(*samples, intrinsic_rewards=shaped)
+        return samples._replace(rewards=samples.rewards + beta * shaped)
 
     def _require_updates(self) -> None:
         """A clear error when the model is never updated (the callbacks were not passed to ``learn``)."""
@@ -164,21 +190,22 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
             self.timeouts[newest] = saved
         inside = steps[None] <= stop[:, None]  # (batch, n): the steps before the window stops
         rewards = self.to_torch(self._normalize_reward(self.rewards[rows, cols], env))
-        bonus = self.novelty.intrinsic(self._raw_states(rows[inside], cols[inside]))
-        self.last_intrinsic = bonus
         mask = torch.as_tensor(inside, device=rewards.device)
-        rewards[mask] = rewards[mask] + bonus.to(rewards.device, rewards.dtype)  # row-major, as rows[inside]
+        shaped = torch.zeros_like(rewards)
+        novelty = self.novelty.novelty(self._raw_states(rows[inside], cols[inside]))
+        shaped[mask] = self.novelty.shaped(novelty).to(rewards.device, rewards.dtype)  # row-major, as rows[inside]
         powers = self.gamma ** torch.arange(self.n_steps, device=rewards.device, dtype=rewards.dtype)
-        returns = (rewards * powers * mask).sum(dim=1, keepdim=True)
-        discounts = self.gamma ** mask.sum(dim=1, keepdim=True).to(rewards.dtype)
-        return ReplayBufferSamples(
+        samples = ReplayBufferSamples(
             observations=self.to_torch(self._normalize_obs(self.observations[batch_inds, env_inds], env)),
             actions=self.to_torch(self.actions[batch_inds, env_inds]),
             next_observations=self.to_torch(self._normalize_obs(self.next_observations[last, env_inds], env)),
             dones=self.to_torch(dones),
-            rewards=returns,
-            discounts=discounts,
+            rewards=(rewards * powers * mask).sum(dim=1, keepdim=True),
+            discounts=self.gamma ** mask.sum(dim=1, keepdim=True).to(rewards.dtype),
         )
+        out = self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True))
+        self.last_intrinsic = self.novelty.beta * shaped[mask]  # per step, as the one-step buffers log it
+        return out
 
 
 class _RolloutScoring:

@@ -36,7 +36,12 @@ class NoveltyOptions(BaseModel):
     ``beta_end`` over the run (SB3's progress; ``None`` keeps it);
     ``success_window``: if set, the weight is further scaled by ``1 - s``, ``s``
     the share of the last ``success_window`` finished training episodes that
-    succeeded (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`); ``form``:
+    succeeded (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`);
+    ``success_best``: ``s`` is the best share over any full window so far,
+    so the weight only falls;
+    ``intrinsic_critic``: SAC learns the intrinsic return with critics of
+    its own and weights them by the current ``beta`` only in the actor's
+    objective (:class:`agents.novelty.sac.IntrinsicCriticSAC`); ``form``:
     ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
     with ``b = 1 / sqrt(N + 1)`` in ``(0, 1]``, ``"positive"`` gives ``beta * b(x)``
     (see :class:`agents.novelty.bonus.NoveltyBonus` for why the default never
@@ -65,6 +70,8 @@ class NoveltyOptions(BaseModel):
     beta: float = Field(0.5, ge=0, allow_inf_nan=False)
     beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     success_window: Optional[int] = Field(None, ge=1)
+    success_best: bool = False
+    intrinsic_critic: bool = False
     form: Literal["nonpositive", "positive", "centred"] = "nonpositive"
     score: Literal["next", "current"] = "next"
     update_every: int = Field(16, ge=1)
@@ -114,6 +121,12 @@ class NoveltyOptions(BaseModel):
         if isinstance(v, list) and not v:
             raise ValueError("must list at least one feature index")
         return v
+
+    @model_validator(mode="after")
+    def _success_best_needs_a_window(self) -> "NoveltyOptions":
+        if self.success_best and self.success_window is None:
+            raise ValueError("success_best needs success_window (the episodes each success share is taken over)")
+        return self
 
     @model_validator(mode="after")
     def _kind_options(self) -> "NoveltyOptions":

@@ -1,0 +1,171 @@
+"""``novelty.intrinsic_critic``: replay samples that keep the two rewards apart, and IntrinsicCriticSAC."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.vec_env import DummyVecEnv
+from test_novelty_agents import SMALL_FLOW, SMALL_SAC, AlternatingGoal, _mc
+from tolerances import assert_close_rounding
+
+import envs  # noqa: F401  (registers the mazes)
+from agents.config import ConfigError, TrainConfig
+from agents.factory import algorithm_class, build_model, make_env
+from agents.novelty import (
+    IntrinsicCriticSAC,
+    NoveltyNStepReplayBuffer,
+    NoveltyReplayBuffer,
+    attach_novelty,
+    find_novelty,
+    make_novelty_bonus,
+)
+from agents.novelty.buffers import SplitReplaySamples
+from agents.policies import FlowSACPolicy, critic_value
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_split_samples_carry_the_extrinsic_rewards_and_the_unweighted_bonus_of_the_same_rows(n_steps):
+    """Joint rewards = split rewards + beta * split intrinsic rewards, row by row; the other fields are equal."""
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    bonus = make_novelty_bonus(box, {**SMALL_FLOW, "beta": 0.7, "intrinsic_critic": True})
+    cls, extra = (NoveltyReplayBuffer, {}) if n_steps == 1 else (NoveltyNStepReplayBuffer, {"n_steps": 3, "gamma": 0.9})
+    buf = cls(200, box, spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2, novelty=bonus, **extra)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        o, nxt = rng.uniform(-1, 1, (2, 2)).astype(np.float32), rng.uniform(-1, 1, (2, 2)).astype(np.float32)
+        r, d = rng.normal(size=2).astype(np.float32), rng.random(2) < 0.2
+        buf.add(o, nxt, rng.uniform(-1, 1, (2, 1)), r, d, [{"TimeLimit.truncated": False}] * 2)
+    bonus.observe(buf.next_observations[:50].reshape(-1, 2))
+    bonus.flush()
+    inds = np.random.default_rng(1).integers(0, 50, size=32)
+    np.random.seed(3)
+    split = buf._get_samples(inds)
+    bonus.options.intrinsic_critic = False
+    np.random.seed(3)
+    joint = buf._get_samples(inds)
+    assert isinstance(split, SplitReplaySamples) and not isinstance(joint, SplitReplaySamples)
+    for name in ("observations", "actions", "next_observations", "dones", "discounts"):
+        a, b = getattr(split, name), getattr(joint, name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+    assert torch.equal(joint.rewards, split.rewards + 0.7 * split.intrinsic_rewards)
+    assert (split.intrinsic_rewards <= 0).all() and (split.intrinsic_rewards < 0).any()  # unweighted g - 1
+    if n_steps == 1:  # the bonus of each row's next state, g - 1, with no weight
+        np.random.seed(3)
+        cols = np.random.randint(0, 2, size=len(inds))
+        want = bonus.novelty(buf.next_observations[inds, cols]) - 1.0
+        torch.testing.assert_close(split.intrinsic_rewards.ravel(), want)
+
+
+def test_critic_value_mixes_extrinsic_and_weighted_intrinsic_critics():
+    q = tuple(torch.tensor([[v]]) for v in (1.0, 3.0, -10.0, -4.0))
+    assert critic_value(q).item() == -10.0  # one set of critics: the minimum over all
+    assert critic_value(q, 0.5).item() == 1.0 + 0.5 * -10.0  # min Q_e + w min Q_i
+    assert critic_value(q, 0.0).item() == 1.0
+
+
+def _trained(algo_class, beta: float, policy=None, policy_kwargs=None, device="cpu"):
+    env = _mc()
+    options = {**SMALL_FLOW, "beta": beta, "intrinsic_critic": algo_class is IntrinsicCriticSAC}
+    kwargs, callbacks = attach_novelty(algo_class, SMALL_SAC, env, options)
+    pk = {**SMALL_SAC["policy_kwargs"], **(policy_kwargs or {})}
+    model = algo_class(policy or "MlpPolicy", env, seed=0, device=device, **{**kwargs, "policy_kwargs": pk})
+    return model.learn(48, callback=callbacks)
+
+
+def _one_update(model, beta: float):
+    """One gradient step at weight ``beta`` from a saved state; the critic's and the actor's parameters after it."""
+    state = copy.deepcopy((model.policy.state_dict(), model.actor.optimizer.state_dict(),
+                           model.critic.optimizer.state_dict(), model.ent_coef_optimizer.state_dict(),
+                           model.log_ent_coef.detach().clone(), find_novelty(model).model.state_dict()))
+    find_novelty(model).options.beta = beta
+    np.random.seed(0)
+    torch.manual_seed(0)
+    model.train(gradient_steps=1, batch_size=16)
+    after = ([p.detach().clone() for p in model.critic.parameters()],
+             [p.detach().clone() for p in model.actor.parameters()])
+    policy, actor_opt, critic_opt, ent_opt, log_ent, novelty = state
+    model.policy.load_state_dict(policy)
+    model.actor.optimizer.load_state_dict(actor_opt)
+    model.critic.optimizer.load_state_dict(critic_opt)
+    model.ent_coef_optimizer.load_state_dict(ent_opt)
+    model.log_ent_coef.data.copy_(log_ent)
+    find_novelty(model).model.load_state_dict(novelty)
+    return after
+
+
+@pytest.mark.parametrize("algo_class", [IntrinsicCriticSAC, SAC])
+def test_a_new_weight_moves_the_actor_but_not_the_critics_only_with_intrinsic_critics(algo_class):
+    """Same minibatch, weights 0.5 and 5: IntrinsicCriticSAC's critics learn the same, plain SAC's do not."""
+    model = _trained(algo_class, beta=0.5)
+    critic_a, actor_a = _one_update(model, 0.5)
+    critic_b, actor_b = _one_update(model, 5.0)
+    same_critic = all(torch.equal(a, b) for a, b in zip(critic_a, critic_b))
+    assert same_critic == (algo_class is IntrinsicCriticSAC)
+    assert not all(torch.equal(a, b) for a, b in zip(actor_a, actor_b))  # the actor mixes the weight in
+    if algo_class is IntrinsicCriticSAC:
+        assert len(model.critic.q_networks) == 4
+        for key in ("train/extrinsic_q", "train/intrinsic_q", "train/critic_loss", "train/ent_coef"):
+            assert np.isfinite(model.logger.name_to_value[key]), key
+
+
+def test_intrinsic_critic_sac_round_trips_and_its_critic_rule_mixes_the_critics(tmp_path, device):
+    model = _trained(IntrinsicCriticSAC, beta=2.0, policy=FlowSACPolicy, device=device,
+                     policy_kwargs=dict(flow="realnvp", deterministic_rule="critic",
+                                        flow_kwargs=dict(transforms=2, hidden_features=[16])))
+    policy, actor = model.policy, model.policy.actor
+    assert policy.intrinsic_weight == find_novelty(model).beta == 2.0
+    obs = torch.randn(8, 2, device=device)
+    with torch.no_grad():
+        chosen = policy._predict(obs, deterministic=True)
+        actor.action_dist.proba_distribution(actor._latent(obs))
+        cands = actor.action_dist.candidate_actions()  # (K, 8, 1)
+        q = torch.stack([critic_value(policy.critic(obs[i:i + 1].expand(len(cands), 2), cands[:, i]), 2.0)
+                         for i in range(8)], dim=1)  # (K, 8), row by row
+    picked = (cands == chosen.unsqueeze(0)).all(dim=-1)
+    assert (picked.sum(dim=0) >= 1).all()
+    assert_close_rounding(torch.where(picked, q, torch.full_like(q, -torch.inf)).max(dim=0).values,
+                          q.max(dim=0).values)
+    model.save(tmp_path / "ic")
+    loaded = IntrinsicCriticSAC.load(tmp_path / "ic", device=device)
+    assert len(loaded.critic.q_networks) == 4 and loaded.policy.intrinsic_weight == 2.0  # not doubled again
+    np.testing.assert_array_equal(loaded.predict(obs.cpu().numpy(), deterministic=True)[0],
+                                  model.predict(obs.cpu().numpy(), deterministic=True)[0])
+
+
+def test_success_window_weight_reaches_the_actor():
+    """With a success window the actor (and the critic rule) weights the intrinsic critics by beta (1 - s)."""
+    env = DummyVecEnv([lambda: AlternatingGoal(True)])
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env,
+                                       {**SMALL_FLOW, "beta": 2.0, "success_window": 4, "intrinsic_critic": True})
+    small_flow = dict(net_arch=[16], flow_kwargs=dict(transforms=1, hidden_features=[8]))
+    model = IntrinsicCriticSAC(FlowSACPolicy, env, seed=0, device="cpu", **{**kwargs, "policy_kwargs": small_flow})
+    model.learn(64, callback=callbacks)
+    assert find_novelty(model).success_rate == 0.5  # episodes alternate between success and time-out
+    model.train(gradient_steps=1, batch_size=16)
+    assert model.policy.intrinsic_weight == pytest.approx(1.0)
+
+
+def test_the_option_needs_sac_and_is_off_by_default():
+    env = gym.make("flowrl/PointMaze-Open-v0")
+    with pytest.raises(ValueError, match="intrinsic_critic=True needs algo_class=IntrinsicCriticSAC"):
+        attach_novelty(SAC, {}, env, {"intrinsic_critic": True})
+    with pytest.raises(ValueError, match="IntrinsicCriticSAC needs intrinsic_critic=True"):
+        attach_novelty(IntrinsicCriticSAC, {}, env, {})
+    with pytest.raises(ValueError, match="intrinsic_critic=True"):
+        IntrinsicCriticSAC("MlpPolicy", env, device="cpu")  # no novelty buffer
+    plain = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", novelty=dict(kind="flow"))
+    assert algorithm_class(plain) is SAC
+    split = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
+                        novelty=dict(kind="flow", intrinsic_critic=True))
+    model, _ = build_model(split, make_env(split))
+    assert type(model) is IntrinsicCriticSAC and len(model.critic.q_networks) == 4
+    ppo = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=dict(name="ppo"),
+                      novelty=dict(kind="flow", intrinsic_critic=True))
+    with pytest.raises(ConfigError, match="novelty.intrinsic_critic: SAC only"):
+        build_model(ppo, make_env(ppo))
