@@ -126,10 +126,11 @@ class FlowSACPolicy(SACPolicy):
     * ``"density"`` (default): the mode estimate ``argmax_k log pi(a_k | s)``
       (:meth:`agents.FlowDistribution.mode`);
     * ``"critic"``: ``argmax_k min_j Q_j(s, a_k)``, the candidate the twin
-      critics value most (:func:`critic_value`: extrinsic plus weighted intrinsic
-      critics under :class:`agents.novelty.sac.IntrinsicCriticSAC`).  A policy trained on a sparse reward can reach the
-      goal in most of its stochastic episodes while the density's peak still
-      presses into a wall on the way; the critic scores where the actions lead.
+      critics value most (:func:`critic_value`: extrinsic plus weighted
+      intrinsic critics under :class:`agents.novelty.sac.IntrinsicCriticSAC`).
+      A policy trained on a sparse reward can reach the goal in most of its
+      stochastic episodes while the density's peak still presses into a wall
+      on the way; the critic scores where the actions lead.
       Training is unchanged (SAC's updates use samples, never this choice).
       Measured on the four-rooms maze (``docs/bench_exploration/``) it did not
       help: 0 of 4 seeds solved at 100k steps against 2 of 5 with ``"density"``

@@ -101,14 +101,16 @@ class _ReplayScoring:
         shaped = self.novelty.shaped(self.novelty.novelty(self._raw_states(batch_inds, env_inds)))
         return self._with_bonus(samples, shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1))
 
-    def _with_bonus(self, samples, shaped: torch.Tensor):
+    def _with_bonus(self, samples, shaped: torch.Tensor, per_step: Optional[torch.Tensor] = None):
         """``samples`` with the bonus ``beta * shaped`` added to the rewards, or kept apart.
 
         With ``intrinsic_critic`` the rewards stay extrinsic and the unweighted
         ``shaped`` rewards travel beside them (:class:`SplitReplaySamples`).
+        :attr:`last_intrinsic` (logged) is ``beta`` times ``per_step`` (the
+        per-step rewards behind n-step sums), or times ``shaped``.
         """
         beta = self.novelty.beta
-        self.last_intrinsic = beta * shaped
+        self.last_intrinsic = beta * (shaped if per_step is None else per_step)
         if self.novelty.options.intrinsic_critic:
             return SplitReplaySamples(*samples, intrinsic_rewards=shaped)
         return samples._replace(rewards=samples.rewards + beta * shaped)
@@ -203,9 +205,7 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
             rewards=(rewards * powers * mask).sum(dim=1, keepdim=True),
             discounts=self.gamma ** mask.sum(dim=1, keepdim=True).to(rewards.dtype),
         )
-        out = self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True))
-        self.last_intrinsic = self.novelty.beta * shaped[mask]  # per step, as the one-step buffers log it
-        return out
+        return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped[mask])
 
 
 class _RolloutScoring:

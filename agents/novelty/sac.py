@@ -99,8 +99,8 @@ class IntrinsicCriticSAC(SAC):
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         self._update_learning_rate(optimizers + ([self.ent_coef_optimizer] if self.ent_coef_optimizer else []))
         beta = self._share_weight()
-        logs: dict[str, list[float]] = {k: [] for k in ("ent_coef", "ent_coef_loss", "actor_loss", "critic_loss",
-                                                        "extrinsic_q", "intrinsic_q")}
+        logs: dict[str, list[float]] = {k: [] for k in ("ent_coef", "ent_coef_loss", "actor_loss", "critic_loss")}
+        q_means: list[torch.Tensor] = []
         for step in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = data.discounts if data.discounts is not None else self.gamma
@@ -123,9 +123,9 @@ class IntrinsicCriticSAC(SAC):
             critic_loss.backward()  # type: ignore[union-attr]
             self.critic.optimizer.step()
             logs["critic_loss"].append(critic_loss.item())  # type: ignore[union-attr]
-            with torch.no_grad():
-                logs["extrinsic_q"].append(torch.cat(q[:half], dim=1).min(dim=1).values.mean().item())
-                logs["intrinsic_q"].append(torch.cat(q[half:], dim=1).min(dim=1).values.mean().item())
+            with torch.no_grad():  # kept on the device; read once after the loop (no sync per step)
+                q_means.append(torch.stack([torch.cat(q[:half], dim=1).min(dim=1).values.mean(),
+                                            torch.cat(q[half:], dim=1).min(dim=1).values.mean()]))
 
             value_pi = critic_value(self.critic(data.observations, actions_pi), beta).reshape(-1, 1)
             actor_loss = (alpha * log_prob - value_pi).mean()
@@ -138,6 +138,8 @@ class IntrinsicCriticSAC(SAC):
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
+        if q_means:
+            logs["extrinsic_q"], logs["intrinsic_q"] = torch.stack(q_means).T.tolist()
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         for key, values in logs.items():
