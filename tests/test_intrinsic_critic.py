@@ -169,3 +169,97 @@ def test_the_option_needs_sac_and_is_off_by_default():
                       novelty=dict(kind="flow", intrinsic_critic=True))
     with pytest.raises(ConfigError, match="novelty.intrinsic_critic: SAC only"):
         build_model(ppo, make_env(ppo))
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_return_bound_stores_the_discounted_return_of_terminated_episodes_only(n_steps):
+    """G_t = sum_k 0.9^(k-t) r_k for rows of a terminated episode; -inf for truncated, unfinished, overwritten rows."""
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    bonus = make_novelty_bonus(box, {**SMALL_FLOW, "intrinsic_critic": True, "return_bound": True})
+    cls, extra = (NoveltyReplayBuffer, {}) if n_steps == 1 else (NoveltyNStepReplayBuffer, {"n_steps": 3, "gamma": 0.9})
+    buf = cls(12, box, spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2, novelty=bonus, return_gamma=0.9, **extra)
+    assert buf.buffer_size == 6  # rows of n_envs transitions
+    obs, act = np.zeros((2, 2), np.float32), np.zeros((2, 1), np.float32)
+
+    def step(rewards, dones, truncated=(False, False)):
+        infos = [{"TimeLimit.truncated": t} for t in truncated]
+        buf.add(obs, obs, act, np.array(rewards, np.float32), np.array(dones), infos)
+
+    step([0, 1], [False, False])
+    step([0.5, 0], [False, False])
+    step([1, 2], [True, True], truncated=(False, True))  # env 0 terminates, env 1 is cut by a time limit
+    step([0, 0], [False, False])  # both still running
+    np.testing.assert_allclose(buf.episode_returns[:3, 0], [0.5 * 0.9 + 0.81, 0.5 + 0.9, 1.0], rtol=1e-6)
+    assert np.isneginf(buf.episode_returns[:4, 1]).all() and np.isneginf(buf.episode_returns[3, 0])
+    bonus.observe(np.zeros((4, 2), np.float32))
+    bonus.flush()
+    inds = np.arange(4).repeat(4)
+    np.random.seed(3)
+    samples = buf._get_samples(inds)
+    np.random.seed(3)
+    cols = np.random.randint(0, 2, size=len(inds))
+    np.testing.assert_array_equal(samples.return_bounds.numpy().ravel(), buf.episode_returns[inds, cols])
+    for _ in range(4):
+        step([0, 0], [False, False])  # rows 4, 5, 0, 1: the buffer wraps onto the finished episode's rows 0 and 1
+    assert np.isneginf(buf.episode_returns[:2]).all() and buf.episode_returns[2, 0] == pytest.approx(1.0)
+    step([3, 0], [True, False])  # env 0's episode of 6 rows (3, 4, 5, 0, 1, 2): all still stored
+    np.testing.assert_allclose(buf.episode_returns[[3, 4, 5, 0, 1, 2], 0], 3 * 0.9 ** np.arange(5, -1, -1), rtol=1e-6)
+    for _ in range(6):
+        step([0, 0], [False, False])
+    step([1, 1], [False, True])  # env 1 ran 13 steps in a 6-row buffer: its first rows are gone, no bound
+    assert np.isneginf(buf.episode_returns[:, 1]).all()
+
+
+def test_return_bound_lifts_only_the_extrinsic_targets():
+    """Bounds above every target: the extrinsic critics move up to them; the intrinsic critics learn the same."""
+    env = _mc()
+    options = {**SMALL_FLOW, "beta": 0.5, "intrinsic_critic": True, "return_bound": True}
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env, options)
+    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", **kwargs).learn(48, callback=callbacks)
+    buf = model.replay_buffer
+    buf.episode_returns[:] = -np.inf
+    low_critic, _ = _one_update(model, 0.5)
+    assert model.logger.name_to_value["train/return_bound_used"] == 0.0
+    buf.episode_returns[:] = 100.0
+    high_critic, _ = _one_update(model, 0.5)
+    assert model.logger.name_to_value["train/return_bound_used"] == 1.0
+    params = [list(q.parameters()) for q in model.critic.q_networks]
+    n_per_net = len(params[0])
+    nets = [(low_critic[i * n_per_net:(i + 1) * n_per_net], high_critic[i * n_per_net:(i + 1) * n_per_net])
+            for i in range(len(params))]
+    assert not all(torch.equal(a, b) for a, b in zip(*nets[0]))  # extrinsic: a new target
+    assert all(torch.equal(a, b) for a, b in zip(*nets[2]))  # intrinsic: the same target
+    with pytest.raises(ValueError, match="return_bound needs intrinsic_critic"):
+        make_novelty_bonus(spaces.Box(-1, 1, (2,)), {"return_bound": True})
+
+
+@pytest.mark.parametrize("backup_entropy", [True, False])
+def test_backup_entropy_false_keeps_the_temperature_out_of_the_extrinsic_targets(backup_entropy, tmp_path):
+    """The critics' update from the same state and minibatch at two temperatures: equal iff no entropy backup."""
+    env = _mc()
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env,
+                                       {**SMALL_FLOW, "beta": 0.5, "intrinsic_critic": True})
+    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", backup_entropy=backup_entropy, **kwargs)
+    model.learn(48, callback=callbacks)
+    critics = []
+    for alpha in (0.1, 2.0):
+        model.log_ent_coef.data.fill_(float(np.log(alpha)))
+        critics.append(_one_update(model, 0.5)[0])
+    assert all(torch.equal(a, b) for a, b in zip(*critics)) == (not backup_entropy)
+    model.save(tmp_path / "m")
+    assert IntrinsicCriticSAC.load(tmp_path / "m", device="cpu").backup_entropy == backup_entropy
+
+
+def test_the_rooms_recipe_builds_from_a_config():
+    """intrinsic_critic + return_bound + algo.kwargs.backup_entropy: the model and buffer they ask for."""
+    cfg = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
+                      algo=dict(name="sac", kwargs=dict(backup_entropy=False, ent_coef=0.01)),
+                      novelty=dict(kind="flow", intrinsic_critic=True, return_bound=True, success_window=5,
+                                   success_hold=0.9))
+    model, _ = build_model(cfg, make_env(cfg))
+    assert isinstance(model, IntrinsicCriticSAC) and model.backup_entropy is False
+    assert model.replay_buffer.episode_returns is not None and model.replay_buffer.return_gamma == model.gamma
+    plain = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
+                        algo=dict(name="sac", kwargs=dict(backup_entropy=False)), novelty=dict(kind="flow"))
+    with pytest.raises(ConfigError, match="algo.kwargs.*backup_entropy"):
+        build_model(plain, make_env(plain))

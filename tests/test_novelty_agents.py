@@ -627,3 +627,24 @@ def test_success_best_keeps_the_best_share_of_any_full_window():
     assert restored.beta == 0.0  # pickled with its best share
     with pytest.raises(ValueError, match="success_best needs success_window"):
         NoveltyBonus({"success_best": True}, 2)
+
+
+def test_success_hold_drops_the_weight_to_zero_for_good():
+    """Once a full window's share reaches success_hold the weight is 0, whatever the episodes after."""
+    bonus = NoveltyBonus({"beta": 2.0, "success_window": 4, "success_hold": 0.75}, 2)
+    for ok in (True, True, False, False):
+        bonus.record_episode(ok)
+    assert not bonus.holding and bonus.beta == pytest.approx(2.0 * 0.5)  # share 0.5 < 0.75: the plain fade
+    for _ in range(2):
+        bonus.record_episode(True)  # windows (T, F, F, T) and (F, F, T, T): still 0.5
+    assert not bonus.holding
+    bonus.record_episode(True)
+    assert bonus.holding and bonus.beta == 0.0  # window (F, T, T, T): 0.75 reached
+    for _ in range(4):
+        bonus.record_episode(False)
+    assert bonus.success_rate == 0.0 and bonus.beta == 0.0  # held: failures do not bring the bonus back
+    assert copy.deepcopy(bonus).beta == 0.0  # pickled with its best share
+    with pytest.raises(ValueError, match="success_hold needs success_window"):
+        NoveltyBonus({"success_hold": 0.9}, 2)
+    with pytest.raises(ValueError, match="success_hold"):
+        NoveltyBonus({"success_window": 5, "success_hold": 1.5}, 2)

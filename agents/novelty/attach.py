@@ -84,10 +84,12 @@ def attach_novelty(
         n_steps = int(kwargs.pop("n_steps", 1))
         if n_steps > 1 and is_dict:
             raise ValueError("n_steps > 1 (n-step returns) needs Box observations: SB3 has no Dict n-step buffer")
+        gamma = float(kwargs.get("gamma", _default_gamma(algo_class)))
         if n_steps > 1:  # SB3 hands n-step returns to its own buffer class; ours takes them as kwargs
             cls = NoveltyNStepReplayBuffer
-            gamma = kwargs.get("gamma", _default_gamma(algo_class))
-            extra = {"n_steps": n_steps, "gamma": float(gamma)}
+            extra = {"n_steps": n_steps, "gamma": gamma}
+        if bonus.options.return_bound:
+            extra["return_gamma"] = gamma
     elif issubclass(algo_class, OnPolicyAlgorithm):
         key, cls = "rollout_buffer", (NoveltyDictRolloutBuffer if is_dict else NoveltyRolloutBuffer)
     else:

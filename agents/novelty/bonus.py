@@ -124,7 +124,14 @@ class NoveltyBonus:
     once is never made costly again.  On four rooms it did worse (1 of 5
     seeds solved at 100k steps, training success 0.06 over the last 10k):
     the policy still lost the route, and the lowered bonus no longer helped
-    find it again.  Both stay off by default.
+    find it again.  Both stay off by default.  ``success_hold`` goes further:
+    once a full window's share reaches it, the weight is 0 for the rest of
+    the run, and the agent is left to exploit what it found.  It is meant
+    for separate critics (``intrinsic_critic``): a shared critic would have
+    to unlearn the bonus's values first.  With them, an extrinsic critic that
+    neither rewards staying alive nor forgets a route that paid, and a fixed
+    temperature, four rooms is kept once found (see
+    :mod:`agents.novelty.sac` and ``configs/rooms_flow_sac.yaml``).
 
     ``intrinsic_critic`` (SAC) keeps the intrinsic reward out of the critic's
     targets: :class:`agents.novelty.sac.IntrinsicCriticSAC` learns it with
@@ -206,11 +213,20 @@ class NoveltyBonus:
         """The weight in use: ``(beta_end + p (beta - beta_end)) (1 - s)``.
 
         ``p`` is :attr:`progress_remaining` (1 -> 0; no decay without ``beta_end``),
-        ``s`` the :attr:`success_rate` (0 without ``success_window``).
+        ``s`` the :attr:`success_rate` (0 without ``success_window``); 0 once
+        ``success_hold`` is reached (:attr:`holding`).
         """
+        if self.holding:
+            return 0.0
         end = self.options.beta_end
         beta = self.options.beta if end is None else LinearSchedule(self.options.beta, end)(self.progress_remaining)
         return beta * (1.0 - self.success_rate)
+
+    @property
+    def holding(self) -> bool:
+        """Whether a full window's success share has reached ``success_hold`` (the weight is then 0 for good)."""
+        hold = self.options.success_hold
+        return hold is not None and self.best_success_rate >= hold
 
     @property
     def success_rate(self) -> float:

@@ -49,7 +49,9 @@ class SplitReplaySamples(NamedTuple):
     """SB3's replay samples (extrinsic ``rewards``) plus the unweighted ``intrinsic_rewards`` of the same rows.
 
     What the buffers return with ``intrinsic_critic`` (:class:`agents.novelty.sac.IntrinsicCriticSAC`);
-    for n-step samples both are discounted sums over the same window.
+    for n-step samples both are discounted sums over the same window.  ``return_bounds``
+    (``return_bound``): the discounted extrinsic return each row's episode went on to get
+    where that episode terminated, ``-inf`` where it did not (yet).
     """
 
     observations: Any
@@ -59,6 +61,7 @@ class SplitReplaySamples(NamedTuple):
     rewards: torch.Tensor
     discounts: Optional[torch.Tensor]
     intrinsic_rewards: torch.Tensor
+    return_bounds: Optional[torch.Tensor] = None
 
 
 class _ReplayScoring:
@@ -66,12 +69,60 @@ class _ReplayScoring:
 
     novelty: NoveltyBonus
 
-    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, **kwargs):
+    def __init__(self, *args, novelty: Optional[NoveltyBonus] = None, return_gamma: Optional[float] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]  # the SB3 buffer next in the MRO
         self.novelty = _check_bonus(novelty)
         self.novelty.follow(self.device)
         self.last_intrinsic: Optional[torch.Tensor] = None
         self._model_updated = False
+        self.episode_returns: Optional[np.ndarray] = None  # return_bound: see _track_returns
+        if self.novelty.options.return_bound:
+            if return_gamma is None:
+                raise ValueError("return_bound needs return_gamma (the discount of the episode returns)")
+            self.return_gamma = float(return_gamma)
+            self.episode_returns = np.full((self.buffer_size, self.n_envs), -np.inf, dtype=np.float32)
+            self._episode_length = np.zeros(self.n_envs, dtype=np.int64)
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:
+        row = self.pos
+        super().add(obs, next_obs, action, reward, done, infos)  # type: ignore[misc]
+        if self.episode_returns is not None:
+            self._track_returns(row, np.asarray(done, dtype=bool).reshape(self.n_envs), infos)
+
+    def _track_returns(self, row: int, done: np.ndarray, infos: list[dict]) -> None:
+        """When an episode terminates, store ``G_t = sum_k gamma^(k-t) r_k`` for each of its rows.
+
+        Only terminated episodes (not time-limit truncations) whose rows are all
+        still stored: their ``G_t`` is a return the agent actually got from
+        ``(s_t, a_t)`` to the end, so in a deterministic env the optimal value is
+        at least ``G_t``.  Rows are ``-inf`` (no bound) until then and again
+        once overwritten.
+        """
+        assert self.episode_returns is not None
+        self.episode_returns[row] = -np.inf
+        self._episode_length += 1
+        for env in np.flatnonzero(done):
+            length = int(self._episode_length[env])
+            self._episode_length[env] = 0
+            truncated = bool(infos[env].get("TimeLimit.truncated", False))
+            if truncated or length > self.buffer_size:
+                continue
+            rows = (row - np.arange(length)) % self.buffer_size  # newest first
+            g = 0.0
+            for r, reward in zip(rows, self.rewards[rows, env].astype(np.float64)):
+                g = float(reward) + self.return_gamma * g
+                self.episode_returns[r, env] = g
+
+    def _return_bounds(self, batch_inds: np.ndarray, env_inds: np.ndarray,
+                       env: Optional[VecNormalize]) -> Optional[torch.Tensor]:
+        """``(batch, 1)`` stored returns of the rows (reward-normalised like the rewards), ``-inf`` where unknown."""
+        if self.episode_returns is None:
+            return None
+        bounds = self.episode_returns[batch_inds, env_inds].reshape(-1, 1).copy()
+        known = np.isfinite(bounds)
+        bounds[known] = self._normalize_reward(bounds[known], env)
+        return self.to_torch(bounds)
 
     def _raw_states(self, batch_inds: np.ndarray, env_inds: np.ndarray):
         """The raw states scored for rows ``(batch_inds, env_inds)``: each one's next state (or itself)."""
@@ -99,20 +150,23 @@ class _ReplayScoring:
         env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         samples = self._gather(batch_inds, env_inds, env)
         shaped = self.novelty.shaped(self.novelty.novelty(self._raw_states(batch_inds, env_inds)))
-        return self._with_bonus(samples, shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1))
+        shaped = shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
+        return self._with_bonus(samples, shaped, bounds=self._return_bounds(batch_inds, env_inds, env))
 
-    def _with_bonus(self, samples, shaped: torch.Tensor, per_step: Optional[torch.Tensor] = None):
+    def _with_bonus(self, samples, shaped: torch.Tensor, per_step: Optional[torch.Tensor] = None,
+                    bounds: Optional[torch.Tensor] = None):
         """``samples`` with the bonus ``beta * shaped`` added to the rewards, or kept apart.
 
         With ``intrinsic_critic`` the rewards stay extrinsic and the unweighted
-        ``shaped`` rewards travel beside them (:class:`SplitReplaySamples`).
+        ``shaped`` rewards travel beside them (:class:`SplitReplaySamples`), with
+        the rows' ``bounds`` (``return_bound``).
         :attr:`last_intrinsic` (logged) is ``beta`` times ``per_step`` (the
         per-step rewards behind n-step sums), or times ``shaped``.
         """
         beta = self.novelty.beta
         self.last_intrinsic = beta * (shaped if per_step is None else per_step)
         if self.novelty.options.intrinsic_critic:
-            return SplitReplaySamples(*samples, intrinsic_rewards=shaped)
+            return SplitReplaySamples(*samples, intrinsic_rewards=shaped, return_bounds=bounds)
         return samples._replace(rewards=samples.rewards + beta * shaped)
 
     def _require_updates(self) -> None:
@@ -205,7 +259,8 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
             rewards=(rewards * powers * mask).sum(dim=1, keepdim=True),
             discounts=self.gamma ** mask.sum(dim=1, keepdim=True).to(rewards.dtype),
         )
-        return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped[mask])
+        return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped[mask],
+                                bounds=self._return_bounds(batch_inds, env_inds, env))
 
 
 class _RolloutScoring:

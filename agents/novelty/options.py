@@ -38,10 +38,14 @@ class NoveltyOptions(BaseModel):
     the share of the last ``success_window`` finished training episodes that
     succeeded (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`);
     ``success_best``: ``s`` is the best share over any full window so far,
-    so the weight only falls;
+    so the weight only falls; ``success_hold``: once any full window's share
+    reaches it, the weight is 0 for the rest of the run;
     ``intrinsic_critic``: SAC learns the intrinsic return with critics of
     its own and weights them by the current ``beta`` only in the actor's
-    objective (:class:`agents.novelty.sac.IntrinsicCriticSAC`); ``form``:
+    objective (:class:`agents.novelty.sac.IntrinsicCriticSAC`);
+    ``return_bound`` (needs ``intrinsic_critic``): the extrinsic critic's
+    targets are at least the discounted return a stored episode went on to
+    get, where it terminated (self-imitation of what reached the goal); ``form``:
     ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
     with ``b = 1 / sqrt(N + 1)`` in ``(0, 1]``, ``"positive"`` gives ``beta * b(x)``
     (see :class:`agents.novelty.bonus.NoveltyBonus` for why the default never
@@ -71,7 +75,9 @@ class NoveltyOptions(BaseModel):
     beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     success_window: Optional[int] = Field(None, ge=1)
     success_best: bool = False
+    success_hold: Optional[float] = Field(None, gt=0, le=1)
     intrinsic_critic: bool = False
+    return_bound: bool = False
     form: Literal["nonpositive", "positive", "centred"] = "nonpositive"
     score: Literal["next", "current"] = "next"
     update_every: int = Field(16, ge=1)
@@ -123,9 +129,13 @@ class NoveltyOptions(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _success_best_needs_a_window(self) -> "NoveltyOptions":
+    def _options_that_need_others(self) -> "NoveltyOptions":
         if self.success_best and self.success_window is None:
             raise ValueError("success_best needs success_window (the episodes each success share is taken over)")
+        if self.success_hold is not None and self.success_window is None:
+            raise ValueError("success_hold needs success_window (the episodes each success share is taken over)")
+        if self.return_bound and not self.intrinsic_critic:
+            raise ValueError("return_bound needs intrinsic_critic=true (it bounds the extrinsic critic's targets)")
         return self
 
     @model_validator(mode="after")
