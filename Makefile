@@ -23,7 +23,7 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) scripts/demo.py $(DEMO_ARGS)
 
-# Lint (ruff), type check (mypy on flowrl/, settings in pyproject.toml), then the suite with its doctests.
+# Lint (ruff), type check (mypy on flowrl/ and envs/, settings in pyproject.toml), then the suite with its doctests.
 test: $(STAMP)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy

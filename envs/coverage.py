@@ -11,7 +11,7 @@ fraction is ``#visited valid cells / #valid cells``, where an optional
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -98,7 +98,7 @@ class CoverageTracker:
 
 def maze_tracker(env: gym.Env, cells_per_unit: int = 1) -> CoverageTracker:
     """A tracker over a maze (anything with ``layout.walls`` and ``extent``): valid = free cells."""
-    base = env.unwrapped
+    base: Any = env.unwrapped  # any env with these attributes, not a class of ours
     walls = np.asarray(base.layout.walls)
     k = int(cells_per_unit)
     valid = np.repeat(np.repeat(~walls, k, 0), k, 1)

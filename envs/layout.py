@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class MazeLayout:
     walls: np.ndarray
     start: tuple[float, float]
     goal: tuple[float, float]
+    _wall_rows: list[list[bool]] = field(init=False, repr=False, compare=False)
 
     @property
     def height(self) -> int:

@@ -220,11 +220,11 @@ def run_key(row: dict) -> tuple:
     return row["task"], row["bonus"], row["policy"], row["seed"]
 
 
-def output_name(tasks: list[str], config: str, overrides: list[str], methods: list[str]) -> str:
-    """The file stem of a table and figure: the tasks, then each departure from the default grid.
+def output_name(tasks: list[str], config: str, overrides: list[str], methods: list[str], tag: str = "") -> str:
+    """The file stem of a table and figure: the tasks, then each departure from the default grid, then ``tag``.
 
     E.g. ``robotics-umaze`` for the default command, ``robotics-umaze_novelty.beta=1_flow-flow`` for
-    ``--set novelty.beta=1 --methods flow/flow``.
+    ``--set novelty.beta=1 --methods flow/flow``; a tag keeps the same settings at another ``--steps`` apart.
     """
     parts = ["-".join(tasks)]
     if os.path.normpath(config) != os.path.join("configs", "demo.yaml"):
@@ -232,6 +232,8 @@ def output_name(tasks: list[str], config: str, overrides: list[str], methods: li
     parts.extend(overrides)
     if sorted(methods) != sorted(DEFAULT_METHODS):
         parts.append("+".join(m.replace("/", "-") for m in methods))
+    if tag:
+        parts.append(tag)
     return "_".join(re.sub(r"[^\w.=+-]", "-", part) for part in parts)
 
 
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. novelty.beta=2")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one core each)")
     p.add_argument("--out", default=os.path.join("runs", "bench_exploration"))
+    p.add_argument("--tag", default="", help="appended to the table's and figure's names (e.g. 60k), so that the "
+                   "same settings at other --steps do not overwrite them")
     args = p.parse_args(argv)
     methods = [tuple(m.split("/")) for m in args.methods]
     for bonus, policy in methods:
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows, budgets)
     print()
     print(text)
-    name = output_name(args.tasks, settings["config"], args.set, args.methods)  # budgets differ between tasks
+    name = output_name(args.tasks, settings["config"], args.set, args.methods, args.tag)  # budgets differ between tasks
     table_path = os.path.join(args.out, f"table-{name}.md")
     with open(table_path, "w") as f:
         f.write(f"`{' '.join([settings['config'], *settings['set']])}`, {args.steps:,} steps\n\n{text}\n")

@@ -80,6 +80,7 @@ def test_a_variant_gets_its_own_table_name():
     }
     assert names == {"umaze_novelty.beta=1", "umaze_flow-flow", "umaze_other", "umaze_novelty.beta=1_flow-flow"}
     assert "/" not in bench_exploration.output_name(["umaze"], demo, ["env.kwargs={a: 1/2}"], everything)
+    assert bench_exploration.output_name(["umaze"], demo, [], ["flow/flow"], tag="60k") == "umaze_flow-flow_60k"
 
 
 def test_a_bad_method_is_named():
