@@ -3,9 +3,9 @@
 * :class:`MetricsCallback` appends one row per finished episode to
   ``episodes.csv`` (return, length, success) and one row every
   ``log_every`` steps to ``metrics.csv`` (rolling return and success,
-  coverage, steps/s); the episode's intrinsic return is the sum of
-  ``info["intrinsic_reward"]`` set by a novelty callback that runs before it
-  (empty without a bonus);
+  coverage, steps/s); the episode's intrinsic return is
+  ``info["intrinsic_return"]``, set on an episode's last step by a novelty
+  callback that runs before it (empty without a bonus);
   it also feeds a :class:`envs.CoverageTracker` from
   ``info["position"]`` (or a projection of the observation).
 * :class:`PeriodicCheckpoint` writes ``checkpoints/step_<N>/`` through a
@@ -107,7 +107,6 @@ class MetricsCallback(BaseCallback):
         self.successes = int(successes_so_far)
         self.first_success: Optional[int] = None
         self._last_log = 0
-        self._intrinsic: Optional[np.ndarray] = None
         self._t0 = time.perf_counter()
         self._steps0 = 0
 
@@ -127,23 +126,17 @@ class MetricsCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         infos = self.locals.get("infos", [])
-        if self._intrinsic is None or len(self._intrinsic) != len(infos):
-            self._intrinsic = np.zeros(len(infos))
-        has_intrinsic = bool(infos) and "intrinsic_reward" in infos[0]
-        if has_intrinsic:
-            self._intrinsic += [float(i.get("intrinsic_reward", 0.0)) for i in infos]
         if self.tracker is not None:
             normalizer = self.model.get_vec_normalize_env()  # coverage is over the raw observations
             new_obs = normalizer.get_original_obs() if normalizer is not None else self.locals.get("new_obs")
             pts = self._points(infos, new_obs)
             if pts is not None:
                 self.tracker.update(pts)
-        for k, info in enumerate(infos):
+        for info in infos:
             ep = info.get("episode")
             if ep is None:
                 continue
-            intrinsic = float(self._intrinsic[k]) if has_intrinsic else ""
-            self._intrinsic[k] = 0.0
+            intrinsic = info.get("intrinsic_return", "")
             self.episodes += 1
             success = bool(info.get("is_success", False))
             self.successes += int(success)
@@ -177,7 +170,7 @@ class MetricsCallback(BaseCallback):
         """Counters, rolling windows and the schedule of metric rows (for :mod:`agents.resume`)."""
         return dict(episodes=self.episodes, successes=self.successes, first_success=self.first_success,
                     recent_returns=list(self.recent_returns), recent_success=list(self.recent_success),
-                    last_log=self._last_log, intrinsic=None if self._intrinsic is None else self._intrinsic.copy())
+                    last_log=self._last_log)
 
     def load_resume_state(self, state: dict) -> None:
         self.episodes, self.successes = int(state["episodes"]), int(state["successes"])
@@ -185,7 +178,6 @@ class MetricsCallback(BaseCallback):
         self.recent_returns = deque(state["recent_returns"], maxlen=self.recent_returns.maxlen)
         self.recent_success = deque(state["recent_success"], maxlen=self.recent_success.maxlen)
         self._last_log = int(state["last_log"])
-        self._intrinsic = None if state["intrinsic"] is None else np.array(state["intrinsic"])
 
     def _write_metrics(self) -> None:
         row = self.summary()

@@ -203,13 +203,15 @@ def _env_of(model: BaseAlgorithm) -> VecEnv:
 
 def save_training_state(path: str, model: BaseAlgorithm, callbacks: Iterable[BaseCallback], run_dir: str) -> None:
     """Write what ``model.zip`` and the replay buffer leave out (see module docstring) to ``path``."""
+    # The callbacks first: saving may settle what they still owe the logger (the novelty callback's scoring).
+    callback_states = [(type(cb).__name__, cb.resume_state()) for cb in callbacks if hasattr(cb, "resume_state")]
     state = {
         "version": _VERSION,
         "num_timesteps": int(model.num_timesteps),
         "rng": _rng_state(),
         "env": _env_state(_env_of(model)),
         "logger": _logger_state(model.logger),
-        "callbacks": [(type(cb).__name__, cb.resume_state()) for cb in callbacks if hasattr(cb, "resume_state")],
+        "callbacks": callback_states,
         "csv_lines": _csv_lines(run_dir),
     }
     with open(path, "wb") as f:

@@ -241,12 +241,15 @@ class PseudoCounter(OnlineDensityModel):
 
     @torch.no_grad()
     def after_step(self) -> None:
+        """``theta_avg <- ema * theta_avg + (1 - ema) * theta``; buffers are copied."""
         if self.ema_flow is None:
             return
-        for p_avg, p in zip(self.ema_flow.parameters(), self.flow.parameters()):
-            p_avg.lerp_(p, 1.0 - self.ema)
-        for b_avg, b in zip(self.ema_flow.buffers(), self.flow.buffers()):
-            b_avg.copy_(b)
+        averaged, trained = list(self.ema_flow.parameters()), list(self.flow.parameters())
+        if averaged:
+            torch._foreach_lerp_(averaged, trained, 1.0 - self.ema)
+        buffers = list(self.ema_flow.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(self.flow.buffers()))
 
     # ----------------------------------------------------------------- density
     def log_density(self, obs: Any) -> Tensor:

@@ -215,7 +215,9 @@ class OnlineDensityModel(nn.Module):
         """Hook run after every optimiser step (parameter averaging)."""
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.trainable_parameters(), lr=self.settings.lr)
+        # foreach: one kernel per state tensor kind instead of a Python loop over parameters (the same
+        # update; PyTorch picks it by itself only on CUDA, and these models are many small tensors).
+        return torch.optim.Adam(self.trainable_parameters(), lr=self.settings.lr, foreach=True)
 
     def update(self, obs: Any, steps: Optional[int] = None) -> dict[str, float]:
         """Add ``obs`` to the model's experience, then take ``steps`` training steps.

@@ -128,17 +128,25 @@ def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs(device)
     env = _mc()
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5})
     model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
-    seen = []
+    seen, scored_alone = [], []
+    bonus = find_novelty(model)
 
     from stable_baselines3.common.callbacks import BaseCallback
 
-    class Spy(BaseCallback):
+    class Spy(BaseCallback):  # the infos of every step (filled in when their batch is scored)
         def _on_step(self):
-            seen.extend(dict(i) for i in self.locals["infos"])
+            seen.extend(self.locals["infos"])
             return True
 
-    model.learn(30, callback=[*callbacks, Spy()])
+    class ScoreAlone(BaseCallback):  # before the novelty callback: the model of this step's collection
+        def _on_step(self):
+            scored_alone.append(bonus.novelty(self.locals["new_obs"]).cpu().numpy())
+            return True
+
+    model.learn(30, callback=[ScoreAlone(), *callbacks, Spy()])  # 30 steps: no episode ends (no terminal states)
     assert all("intrinsic_reward" in i and "extrinsic_reward" in i for i in seen)
+    # scored in batches, every step's novelty is exactly the one of scoring it alone at collection time
+    np.testing.assert_array_equal(np.array([i["novelty"] for i in seen]), np.concatenate(scored_alone))
     assert all(i["intrinsic_reward"] <= 0 for i in seen) and any(i["intrinsic_reward"] < 0 for i in seen)
     assert all(i["extrinsic_reward"] <= 0 for i in seen)  # MountainCar's action cost
     names = set(model.logger.name_to_value) | set(model.logger.name_to_count)
@@ -317,7 +325,7 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, devi
 
     class Spy(BaseCallback):
         def _on_step(self):
-            seen.extend(i["intrinsic_reward"] for i in self.locals["infos"])
+            seen.extend(self.locals["infos"])  # filled in when their batch is scored
             return True
 
     from stable_baselines3.common.logger import KVWriter, Logger
@@ -331,6 +339,7 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, devi
     model.set_logger(Logger(None, [Record()]))
     model.learn(300, callback=[*callbacks, Spy()], log_interval=1)
     bonus = find_novelty(model)
+    seen = [i["intrinsic_reward"] for i in seen]
     assert bonus.model.n_total == 300 and len(seen) == 300
     assert all(np.isfinite(seen)) and max(seen) <= 0 and min(seen) < 0
     assert {"rollout/intrinsic_reward", "rollout/extrinsic_reward", "rollout/intrinsic_ep_return"} <= set(dumped)
@@ -530,11 +539,11 @@ def test_beta_end_decays_the_weight_linearly_over_the_run(algo):
 
     class Spy(BaseCallback):
         def _on_step(self):
-            info = self.locals["infos"][0]
-            seen.append((info["intrinsic_reward"], info["novelty"], self.model._current_progress_remaining))
+            seen.append((self.locals["infos"][0], self.model._current_progress_remaining))
             return True
 
     model.learn(128, callback=[*callbacks, Spy()])
+    seen = [(info["intrinsic_reward"], info["novelty"], p) for info, p in seen]  # filled in when scored
     progress = [p for _, _, p in seen]
     assert progress[0] > 0.9 and progress[-1] < 0.3 and all(a >= b for a, b in zip(progress, progress[1:]))
     for r_int, g, p in seen:
@@ -581,11 +590,11 @@ def test_success_window_fades_the_weight_as_episodes_succeed(algo, report):
 
     class Spy(BaseCallback):
         def _on_step(self):
-            info = self.locals["infos"][0]
-            seen.append((info["intrinsic_reward"], info["novelty"]))
+            seen.append(self.locals["infos"][0])
             return True
 
     model.learn(64, callback=[*callbacks, Spy()])
+    seen = [(info["intrinsic_reward"], info["novelty"]) for info in seen]  # filled in when scored
     assert len(seen) == 64
     history: list[bool] = []  # episodes finished before each step: 0 succeeds, 1 fails, 2 succeeds, ...
     for t, (r_int, g) in enumerate(seen):

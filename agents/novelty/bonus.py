@@ -332,6 +332,10 @@ class NoveltyBonus:
         return self.model.pseudo_count(self.select(obs)).cpu().numpy()
 
     # ------------------------------------------------------------- updates
+    def update_due(self, env_steps: int = 1) -> bool:
+        """Whether :meth:`observe` with ``env_steps`` more steps will update the model."""
+        return self._pending_steps + int(env_steps) >= self.update_every
+
     def observe(self, obs: Any, env_steps: int = 1) -> Optional[dict]:
         """Queue visited observations; every ``update_every`` env steps the model trains on them."""
         self._pending.append(self.select(obs))

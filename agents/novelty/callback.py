@@ -1,9 +1,16 @@
 """``NoveltyCallback``: feeds visited states to the novelty model, records the scored states,
 and keeps intrinsic and extrinsic rewards apart in ``info`` and in the logger.
 
-Per step it adds ``info["intrinsic_reward"]`` (``beta * b(x)`` under the model
-at collection time) and ``info["extrinsic_reward"]`` (the environment's raw
-reward, before ``VecNormalize``), and logs ``rollout/intrinsic_reward`` and
+It adds ``info["intrinsic_reward"]`` (``beta * b(x)`` under the model at
+collection time) and ``info["extrinsic_reward"]`` (the environment's raw
+reward, before ``VecNormalize``) to every step's info, and
+``info["intrinsic_return"]`` to the last step of each episode.  Steps are
+scored in one batch when the model is about to change (every ``update_every``
+steps), when an episode ends (so the episode's info is complete when the
+other callbacks of that step read it), at checkpoints and at the end: the
+model is the same for every step of a batch, so the rewards are exactly
+those of scoring each step on its own, at a fraction of the cost.  It logs
+``rollout/intrinsic_reward`` and
 ``rollout/extrinsic_reward`` (step means), ``rollout/intrinsic_ep_return`` and
 ``rollout/extrinsic_ep_return`` (episode sums), ``novelty/saturated`` (the
 share of steps whose bonus is within 5 % of its largest value: states that
@@ -17,6 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from .bonus import NoveltyBonus
@@ -42,6 +50,7 @@ class NoveltyCallback(BaseCallback):
         self._last_raw: Optional[np.ndarray] = None
         self._ep_intrinsic: Optional[np.ndarray] = None
         self._ep_extrinsic: Optional[np.ndarray] = None
+        self._pending: list[tuple[np.ndarray, list[dict], float]] = []  # (scored states, infos, beta) per step
 
     # ------------------------------------------------------------ helpers
     def _vec_normalize(self):
@@ -65,6 +74,7 @@ class NoveltyCallback(BaseCallback):
 
     def resume_state(self) -> dict:
         """The episode sums and the last scored state (for :mod:`agents.resume`)."""
+        self.score_pending()  # the same rewards as later: the model changes only after scoring
         return {"last_raw": self._last_raw, "ep_intrinsic": self._ep_intrinsic, "ep_extrinsic": self._ep_extrinsic}
 
     def load_resume_state(self, state: dict) -> None:
@@ -72,6 +82,7 @@ class NoveltyCallback(BaseCallback):
             state["last_raw"], state["ep_intrinsic"], state["ep_extrinsic"])
 
     def _on_training_end(self) -> None:
+        self.score_pending()
         self.bonus.flush()  # the model has seen every visited state when learn returns
 
     # -------------------------------------------------------------- step
@@ -90,28 +101,25 @@ class NoveltyCallback(BaseCallback):
                 raw_next[i] = self.bonus.select(term)[0]
         scored = raw_next if self.bonus.score == "next" else self._last_raw
         self.bonus.progress_remaining = float(self.model._current_progress_remaining)
-        novelty = self.bonus.novelty(scored)
-        intrinsic = self.bonus.reward(novelty).cpu().numpy()
         extrinsic = np.asarray(venv.get_original_reward() if venv is not None else self.locals["rewards"],
                                dtype=np.float64).reshape(-1)
         buf = self._rollout_buffer()
         if buf is not None:
             buf.record_scored(scored)
         for i, info in enumerate(infos):
-            info["intrinsic_reward"] = float(intrinsic[i])
-            info["novelty"] = float(novelty[i])
             info["extrinsic_reward"] = float(extrinsic[i])
-        self.logger.record_mean("rollout/intrinsic_reward", float(intrinsic.mean()))
-        self.logger.record_mean("novelty/saturated", float(self.bonus.saturated(novelty).mean()))
         self.logger.record_mean("rollout/extrinsic_reward", float(extrinsic.mean()))
-        self.logger.record("novelty/beta", self.bonus.beta)
-        self._ep_intrinsic += intrinsic
         self._ep_extrinsic += extrinsic
+        self._pending.append((scored, infos, self.bonus.beta))
+        if dones.any() or self.bonus.update_due(env_steps=1):
+            self.score_pending()
         for i in np.flatnonzero(dones):
+            infos[i]["intrinsic_return"] = float(self._ep_intrinsic[i])
             self.logger.record_mean("rollout/intrinsic_ep_return", float(self._ep_intrinsic[i]))
             self.logger.record_mean("rollout/extrinsic_ep_return", float(self._ep_extrinsic[i]))
             self.bonus.record_episode(episode_succeeded(infos[i], self._ep_extrinsic[i]))
             self._ep_intrinsic[i] = self._ep_extrinsic[i] = 0.0
+        self.logger.record("novelty/beta", self.bonus.beta)
         stats = self.bonus.observe(raw_next, env_steps=1)
         if stats:
             self.logger.record("novelty/loss", stats.get("loss", float("nan")))
@@ -121,3 +129,25 @@ class NoveltyCallback(BaseCallback):
             self.logger.record("train/intrinsic_reward", float(last.mean()))
         self._last_raw = raw_after
         return True
+
+    def score_pending(self) -> None:
+        """Score the steps collected since the last scoring, in one batch, and write their rewards.
+
+        Each step keeps the weight ``beta`` it was collected with; the model has not
+        changed since (scoring runs before every update).
+        """
+        if not self._pending:
+            return
+        states = np.concatenate([scored for scored, _, _ in self._pending])
+        novelty = self.bonus.novelty(states).cpu().numpy().reshape(len(self._pending), -1)
+        shaped = self.bonus.shaped(torch.as_tensor(novelty)).numpy()
+        saturated = self.bonus.saturated(novelty)
+        for (_, infos, beta), g, s, sat in zip(self._pending, novelty, shaped, saturated):
+            intrinsic = beta * s
+            for i, info in enumerate(infos):
+                info["intrinsic_reward"] = float(intrinsic[i])
+                info["novelty"] = float(g[i])
+            self._ep_intrinsic += intrinsic
+            self.logger.record_mean("rollout/intrinsic_reward", float(intrinsic.mean()))
+            self.logger.record_mean("novelty/saturated", float(sat.mean()))
+        self._pending.clear()
