@@ -164,6 +164,7 @@ class OnlineDensityModel(nn.Module):
         self.register_buffer("n_total", torch.zeros((), dtype=torch.float64))
         self._n_total_host = 0.0  # host copy of n_total: counts read it per batch without a device sync
         self.register_load_state_dict_post_hook(_sync_n_total_after_load)
+        self.revision = 0  # changes of the model (update and train_steps calls): caches of its outputs key on it
         self.generator = torch.Generator()  # minibatches and jitter; the global RNG is left alone
         if settings.seed is not None:
             self.generator.manual_seed(settings.seed)
@@ -227,6 +228,7 @@ class OnlineDensityModel(nn.Module):
         16 observations train as much as one of 512).
         """
         x = self.encoder.encode(self.as_batch(obs))
+        self.revision += 1
         self.encoder.observe(x)
         self.buffer.add(x)
         self.n_total += x.shape[0]
@@ -234,7 +236,7 @@ class OnlineDensityModel(nn.Module):
         if steps is None:
             per_update = self.settings.steps_per_update
             steps = per_update if per_update is not None else self._steps_owed(x.shape[0])
-        return self.train_steps(steps)
+        return self._train(steps)
 
     def _steps_owed(self, n_new: int) -> int:
         """Whole steps owed for ``n_new`` observations at ``steps_per_observation``; the fraction carries over."""
@@ -245,13 +247,18 @@ class OnlineDensityModel(nn.Module):
 
     def train_steps(self, steps: int) -> dict[str, float]:
         """``steps`` Adam steps on minibatches drawn uniformly from the buffer."""
-        if int(self.buffer.size) == 0 or steps <= 0:
+        if steps > 0:
+            self.revision += 1
+        return self._train(steps)
+
+    def _train(self, steps: int) -> dict[str, float]:
+        if steps <= 0 or int(self.buffer.size) == 0:
             return {}
         if self.optimizer is None:
             self.optimizer = self._make_optimizer()
         was_training = self.training
         self.train()
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for _ in range(steps):
             z = self.encoder.normalize(self.buffer.sample(self.settings.batch_size, self.generator))
             loss = self.loss(z)
@@ -259,9 +266,9 @@ class OnlineDensityModel(nn.Module):
             loss.backward()
             self.optimizer.step()
             self.after_step()
-            total += float(loss.detach())
+            total += loss.detach()
         self.train(was_training)
-        return {"loss": total / steps}
+        return {"loss": float(total) / steps}  # one host read per call, not per step
 
     # ------------------------------------------------------------ persistence
     def get_extra_state(self) -> dict:
@@ -271,6 +278,7 @@ class OnlineDensityModel(nn.Module):
             "optimizer": None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
             "owed_steps": self._owed_steps,
+            "revision": self.revision,
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -279,3 +287,4 @@ class OnlineDensityModel(nn.Module):
             self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self._owed_steps = float(state.get("owed_steps", 0.0))
+        self.revision = int(state.get("revision", 0))

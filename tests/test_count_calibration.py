@@ -60,14 +60,14 @@ def test_the_training_budget_follows_the_data_not_the_chunks():
     for chunks in ([1] * 40, [16, 16, 8], [40]):
         counter = FlowPseudoCounter(2, seed=0, steps_per_observation=0.5, flow_kwargs=dict(transforms=1))
         steps = 0
-        counter.train_steps = lambda k, _c=counter: taken.append(k) or {}  # count, don't train
+        counter._train = lambda k, _c=counter: taken.append(k) or {}  # count, do not train
         for n in chunks:
             counter.update(torch.randn(n, 2))
         steps = sum(taken)
         taken.clear()
         assert steps == 20, chunks
     fixed = FlowPseudoCounter(2, seed=0, steps_per_update=3, flow_kwargs=dict(transforms=1))
-    fixed.train_steps = lambda k: taken.append(k) or {}
+    fixed._train = lambda k: taken.append(k) or {}
     fixed.update(torch.randn(100, 2))
     assert taken == [3]
 

@@ -139,9 +139,11 @@ def test_replay_scoring_reads_nothing_back_in_the_agent_layer(monkeypatch):
     synchronisation; the ones left are inside the density model (``flowrl/novelty.py``).
     """
     env = _mc()
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, SMALL_FLOW)
+    # staleness 0: every minibatch drawn after an update is scored by the model (no cached rows)
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "staleness": 0})
     model = SAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     model.learn(40, callback=callbacks)
+    find_novelty(model).model.update(np.zeros((1, 2), np.float32), steps=1)  # the cached scores are now stale
     model.replay_buffer.sample(8)  # the first minibatch after an update may check the model once
     callers = []
     for name in ("item", "__bool__", "__float__", "__int__", "tolist"):

@@ -30,7 +30,7 @@ from flowrl.rnd import RNDNovelty
 from flowrl.rnd_image import ImageRND
 
 from ..schedule import LinearSchedule
-from .options import NoveltyOptions, model_kwargs, parse_options
+from .options import AGENT_FLOW_TRAINING, NoveltyOptions, model_kwargs, parse_options
 
 __all__ = ["NoveltyBonus", "observation_dim", "observation_shape", "image_max_value"]
 
@@ -184,7 +184,7 @@ class NoveltyBonus:
                 channels_last=False, **kwargs,
             )
         elif o.kind == "flow":
-            model = FlowPseudoCounter(self.obs_dim, project=o.project, **model_kwargs(o))
+            model = FlowPseudoCounter(self.obs_dim, project=o.project, **model_kwargs(o, defaults=AGENT_FLOW_TRAINING))
         else:
             model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim,
                                **model_kwargs(o, flow_options=False))
@@ -246,6 +246,11 @@ class NoveltyBonus:
         if len(self.recent_successes) == self.recent_successes.maxlen:
             share = sum(self.recent_successes) / len(self.recent_successes)
             self.best_success_rate = max(self.best_success_rate, share)
+
+    @property
+    def version(self) -> int:
+        """Changes of the model so far (:attr:`flowrl.online.OnlineDensityModel.revision`): replay caches key on it."""
+        return self.model.revision
 
     @property
     def score(self) -> str:

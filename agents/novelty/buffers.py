@@ -1,8 +1,14 @@
 """SB3 buffers that add the intrinsic reward with the *current* novelty model.
 
 * Off-policy (:class:`NoveltyReplayBuffer`, :class:`NoveltyDictReplayBuffer`):
-  every sampled minibatch is scored when it is drawn, so the bonus follows
-  the counts as they change instead of going stale in the buffer.  The
+  a sampled minibatch carries the bonus of the *current* model, up to a
+  bounded lag: each stored state's novelty is cached with the model version
+  (:attr:`NoveltyBonus.version`, one per model update) that scored it, and a
+  drawn state is rescored when its score is more than ``staleness`` versions
+  old (``0``: whenever the model changed since).  Every update of the model
+  also rescores the next ``1 / staleness`` of the buffer in one batch, so a
+  draw rarely finds a stale score and the scoring cost per minibatch is that
+  of a gather: the counts follow the model instead of freezing at insertion.  The
   buffer holds raw observations (SB3 stores them un-normalised under
   ``VecNormalize``), the bonus is computed on those and added *after*
   ``VecNormalize``'s reward scaling: it is never scaled away.
@@ -74,6 +80,11 @@ class _ReplayScoring:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]  # the SB3 buffer next in the MRO
         self.novelty = _check_bonus(novelty)
         self.novelty.follow(self.device)
+        # g(x) of each stored (row, env)'s scored state, and the model version that scored it (-1: none yet)
+        self.novelty_cache = torch.zeros((self.buffer_size, self.n_envs), device=self.device)
+        self.novelty_version = np.full((self.buffer_size, self.n_envs), -1, dtype=np.int64)
+        self._refreshed_version = 0  # model version up to which the rotating refresh has run
+        self._refresh_cursor = 0
         self.last_intrinsic: Optional[torch.Tensor] = None
         self._model_updated = False
         self.episode_returns: Optional[np.ndarray] = None  # return_bound: see _track_returns
@@ -86,6 +97,9 @@ class _ReplayScoring:
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
         row = self.pos
+        # the row's scored state changes (and, sharing observations, its neighbours')
+        near = (row + np.arange(-1, 2)) % self.buffer_size if getattr(self, "optimize_memory_usage", False) else row
+        self.novelty_version[near] = -1
         super().add(obs, next_obs, action, reward, done, infos)  # type: ignore[misc]
         if self.episode_returns is not None:
             self._track_returns(row, np.asarray(done, dtype=bool).reshape(self.n_envs), infos)
@@ -138,6 +152,46 @@ class _ReplayScoring:
             return pick(self.observations, (batch_inds + 1) % self.buffer_size)
         return pick(self.next_observations, batch_inds)
 
+    def _novelty_of(self, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+        """``g(x)`` of the scored states of ``(rows, cols)`` (on the buffer's device), at most ``staleness`` old.
+
+        One batch scores the drawn pairs whose cached score is too old (or missing)
+        together with the rotating refresh's next slice of the buffer.
+        """
+        version, staleness = self.novelty.version, self.novelty.options.staleness
+        if self.novelty_cache.device != torch.device(self.device):  # a buffer loaded onto another device
+            self.novelty_cache = self.novelty_cache.to(self.device)
+        stamps = self.novelty_version[rows, cols]
+        stale = (stamps < 0) | (version - stamps > staleness)
+        flat = [(rows[stale] * self.n_envs + cols[stale])]
+        if staleness > 0 and version > self._refreshed_version:
+            flat.append(self._refresh_slice(version, staleness))
+        todo = np.unique(np.concatenate(flat))
+        if todo.size:
+            r, c = np.divmod(todo, self.n_envs)
+            g = self.novelty.novelty(self._raw_states(r, c))
+            index = (torch.as_tensor(r, device=self.device), torch.as_tensor(c, device=self.device))
+            self.novelty_cache[index] = g.to(self.novelty_cache.device, self.novelty_cache.dtype)
+            self.novelty_version[r, c] = version
+        return self.novelty_cache[torch.as_tensor(rows, device=self.device), torch.as_tensor(cols, device=self.device)]
+
+    def _refresh_slice(self, version: int, staleness: int) -> np.ndarray:
+        """Flat ``row * n_envs + env`` indices of the next ``ceil(size / staleness)`` rows per new model version.
+
+        The cursor walks the stored rows, so every stored score is renewed within
+        ``staleness`` versions; pairs scored in this version already are skipped.
+        """
+        size = self.size()
+        steps = min(version - self._refreshed_version, staleness)
+        self._refreshed_version = version
+        count = min(size, steps * -(-size // staleness))
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
+        rows = (self._refresh_cursor + np.arange(count)) % size
+        self._refresh_cursor = int((self._refresh_cursor + count) % size)
+        flat = (rows[:, None] * self.n_envs + np.arange(self.n_envs)[None]).ravel()
+        return flat[self.novelty_version.ravel()[flat] != version]
+
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
         """SB3's minibatch of rows ``batch_inds`` plus the bonus of exactly those rows.
 
@@ -149,7 +203,7 @@ class _ReplayScoring:
         self._require_updates()
         env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         samples = self._gather(batch_inds, env_inds, env)
-        shaped = self.novelty.shaped(self.novelty.novelty(self._raw_states(batch_inds, env_inds)))
+        shaped = self.novelty.shaped(self._novelty_of(batch_inds, env_inds))
         shaped = shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
         return self._with_bonus(samples, shaped, bounds=self._return_bounds(batch_inds, env_inds, env))
 
@@ -248,7 +302,7 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
         rewards = self.to_torch(self._normalize_reward(self.rewards[rows, cols], env))
         mask = torch.as_tensor(inside, device=rewards.device)
         shaped = torch.zeros_like(rewards)
-        novelty = self.novelty.novelty(self._raw_states(rows[inside], cols[inside]))
+        novelty = self._novelty_of(rows[inside], cols[inside])
         shaped[mask] = self.novelty.shaped(novelty).to(rewards.device, rewards.dtype)  # row-major, as rows[inside]
         powers = self.gamma ** torch.arange(self.n_steps, device=rewards.device, dtype=rewards.dtype)
         samples = ReplayBufferSamples(
