@@ -188,14 +188,15 @@ def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearSchedule:
 
 
 def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:
-    """A maze-shaped tracker when the env is a maze, else a 20x20 grid over a finite 2-D observation box."""
+    """A maze-shaped tracker when the env is a maze, else a 20x20 grid over the first two features of a finite
+    vector observation box (none for other spaces)."""
     base = env.envs[0].unwrapped if hasattr(env, "envs") else None
     if base is not None and hasattr(base, "layout") and hasattr(base, "extent"):
         return maze_tracker(base)
     if isinstance(base, DeepSea):
         return CoverageTracker((0, base.size, 0, base.size), base.size)
     space = env.observation_space
-    if isinstance(space, gym.spaces.Box) and space.shape[0] >= 2 and np.all(np.isfinite(space.low[:2])) \
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.shape[0] >= 2 and np.all(np.isfinite(space.low[:2])) \
             and np.all(np.isfinite(space.high[:2])):
         return CoverageTracker((space.low[0], space.high[0], space.low[1], space.high[1]), 20)
     return None
