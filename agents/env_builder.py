@@ -69,13 +69,20 @@ def _import(module: str, key: str) -> ModuleType:
         raise ConfigError(f"{key}: importing {module!r} failed: {type(err).__name__}: {err}") from None
 
 
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _unknown_id_hint(name: str, module: str, packages: Sequence[str]) -> str:
     imported = [m for m in (module, *packages) if m]
     if imported:
         return f" (imported {', '.join(repr(m) for m in imported)}, which registered no such id)"
     for prefix, package in _KNOWN_IDS.items():
         if name.startswith(prefix):
-            installed = importlib.util.find_spec(package) is not None
+            installed = _installed(package)
             how = "" if installed else f"; pip install {pip_name(package)}"
             return (f" (it is registered by {package!r}: list it in env.packages or write env.id as "
                     f"{package}:{name}{how})")
@@ -120,8 +127,8 @@ def apply_wrappers(env: gym.Env, wrappers: Wrappers) -> gym.Env:
     for i, (path, cls, kwargs) in enumerate(wrappers):
         try:
             env = cls(env, **kwargs)
-        except TypeError as err:
-            raise ConfigError(f"env.wrappers[{i}]: {path}: {err}") from None
+        except (TypeError, ValueError, AssertionError, gym.error.Error) as err:  # bad kwargs, a space it refuses
+            raise ConfigError(f"env.wrappers[{i}]: {path}: {str(err) or type(err).__name__}") from None
     return env
 
 
