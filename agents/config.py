@@ -3,7 +3,7 @@
 A config names the environment, the algorithm, the policy (``gaussian`` or a
 ``flow`` action distribution), an optional ``novelty`` bonus and the run's
 bookkeeping.  Unknown keys and bad values raise :class:`ConfigError` naming
-the key (``algo.name: Input should be 'sac', 'ppo' or 'a2c'``).  Any key can
+the key (``algo.name: Input should be 'sac', 'ppo', 'a2c' or 'dqn'``).  Any key can
 be overridden from the command line with ``key=value``, nested keys with
 dots (``env.kwargs.max_episode_steps=100``); values are parsed as YAML.
 """
@@ -88,7 +88,7 @@ class EnvConfig(_Strict):
 class AlgoConfig(_Strict):
     """The SB3 algorithm and its constructor arguments."""
 
-    name: Literal["sac", "ppo", "a2c"] = "sac"
+    name: Literal["sac", "ppo", "a2c", "dqn"] = "sac"
     kwargs: dict[str, Any] = Field(default_factory=dict, description="SB3 constructor arguments")
     learning_rate_end: Optional[float] = Field(
         None, gt=0, allow_inf_nan=False,

@@ -1,7 +1,7 @@
 """Agents from configs, and the training run behind ``flowrl train``.
 
 :func:`build_model` turns a :class:`agents.config.TrainConfig` into an SB3
-algorithm: ``policy: gaussian`` uses SB3's ``MlpPolicy`` (``MultiInputPolicy``
+algorithm (SAC, PPO, A2C or DQN): ``policy: gaussian`` uses SB3's ``MlpPolicy`` (``MultiInputPolicy``
 for Dict observations); ``policy: flow``
 uses :class:`agents.policies.FlowSACPolicy` (SAC) or
 :class:`agents.policies.FlowActorCriticPolicy` (PPO/A2C) with
@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -83,7 +83,7 @@ __all__ = [
 #: The VecNormalize statistics, saved beside each model file (final model and checkpoints).
 OBS_STATS_FILE = "vecnormalize.pkl"
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C, "dqn": DQN}
 
 
 def resolve_device(device: str) -> str:

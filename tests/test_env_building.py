@@ -213,10 +213,11 @@ def test_a_dict_space_without_obs_key_fails_through_the_config_naming_the_keys()
 
 
 # ------------------------------------------------------------ discrete actions
-@pytest.mark.parametrize("algo", ["ppo", "a2c"])
-def test_discrete_actions_train_with_the_flow_bonus_through_the_command(algo, tmp_path, capsys):
+@pytest.mark.parametrize("algo, kwargs", [("ppo", "{n_steps: 32, batch_size: 32}"), ("a2c", "{n_steps: 32}"),
+                                          ("dqn", "{learning_starts: 32, batch_size: 16, buffer_size: 500}")])
+def test_discrete_actions_train_with_the_flow_bonus_through_the_command(algo, kwargs, tmp_path, capsys):
     code = main(["train", os.path.join(ROOT, "configs", "deepsea_ppo.yaml"), "env.id=CartPole-v1", "env.kwargs={}",
-                 f"algo.name={algo}", "algo.kwargs={n_steps: 32%s}" % (", batch_size: 32" if algo == "ppo" else ""), "total_timesteps=64", f"run.out_dir={tmp_path}",
+                 f"algo.name={algo}", f"algo.kwargs={kwargs}", "total_timesteps=64", f"run.out_dir={tmp_path}",
                  "run.progress_bar=false", "run.plots=false", "eval.episodes=1", "device=cpu",
                  "novelty={kind: flow, update_every: 8}"])
     assert code == 0
@@ -228,9 +229,13 @@ def test_discrete_actions_train_with_the_flow_bonus_through_the_command(algo, tm
 @pytest.mark.parametrize("algo, policy, expected", [
     ("ppo", "flow", "policy: flow needs a Box action space; Discrete(2) has discrete actions, use policy: gaussian"),
     ("sac", "gaussian", "algo.name: sac needs a Box action space; Discrete(2) has discrete actions, use ppo or a2c"),
+    ("dqn", "gaussian", "algo.name: dqn needs a Discrete action space, got Box(-1.0, 1.0, (2,), float32); use sac, "
+                        "ppo or a2c"),
 ])
-def test_a_box_only_agent_on_discrete_actions_is_a_clear_error(algo, policy, expected):
-    cfg = cfg_of(env=dict(id="CartPole-v1"), algo=dict(name=algo), policy=policy)
+def test_an_agent_on_an_action_space_it_cannot_act_in_is_a_clear_error(algo, policy, expected):
+    env_id = "flowrl_test/GoalToy-v0" if algo == "dqn" else "CartPole-v1"
+    cfg = cfg_of(env=dict(id=env_id, wrappers=["gymnasium.wrappers.FlattenObservation"]), algo=dict(name=algo),
+                 policy=policy)
     with pytest.raises(ConfigError) as err:
         build_model(cfg, make_env(cfg))
     assert str(err.value) == expected
