@@ -35,7 +35,7 @@ from .config import ConfigError, EnvConfig, wrapper_spec
 __all__ = ["resolve_env_id", "load_wrappers", "apply_wrappers", "make_single_env", "env_factory", "pip_name"]
 
 #: pip names of the modules whose distribution is spelled otherwise (the rest: ``_`` becomes ``-``).
-_PIP_NAMES = {"ale_py": "ale-py", "gymnasium_robotics": "gymnasium-robotics", "shimmy": "shimmy"}
+_PIP_NAMES = {"ale_py": "ale-py", "gymnasium_robotics": "gymnasium-robotics"}
 
 #: Prefixes of well-known ids and the module that registers them (for the hint of an unknown id).
 _KNOWN_IDS = {
