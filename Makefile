@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Benchmarks compare against zuko, nflows and normflows: installed only here.
+# Benchmarks compare against zuko, nflows and normflows and run Gymnasium-Robotics and MiniGrid: installed only here.
 bench: $(STAMP)
 	$(PYTHON) -m pip install --quiet -e ".[bench]"
 	@echo "benchmarks: python scripts/bench_<topic>.py --help"

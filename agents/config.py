@@ -3,7 +3,7 @@
 A config names the environment, the algorithm, the policy (``gaussian`` or a
 ``flow`` action distribution), an optional ``novelty`` bonus and the run's
 bookkeeping.  Unknown keys and bad values raise :class:`ConfigError` naming
-the key (``algo.name: Input should be 'sac', 'ppo' or 'a2c'``).  Any key can
+the key (``algo.name: Input should be 'sac', 'ppo', 'a2c' or 'dqn'``).  Any key can
 be overridden from the command line with ``key=value``, nested keys with
 dots (``env.kwargs.max_episode_steps=100``); values are parsed as YAML.
 """
@@ -13,16 +13,16 @@ from __future__ import annotations
 import copy
 import os
 import re
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .novelty.options import NoveltyOptions, format_errors
 
 __all__ = [
     "ConfigError", "EnvConfig", "AlgoConfig", "RunConfig", "EvalConfig", "TrainConfig",
-    "load_config", "parse_overrides", "apply_overrides", "config_from_dict", "save_config",
+    "load_config", "parse_overrides", "apply_overrides", "config_from_dict", "save_config", "wrapper_spec",
 ]
 
 
@@ -34,10 +34,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class EnvConfig(_Strict):
-    """Which environment to train on."""
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
-    id: str = Field(description="gymnasium id, e.g. flowrl/PointMaze-UMaze-v0")
+
+def wrapper_spec(item: Any) -> tuple[str, dict[str, Any]]:
+    """``(import path, kwargs)`` of one ``env.wrappers`` entry: ``"a.B"``, ``{"a.B": None}`` or ``{"a.B": {k: v}}``.
+
+    ``ValueError`` for anything else.
+    """
+    if isinstance(item, str):
+        path, kwargs = item, None
+    elif isinstance(item, dict) and len(item) == 1:
+        path, kwargs = next(iter(item.items()))
+    else:
+        raise ValueError(f"a wrapper is an import path or a one-key mapping {{path: kwargs}}, got {item!r}")
+    if not isinstance(path, str) or not _DOTTED.fullmatch(path):
+        raise ValueError(f"a wrapper path is module.Class (e.g. gymnasium.wrappers.FlattenObservation), got {path!r}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"the keyword arguments of {path} must be a mapping, got {kwargs!r}")
+    return path, dict(kwargs or {})
+
+
+def _wrapper_item(item: Any) -> Any:
+    wrapper_spec(item)
+    return item
+
+
+def _module_name(name: str) -> str:
+    if not _MODULE.fullmatch(name):
+        raise ValueError(f"a package is an importable module name (e.g. gymnasium_robotics), got {name!r}")
+    return name
+
+
+class EnvConfig(_Strict):
+    """Which environment to train on (built by :mod:`agents.env_builder`)."""
+
+    id: str = Field(description="gymnasium id, e.g. flowrl/PointMaze-UMaze-v0, or module:EnvId "
+                                "(gymnasium_robotics:PointMaze_UMaze-v3) to import the module first")
+    packages: list[Annotated[str, AfterValidator(_module_name)]] = Field(
+        default_factory=list, description="modules imported before gym.make, which register their envs "
+                                          "(e.g. [gymnasium_robotics, minigrid])")
+    wrappers: list[Annotated[Any, AfterValidator(_wrapper_item)]] = Field(
+        default_factory=list, description="wrapper classes applied in order to each env before vectorisation: "
+                                          "import paths, or one-key mappings {path: kwargs}")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of gym.make")
     n_envs: int = Field(1, ge=1, description="number of environments in the vectorised env")
     normalize_obs: bool = Field(
@@ -48,7 +88,7 @@ class EnvConfig(_Strict):
 class AlgoConfig(_Strict):
     """The SB3 algorithm and its constructor arguments."""
 
-    name: Literal["sac", "ppo", "a2c"] = "sac"
+    name: Literal["sac", "ppo", "a2c", "dqn"] = "sac"
     kwargs: dict[str, Any] = Field(default_factory=dict, description="SB3 constructor arguments")
     learning_rate_end: Optional[float] = Field(
         None, gt=0, allow_inf_nan=False,

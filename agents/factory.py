@@ -1,7 +1,8 @@
 """Agents from configs, and the training run behind ``flowrl train``.
 
 :func:`build_model` turns a :class:`agents.config.TrainConfig` into an SB3
-algorithm: ``policy: gaussian`` uses SB3's ``MlpPolicy``; ``policy: flow``
+algorithm (SAC, PPO, A2C or DQN): ``policy: gaussian`` uses SB3's ``MlpPolicy`` (``MultiInputPolicy``
+for Dict observations); ``policy: flow``
 uses :class:`agents.policies.FlowSACPolicy` (SAC) or
 :class:`agents.policies.FlowActorCriticPolicy` (PPO/A2C) with
 ``policy_kwargs = {flow, flow_kwargs, **policy_kwargs}``; a ``novelty``
@@ -36,7 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -64,8 +65,10 @@ from .callbacks import (
     save_checkpoint,
     write_json_atomic,
 )
+from .action_spaces import check_action_space
 from .config import ConfigError, TrainConfig, config_from_dict, read_yaml, save_config
-from .novelty import IntrinsicCriticSAC, attach_novelty, find_novelty, novelty_density
+from .env_builder import env_factory, make_single_env
+from .novelty import IntrinsicCriticSAC, attach_novelty, find_novelty, novelty_density, observation_dim
 from .policies import FlowActorCriticPolicy, FlowSACPolicy
 from .schedule import LinearSchedule
 from .resume import STATE_FILE, RestoreCallback, read_training_state, restore_training_state, save_training_state, \
@@ -80,7 +83,7 @@ __all__ = [
 #: The VecNormalize statistics, saved beside each model file (final model and checkpoints).
 OBS_STATS_FILE = "vecnormalize.pkl"
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "a2c": A2C, "dqn": DQN}
 
 
 def resolve_device(device: str) -> str:
@@ -95,6 +98,9 @@ def resolve_device(device: str) -> str:
 def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
     """The vectorised, Monitor-wrapped training env of ``cfg`` (seeded with ``seed``).
 
+    Each env is ``gym.make(env.id, **env.kwargs)`` with ``env.wrappers`` after
+    importing ``env.packages`` (:func:`agents.env_builder.env_factory`).
+
     With ``env.normalize_obs`` it is wrapped in ``VecNormalize`` (observations
     only, fresh statistics; :func:`train` restores every layer when it resumes).
 
@@ -104,11 +110,7 @@ def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
         >>> env.num_envs, env.observation_space.shape
         (2, (2,))
     """
-    try:
-        gym.spec(cfg.env.id)
-    except gym.error.Error as err:
-        raise ConfigError(f"env.id: {err}") from None
-    env = make_vec_env(cfg.env.id, n_envs=cfg.env.n_envs, seed=cfg.seed if seed is None else seed,
+    env = make_vec_env(env_factory(cfg.env), n_envs=cfg.env.n_envs, seed=cfg.seed if seed is None else seed,
                        env_kwargs=dict(cfg.env.kwargs))
     return VecNormalize(env, norm_obs=True, norm_reward=False) if cfg.env.normalize_obs else env
 
@@ -123,10 +125,16 @@ def algorithm_class(cfg: TrainConfig) -> type[BaseAlgorithm]:
     return IntrinsicCriticSAC
 
 
-def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm]) -> tuple[Any, dict]:
+def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm], env: VecEnv) -> tuple[Any, dict]:
+    """The policy class (or SB3 alias) and its ``policy_kwargs``; ``ConfigError`` for an action space it cannot act in.
+
+    Dict observations: SB3's ``MultiInputPolicy`` for ``gaussian``; the flow
+    policies pick SB3's ``CombinedExtractor`` themselves.
+    """
     kwargs = dict(cfg.policy_kwargs)
+    check_action_space(cfg, algo_class, env.action_space)
     if cfg.policy == "gaussian":
-        return "MlpPolicy", kwargs
+        return ("MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"), kwargs
     kwargs.update(flow=cfg.flow, flow_kwargs=dict(cfg.flow_kwargs))
     return (FlowSACPolicy if issubclass(algo_class, SAC) else FlowActorCriticPolicy), kwargs
 
@@ -145,7 +153,7 @@ def build_model(
 ) -> tuple[BaseAlgorithm, list[BaseCallback]]:
     """The SB3 algorithm of ``cfg`` on ``env`` and the extra callbacks its novelty bonus needs."""
     algo_class = algorithm_class(cfg)
-    policy, policy_kwargs = _policy(cfg, algo_class)
+    policy, policy_kwargs = _policy(cfg, algo_class, env)
     kwargs = dict(cfg.algo.kwargs)
     for reserved in ("policy", "env", "seed", "device", "policy_kwargs", "tensorboard_log"):
         if reserved in kwargs:
@@ -180,14 +188,15 @@ def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearSchedule:
 
 
 def coverage_tracker(env: VecEnv) -> Optional[CoverageTracker]:
-    """A maze-shaped tracker when the env is a maze, else a 20x20 grid over a finite 2-D observation box."""
+    """A maze-shaped tracker when the env is a maze, else a 20x20 grid over the first two features of a finite
+    vector observation box (none for other spaces)."""
     base = env.envs[0].unwrapped if hasattr(env, "envs") else None
     if base is not None and hasattr(base, "layout") and hasattr(base, "extent"):
         return maze_tracker(base)
     if isinstance(base, DeepSea):
         return CoverageTracker((0, base.size, 0, base.size), base.size)
     space = env.observation_space
-    if isinstance(space, gym.spaces.Box) and space.shape[0] >= 2 and np.all(np.isfinite(space.low[:2])) \
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.shape[0] >= 2 and np.all(np.isfinite(space.low[:2])) \
             and np.all(np.isfinite(space.high[:2])):
         return CoverageTracker((space.low[0], space.high[0], space.low[1], space.high[1]), 20)
     return None
@@ -202,7 +211,8 @@ def novelty_density_fn(model: BaseAlgorithm) -> Optional[Callable[[np.ndarray], 
     """``f(obs (N, d)) -> log-density (N,)`` of the model's novelty density (``None`` without one)."""
     try:
         bonus = find_novelty(model)
-        novelty_density(bonus, np.zeros((1, int(np.prod(model.observation_space.shape))), dtype=np.float32))
+        novelty_density(bonus, np.zeros((1, observation_dim(model.observation_space, bonus.options.obs_key)),
+                                        dtype=np.float32))
     except ValueError:  # no bonus, or one without a density (RND)
         return None
     return lambda obs: np.asarray(novelty_density(bonus, np.asarray(obs, dtype=np.float32)), dtype=np.float64)
@@ -527,7 +537,7 @@ def evaluate_model(model: BaseAlgorithm, cfg: TrainConfig, episodes: int, determ
     if cfg.env.normalize_obs and normalize is None:
         raise ConfigError(f"env.normalize_obs: the model was trained on normalised observations but their "
                           f"statistics are missing ({OBS_STATS_FILE} beside the model; load_obs_normalizer(run_dir))")
-    env = gym.make(cfg.env.id, **cfg.env.kwargs)
+    env = make_single_env(cfg.env)
     returns, lengths, successes = [], [], []
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)

@@ -149,7 +149,7 @@ def _probe_states(env, k: int = 4) -> np.ndarray:
 
 
 def plot_policy_samples(run_dir: str, model, env, n: int = 300, normalize: Optional[Callable] = None) -> Optional[str]:
-    """``policy_samples.png``: ``n`` stochastic actions at a few states, for 2-D Box action spaces.
+    """``policy_samples.png``: ``n`` stochastic actions at a few states, for 2-D Box action spaces (and Box states).
 
     ``normalize`` maps raw observations to the model's inputs (``env.normalize_obs`` runs).
     """
@@ -160,6 +160,8 @@ def plot_policy_samples(run_dir: str, model, env, n: int = 300, normalize: Optio
         positions = _probe_states(env)
         states = env.position_to_obs(positions)
         labels = [f"({x:.1f}, {y:.1f})" for x, y in positions]
+    elif not hasattr(model.observation_space, "low"):  # a Dict observation space: no box to draw states from
+        return None
     else:
         low, high = model.observation_space.low, model.observation_space.high
         rng = np.random.default_rng(0)

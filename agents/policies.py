@@ -1,5 +1,8 @@
 """Flow policies for Stable-Baselines3: SAC (:class:`FlowSACPolicy`) and PPO/A2C (:class:`FlowActorCriticPolicy`).
 
+Dict observations go through SB3's ``CombinedExtractor`` (as with SB3's
+``MultiInputPolicy``) unless ``features_extractor_class`` is given.
+
 Both take the same flow settings, all in ``policy_kwargs`` so that
 ``model.save()`` / ``SAC.load()`` / ``PPO.load()`` rebuild the same policy:
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import CombinedExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.sac.policies import Actor, SACPolicy
 from torch import Tensor
@@ -54,6 +58,16 @@ def _resolve_direction(flow: str, direction: str, scores_stored_actions: bool) -
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; use 'auto' or one of {DIRECTIONS}")
     return direction
+
+
+def _dict_extractor(observation_space: spaces.Space, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with SB3's ``CombinedExtractor`` for a Dict observation space unless an extractor is given.
+
+    What SB3's ``MultiInputPolicy`` does: one flattening (or CNN) extractor per key, concatenated.
+    """
+    if isinstance(observation_space, spaces.Dict) and kwargs.get("features_extractor_class") is None:
+        kwargs = {**kwargs, "features_extractor_class": CombinedExtractor}
+    return kwargs
 
 
 def _check_flow_settings(owner: str, action_space: spaces.Space, flow: str, use_sde: bool) -> None:
@@ -167,6 +181,7 @@ class FlowSACPolicy(SACPolicy):
         self.intrinsic_weight: Optional[float] = None
         # Read by make_actor(), which SACPolicy.__init__ calls through _build().
         self._flow_settings = dict(flow=flow, flow_kwargs=dict(flow_kwargs or {}), base=base, direction=direction)
+        kwargs = _dict_extractor(observation_space, kwargs)
         super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
 
     def make_actor(self, features_extractor=None) -> FlowActor:  # type: ignore[override]
@@ -287,6 +302,7 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
             flow=flow, flow_kwargs=flow_kwargs, base=base, direction=direction,
             entropy_samples=int(entropy_samples), store_pre_squash=bool(store_pre_squash),
         )
+        kwargs = _dict_extractor(observation_space, kwargs)
         super().__init__(observation_space, action_space, lr_schedule, *args, use_sde=False, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:

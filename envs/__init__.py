@@ -10,6 +10,8 @@ Importing ``envs`` registers:
 * ``flowrl/DeepSea-v0``: the discrete deep-sea chain (:mod:`envs.deep_sea`).
 * ``flowrl/SparsePendulum-v0``, ``flowrl/SparseMountainCar-v0``: standard
   tasks with a thresholded reward (:mod:`envs.sparse`).
+
+:mod:`envs.wrappers` holds wrappers for outside environments (``env.wrappers`` in a config).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -20,11 +22,12 @@ from .deep_sea import DeepSea
 from .layout import MazeLayout, available_layouts, load_layout
 from .maze import PointMaze, render_maze
 from .sparse import SparseReward, make_sparse
+from .wrappers import ObservationBounds, SuccessInfo
 
 __all__ = [
     "PointMaze", "render_maze", "MazeLayout", "load_layout", "available_layouts",
     "TwoModeBandit", "DeepSea", "SparseReward", "make_sparse",
-    "CoverageTracker", "CoverageWrapper", "maze_tracker", "ENV_IDS",
+    "CoverageTracker", "CoverageWrapper", "maze_tracker", "ENV_IDS", "SuccessInfo", "ObservationBounds",
 ]
 
 _MAZES = {"Open": "open", "UMaze": "umaze", "Rooms": "rooms"}

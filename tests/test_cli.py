@@ -65,6 +65,8 @@ def test_help_of_each_subcommand(command, text, capsys):
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_shipped_config_trains(path, tmp_path):
     torch.manual_seed(0)
+    for package in load_config(path).env.packages:  # optional environment packages (gymnasium_robotics, minigrid)
+        pytest.importorskip(package)
     cfg = load_config(path, tiny(path, tmp_path))
     result = train(cfg, config_name="t")
     files = set(os.listdir(result.run_dir))

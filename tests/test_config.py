@@ -36,7 +36,7 @@ def test_defaults_and_types():
     "data, key",
     [
         ({**MINIMAL, "algo": {"nme": "sac"}}, "algo.nme: unknown key"),
-        ({**MINIMAL, "algo": {"name": "dqn"}}, "algo.name"),
+        ({**MINIMAL, "algo": {"name": "td3"}}, "algo.name"),
         ({**MINIMAL, "total_timesteps": -5}, "total_timesteps"),
         ({**MINIMAL, "policy": "beta"}, "policy"),
         ({**MINIMAL, "device": "tpu"}, "device"),

@@ -36,12 +36,30 @@ def make_novelty_bonus(
 
     A 3-D ``Box`` (HWC or CHW frames, e.g. uint8 images) gets the image
     pseudo-counter (``kind="flow"`` only); its pixel range is ``[0, high]``.
+    A goal-conditioned Dict space (keys ``observation``, ``achieved_goal``,
+    ``desired_goal``) is counted on ``achieved_goal`` unless ``obs_key`` says
+    otherwise; any other Dict space needs ``obs_key``.
     """
-    opts = parse_options(novelty)
+    opts = _with_obs_key(parse_options(novelty), observation_space)
     shape = observation_shape(observation_space, opts.obs_key)
     if len(shape) == 3:
         return NoveltyBonus(opts, shape, max_value=image_max_value(observation_space, opts.obs_key))
     return NoveltyBonus(opts, shape)
+
+
+#: The keys of a goal-conditioned observation (gymnasium-robotics' GoalEnv): the bonus counts achieved goals.
+GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
+
+
+def _with_obs_key(opts: NoveltyOptions, space: spaces.Space) -> NoveltyOptions:
+    """``opts`` with ``obs_key="achieved_goal"`` for a goal-conditioned Dict space; ``ValueError`` for another Dict."""
+    if not isinstance(space, spaces.Dict) or opts.obs_key is not None:
+        return opts
+    keys = list(space.spaces)
+    if set(GOAL_KEYS) <= set(keys):
+        return opts.model_copy(update={"obs_key": "achieved_goal"})
+    raise ValueError(f"obs_key: the observation space is a Dict with keys {keys}; set obs_key to the key "
+                     "whose values the bonus should count")
 
 
 def attach_novelty(
