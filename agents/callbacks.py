@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 EPISODE_FIELDS = ["timesteps", "episode", "return", "intrinsic_return", "length", "success", "wall_time"]
+EVALUATIONS_CSV = "evaluations.csv"
+EVALUATION_FIELDS = ["timesteps", "success_rate", "return_mean"]
 _STEP = re.compile(r"step_\d+")  # checkpoint folders
 METRIC_FIELDS = ["timesteps", "episodes", "return_mean", "success_rate", "successes", "coverage", "steps_per_s"]
 
@@ -287,19 +289,25 @@ class PeriodicCheckpoint(BaseCallback):
 class PeriodicEvaluation(BaseCallback):
     """Evaluate the live policy every ``every`` env steps; log ``eval/success_rate``, ``eval/return_mean``.
 
+    With a ``run_dir`` each evaluation is also a row of its ``evaluations.csv``.
+
     ``evaluate()`` runs the episodes and returns :func:`agents.factory.evaluate_model`'s dict.
     A policy can reach the goal in every training episode and lose it a thousand steps later
     (measured on the four-rooms maze); one evaluation at the end does not show that, a curve does.
     """
 
-    def __init__(self, evaluate: Callable[[], dict], every: int):
+    def __init__(self, evaluate: Callable[[], dict], every: int, run_dir: Optional[str] = None):
         super().__init__()
         self.evaluate = evaluate
         self.every = int(every)
         self._next = self.every
+        self.run_dir = run_dir
+        self._csv: Optional[_CsvAppender] = None
 
     def _on_training_start(self) -> None:
         self._next = (self.num_timesteps // self.every + 1) * self.every
+        if self.run_dir is not None:
+            self._csv = _CsvAppender(os.path.join(self.run_dir, EVALUATIONS_CSV), EVALUATION_FIELDS)
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
@@ -307,7 +315,13 @@ class PeriodicEvaluation(BaseCallback):
             stats = self.evaluate()
             self.logger.record("eval/success_rate", stats["success_rate"])
             self.logger.record("eval/return_mean", stats["return_mean"])
+            if self._csv is not None:
+                self._csv.write(dict(timesteps=self.num_timesteps, **stats))
         return True
+
+    def _on_training_end(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
 
 
 class ProgressBar(BaseCallback):

@@ -418,7 +418,7 @@ def _evaluations(run: _Run) -> list[BaseCallback]:
         return []
     normalize = run.normalizer.normalize_obs if run.normalizer is not None else None
     return [PeriodicEvaluation(lambda: evaluate_model(run.model, cfg, cfg.eval.episodes, cfg.eval.deterministic,
-                                                      normalize=normalize), cfg.eval.every)]
+                                                      normalize=normalize), cfg.eval.every, run.run_dir)]
 
 
 def _finish(run: _Run) -> TrainResult:

@@ -12,6 +12,9 @@ Per configuration (grid point) of a sweep folder (:mod:`agents.sweep`):
   sample per task, resampled independently).  A sweep configuration has one
   task, so this is the bootstrap over seeds;
 * the step of the first training success (median over the seeds that had one);
+* the seeds that found the goal (a training episode succeeded) and the seeds
+  that solved it and held it: every evaluation in the last 20 % of the budget
+  (``evaluations.csv`` of ``eval.every``, and the final one) at >= 0.9;
 * ``curves.png``: rolling success and return against env steps, mean over
   seeds with a 95 % bootstrap band, one colour per configuration;
 
@@ -30,6 +33,9 @@ import numpy as np
 from scipy import stats
 
 from .config import ConfigError
+
+#: "Solved and held": success >= HELD_SUCCESS at every evaluation in the last HELD_TAIL of the budget.
+HELD_SUCCESS, HELD_TAIL = 0.9, 0.2
 
 __all__ = ["iqm", "interval_estimate", "Run", "read_runs", "summarize", "markdown", "plot_curves", "write_report"]
 
@@ -77,6 +83,15 @@ class Run:
     seed: int
     summary: dict
     curve: dict = field(default_factory=dict)
+    evaluations: dict = field(default_factory=dict)  # evaluations.csv's columns (eval.every), if any
+
+    def held(self, threshold: float = HELD_SUCCESS, tail: float = HELD_TAIL) -> bool:
+        """Whether every evaluation in the last ``tail`` of the budget reached ``threshold`` (the final one too)."""
+        budget = float(self.summary["timesteps"])
+        steps = np.asarray(self.evaluations.get("timesteps", []), dtype=np.float64)
+        rates = np.asarray(self.evaluations.get("success_rate", []), dtype=np.float64)
+        late = rates[steps >= (1.0 - tail) * budget]
+        return bool((late >= threshold).all()) and float(self.summary["eval_success_rate"]) >= threshold
 
     @property
     def key(self) -> str:
@@ -85,6 +100,7 @@ class Run:
 
 def read_runs(sweep_dir: str) -> tuple[list[Run], list[str]]:
     """The finished runs of a sweep folder and the run directories that did not finish."""
+    from .callbacks import EVALUATIONS_CSV
     from .plots import read_csv
     from .sweep import RUNS, TRIAL_FILE
 
@@ -104,9 +120,10 @@ def read_runs(sweep_dir: str) -> tuple[list[Run], list[str]]:
             info = json.load(f)
         with open(summary) as f:
             figures = json.load(f)
-        metrics = os.path.join(run_dir, "metrics.csv")
+        metrics, evaluations = os.path.join(run_dir, "metrics.csv"), os.path.join(run_dir, EVALUATIONS_CSV)
         curve = read_csv(metrics) if os.path.isfile(metrics) else {}
-        runs.append(Run(run_dir, info["point"], int(info["seed"]), figures, curve))
+        evals = read_csv(evaluations) if os.path.isfile(evaluations) else {}
+        runs.append(Run(run_dir, info["point"], int(info["seed"]), figures, curve, evals))
     return runs, unfinished
 
 
@@ -131,6 +148,7 @@ def summarize(runs: list[Run], reps: int = 2000, seed: int = 0) -> list[dict]:
         firsts = [r.summary.get("first_success_step") for r in members]
         reached = [f for f in firsts if f is not None]
         row["first_success"] = (float(np.median(reached)) if reached else None, len(reached), len(members))
+        row["held"] = sum(r.held() for r in members)
         rows.append(row)
     return rows
 
@@ -147,14 +165,14 @@ def _ci(estimate: tuple[float, float, float]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The Markdown table of :func:`summarize`'s rows."""
-    lines = ["| configuration | seeds | success mean [95% CI] | success IQM [95% CI] | return mean [95% CI] "
-             "| return IQM [95% CI] | first success: median step (seeds) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | seeds | found the goal | solved and held | first success: median step "
+             "| success mean [95% CI] | success IQM [95% CI] | return mean [95% CI] | return IQM [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         step, k, n = r["first_success"]
-        first = f"{step:,.0f} ({k}/{n})" if step is not None else f"- (0/{n})"
-        lines.append(f"| {r['config']} | {len(r['seeds'])} | {_ci(r['success_mean'])} | {_ci(r['success_iqm'])} "
-                     f"| {_ci(r['return_mean'])} | {_ci(r['return_iqm'])} | {first} |")
+        first = f"{step:,.0f}" if step is not None else "-"
+        lines.append(f"| {r['config']} | {n} | {k}/{n} | {r['held']}/{n} | {first} | {_ci(r['success_mean'])} "
+                     f"| {_ci(r['success_iqm'])} | {_ci(r['return_mean'])} | {_ci(r['return_iqm'])} |")
     return "\n".join(lines)
 
 
@@ -218,8 +236,10 @@ def write_report(sweep_dir: str, reps: int = 2000, seed: int = 0) -> str:
     text = [f"# Sweep {os.path.basename(os.path.abspath(sweep_dir))}", "",
             f"{len(rows)} configurations, {len(runs)} finished runs"
             + (f", {len(unfinished)} unfinished" if unfinished else "")
-            + f". Final evaluation of each run (summary.json); 95 % stratified percentile-bootstrap intervals "
-              f"over seeds ({reps} resamples, seed {seed}); IQM = mean of the middle 50 % of seeds.", "",
+            + f". Found the goal: a training episode succeeded; solved and held: every evaluation in the last "
+              f"{HELD_TAIL:.0%} of the budget at >= {HELD_SUCCESS} (evaluations.csv and the final one). Success "
+              f"and return: final evaluation of each run (summary.json); 95 % stratified percentile-bootstrap "
+              f"intervals over seeds ({reps} resamples, seed {seed}); IQM = mean of the middle 50 % of seeds.", "",
             markdown(rows), "",
             f"Best configuration (highest success IQM, then return IQM): **{top['config']}**", ""]
     if png:

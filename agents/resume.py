@@ -58,7 +58,7 @@ STATE_FILE = "training_state.pkl"
 #: Written last in each checkpoint: ``{"step": N, "files": {name: {"bytes": n, "sha256": hex}}}``.
 MANIFEST = "manifest.json"
 _VERSION = 1
-_CSV = re.compile(r"(episodes|metrics|progress(-\d+)?)\.csv")
+_CSV = re.compile(r"(episodes|metrics|evaluations|progress(-\d+)?)\.csv")
 
 
 # ------------------------------------------------------------------ manifest
@@ -173,7 +173,7 @@ def _csv_lines(run_dir: str) -> dict[str, int]:
 
 
 def truncate_csvs(run_dir: str, lines: dict[str, int]) -> None:
-    """Cut ``episodes.csv``, ``metrics.csv`` and ``progress*.csv`` back to ``lines`` complete lines each.
+    """Cut ``episodes.csv``, ``metrics.csv``, ``evaluations.csv`` and ``progress*.csv`` back to ``lines`` lines each.
 
     A CSV that did not exist at the checkpoint is removed (a later resume's ``progress-<step>.csv``).
     """

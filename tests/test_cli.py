@@ -164,6 +164,9 @@ def test_eval_every_evaluates_the_live_policy_during_training(tmp_path, monkeypa
     rows = read_rows(os.path.join(result.run_dir, "progress.csv"))
     logged = [float(r["eval/success_rate"]) for r in rows if r.get("eval/success_rate")]
     assert logged and all(0.0 <= v <= 1.0 for v in logged)
+    evaluations = read_rows(os.path.join(result.run_dir, "evaluations.csv"))  # one row per evaluation
+    assert [int(r["timesteps"]) for r in evaluations] == [50, 100, 150, 200]
+    assert all(0.0 <= float(r["success_rate"]) <= 1.0 for r in evaluations)
     with pytest.raises(factory.ConfigError, match="eval.every"):
         load_config(path, ["eval.every=0"])
 

@@ -54,8 +54,8 @@ def test_unknown_grid_key_fails_naming_it(tmp_path):
 
 
 def test_bad_value_in_a_grid_fails_naming_the_point(tmp_path):
-    path = write_sweep(tmp_path, grid={"algo.name": ["sac", "dqn"]})
-    with pytest.raises(ConfigError, match=r"algo.name.*grid point \{'algo.name': 'dqn'\}"):
+    path = write_sweep(tmp_path, grid={"algo.name": ["sac", "td3"]})
+    with pytest.raises(ConfigError, match=r"algo.name.*grid point \{'algo.name': 'td3'\}"):
         load_sweep(path)
 
 
@@ -147,6 +147,26 @@ def test_bootstrap_intervals_by_hand():
     assert interval_estimate(np.array([0.3, 0.3, 0.3]), iqm) == pytest.approx((0.3, 0.3, 0.3))
     point, lo, hi = interval_estimate(np.array([0.7]), mean)
     assert point == 0.7 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_solved_and_held_needs_every_late_evaluation_at_0_9():
+    from agents.report import Run, markdown, summarize
+
+    def run(seed: int, rates: list[float], final: float, first) -> Run:
+        steps = [10_000 * (i + 1) for i in range(len(rates))]  # budget 100k: the last 20 % is >= 80k
+        summary = {"timesteps": 100_000, "eval_success_rate": final, "eval_return_mean": final,
+                   "first_success_step": first}
+        return Run(f"r{seed}", {}, seed, summary, {}, {"timesteps": np.array(steps, float),
+                                                       "success_rate": np.array(rates, float)})
+
+    runs = [run(0, [0, 1, 0.2, 1, 1, 1, 1, 0.9, 1.0, 1.0], 1.0, 900),  # early dips do not count
+            run(1, [1] * 8 + [0.8, 1.0], 1.0, 500),  # a dip at 90k: not held
+            run(2, [1] * 10, 0.7, 700),  # the final evaluation counts too
+            run(3, [0] * 10, 0.0, None)]  # never found it
+    assert [r.held() for r in runs] == [True, False, False, False]
+    (row,) = summarize(runs, reps=50)
+    assert row["held"] == 1 and row["first_success"] == (700.0, 3, 4)
+    assert "| 4 | 3/4 | 1/4 | 700 |" in markdown([row])
 
 
 def test_stratified_bootstrap_against_numpy():
