@@ -123,7 +123,7 @@ def _patches(timer: PartTimer) -> list[_Patch]:
     return [timer.wrap(owner, attr, part) for owner, attr, part in targets if attr in owner.__dict__]
 
 
-def run_variant(config: str, overrides: list[str]) -> tuple[float, int, dict[str, float]]:
+def run_variant(config: str, overrides: list[str], device: str = "cpu") -> tuple[float, int, dict[str, float]]:
     """Train one variant; returns (training-loop seconds, env steps, exclusive seconds per part)."""
     from agents.config import load_config
     from agents.factory import train
@@ -131,7 +131,7 @@ def run_variant(config: str, overrides: list[str]) -> tuple[float, int, dict[str
     timer = PartTimer()
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(config, [f"run.out_dir={out}", "run.name=bench", "run.plots=false",
-                                   "run.progress_bar=false", "device=cpu", "eval.episodes=1",
+                                   "run.progress_bar=false", f"device={device}", "eval.episodes=1",
                                    "run.checkpoint_every=100000000", *overrides])
         with ExitStack() as stack:
             for patch in _patches(timer):
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="env steps per variant (default: per algorithm)")
     p.add_argument("--repeats", type=int, default=1, help="runs of every variant (the table gives the fastest)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every variant")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = p.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                 best: tuple[float, dict[str, float]] | None = None
                 for _ in range(args.repeats):
                     seconds, done, parts = run_variant(os.path.join(ROOT, config), [
-                        f"total_timesteps={steps}", *variant_overrides(algo, policy, bonus), *args.set])
+                        f"total_timesteps={steps}", *variant_overrides(algo, policy, bonus), *args.set], args.device)
                     rate = done / seconds
                     if best is None or rate > best[0]:
                         best = (rate, parts)

@@ -20,6 +20,8 @@ Steps, each printed as it runs; the exit status is 1 if any check failed:
 3. agent presets ``configs/sac_flow_gpu.yaml`` and ``configs/ppo_flow_gpu.yaml``: env steps/s on
    cuda and on the CPU, the flow agent beside the Gaussian one on the same preset
    (``policy=gaussian novelty=null``).  CPU figures use every core torch sees.
+4. the demo agent's time per part on the device (``scripts/bench_agent_speed.py``: SAC, flow and
+   Gaussian policy, flow bonus and none).
 
 Needs torch, gymnasium, stable-baselines3 and pydantic (wandb stays off); pytest (and
 pytest-xdist, optional) for step 0.  Timings are wall-clock with the device synchronised
@@ -363,11 +365,25 @@ def print_agent_table(rows: list[tuple], devices: list[str]) -> None:
 
 
 # -------------------------------------------------------------------- main
+def agent_parts(device: str, smoke: bool) -> bool:
+    """SAC on the demo config, flow and Gaussian policy, flow bonus and none: steps/s and time per part."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import bench_agent_speed
+
+    steps = "1200" if smoke else "6000"
+    try:
+        bench_agent_speed.main(["--algos", "sac", "--bonuses", "none", "flow", "--steps", steps, "--device", device])
+    except Exception:  # a benchmark failure is reported, and fails the check
+        traceback.print_exc()
+        return False
+    return True
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU only (< 1 minute)")
     ap.add_argument("--device", default=None, help="device to check (default cuda; cpu with --smoke)")
-    ap.add_argument("--only", nargs="+", choices=["tests", "flows", "zuko", "agents"], default=None,
+    ap.add_argument("--only", nargs="+", choices=["tests", "flows", "zuko", "agents", "parts"], default=None,
                     help="run only these steps")
     ap.add_argument("--flows", nargs="+", default=None, help="flows of table 1 (default: every registered one)")
     ap.add_argument("--tests-timeout", type=float, default=150.0, help="seconds allowed to the device tests")
@@ -376,7 +392,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("FAIL: CUDA is not available (use --smoke for the CPU-only version of this check)")
         return 1
-    steps = set(args.only or ["tests", "flows", "zuko", "agents"])
+    steps = set(args.only or ["tests", "flows", "zuko", "agents", "parts"])
     sizes = Sizes(args.smoke)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"gpu_check: torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} CPU threads, "
@@ -399,6 +415,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows, agents_ok = agent_rows(devices, args.smoke)
         print_agent_table(rows, devices)
         ok &= agents_ok
+    if "parts" in steps:
+        print("\n## 4. where the demo agent's time goes (scripts/bench_agent_speed.py)", flush=True)
+        ok &= agent_parts(str(device), args.smoke)
     print(f"\ngpu_check: {'all checks passed' if ok else 'FAILED'} in {time.perf_counter() - t_start:.0f} s")
     return 0 if ok else 1
 

@@ -304,3 +304,20 @@ def test_wandb_offline_receives_sb3_scalars(tmp_path, monkeypatch):
     assert {"rollout/ep_rew_mean", "train/critic_loss", "train/actor_loss", "flowrl/coverage"} <= keys
     media = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "files", "media", "images", "plots", "*"))
     assert {os.path.basename(m).split("_")[0] for m in media} >= {"coverage", "learning", "policy"}
+
+
+def test_demo_trains_several_flow_seeds_beside_plain_sac_and_reports_the_rate(tmp_path):
+    """scripts/demo.py (make demo) in miniature: two flow seeds and plain SAC in parallel, a rate and a table."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": ROOT, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "demo.py"), "--steps", "400", "--seed", "3",
+                           "--flow-seeds", "2", "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "flow agents that solved it (evaluation success >= 90%): 0 of 2 seeds" in proc.stdout  # 400 steps: none
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| SAC") or line.startswith("| plain")]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "SAC + RealNVP policy + flow bonus, seed 3", "SAC + RealNVP policy + flow bonus, seed 4",
+        "plain SAC (Gaussian, no bonus), seed 3"]
+    assert sorted(os.listdir(out)) == ["flow-s3", "flow-s4", "plain-s3"]
+    assert all((out / name / "summary.json").exists() for name in os.listdir(out))

@@ -28,6 +28,9 @@ def test_smoke_run_prints_the_three_tables_and_passes():
     table3 = text[text.index("### Table 3"):]
     for row in ("| sac | gaussian |", "| sac | flow (realnvp)+bonus |", "| ppo | flow (naf) |"):
         assert row in table3, row
+    parts = text[text.index("## 4."):]
+    for row in ("| sac | gaussian | none |", "| sac | flow | flow |"):
+        assert row in parts, row
 
 
 def test_a_failed_check_or_a_broken_flow_makes_the_exit_status_non_zero(monkeypatch, capsys):
