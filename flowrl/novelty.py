@@ -244,10 +244,11 @@ class PseudoCounter(OnlineDensityModel):
         """``theta_avg <- ema * theta_avg + (1 - ema) * theta``; buffers are copied."""
         if self.ema_flow is None:
             return
-        averaged, trained = list(self.ema_flow.parameters()), list(self.flow.parameters())
+        averaged: list[Tensor] = list(self.ema_flow.parameters())
+        trained: list[Tensor] = list(self.flow.parameters())
         if averaged:
             torch._foreach_lerp_(averaged, trained, 1.0 - self.ema)
-        buffers = list(self.ema_flow.buffers())
+        buffers: list[Tensor] = list(self.ema_flow.buffers())
         if buffers:
             torch._foreach_copy_(buffers, list(self.flow.buffers()))
 
