@@ -14,8 +14,9 @@ and each part's share of the training time.
 Parts: ``env``: the environments' own steps; ``act``: the policy choosing
 actions during collection; ``updates``: gradient steps of the agent (critic,
 actor, PPO epochs), less what is listed apart; ``replay``: drawing replay
-minibatches (gathers, n-step sums); ``scoring``: the novelty model scoring
-states (replay minibatches, the callback's per-step rewards, PPO rollouts);
+minibatches (gathers, n-step sums); ``scoring:<caller>``: the novelty model
+scoring states, for the replay minibatches (and the cache's refresh), for the
+callback's per-step rewards, or for a PPO rollout (``scoring:updates``);
 ``density``: training the novelty model; ``callback``: the novelty callback's own
 bookkeeping; ``other``: SB3's loop, logging, the other callbacks.  Warm-up steps
 (``learning_starts``) are timed with the rest, so short runs flatter SAC: the
@@ -36,7 +37,9 @@ from typing import Any, Callable, Iterator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PARTS = ("env", "act", "updates", "replay", "scoring", "density", "callback", "other")
+PARTS = ("env", "act", "updates", "replay", "scoring:replay", "scoring:callback", "scoring:updates", "density",
+         "callback", "other")
+SPLIT_BY_CALLER = ("scoring",)  # parts named after the part that calls them
 
 #: (algorithm, config, steps) of each algorithm's rows.
 ALGOS = {
@@ -53,13 +56,18 @@ class PartTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self._stack: list[list[float]] = []  # [start, time spent in nested parts]
+        self._names: list[str] = []
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:
+        if name in SPLIT_BY_CALLER and self._names:  # e.g. scoring for the replay vs for the callback
+            name = f"{name}:{self._names[-1]}"
         self._stack.append([time.perf_counter(), 0.0])
+        self._names.append(name)
         try:
             yield
         finally:
+            self._names.pop()
             start, nested = self._stack.pop()
             elapsed = time.perf_counter() - start
             self.seconds[name] += elapsed - nested
