@@ -225,6 +225,19 @@ def plot_curves(runs: list[Run], path: str, reps: int = 1000, seed: int = 0) -> 
     return path
 
 
+def provenance(sweep_dir: str) -> str:
+    """One line: the sweep's commit, the hash of its resolved settings (base config, overrides, grid, seeds)."""
+    from .provenance import config_hash
+    from .sweep_spec import read_sweep
+
+    spec = read_sweep(sweep_dir)
+    settings = {"base_config": spec.base_config, "overrides": spec.overrides, "seeds": spec.seeds,
+                "grid": {k: v if isinstance(v, list) else v.model_dump() for k, v in spec.grid.items()}}
+    overrides = ", ".join(f"{k}={v}" for k, v in spec.overrides.items()) or "none"
+    return (f"Code: commit `{spec.commit or 'not recorded'}`; settings hash `{config_hash(settings)}` "
+            f"(base `{os.path.basename(spec.base)}`, overrides: {overrides}).")
+
+
 def write_report(sweep_dir: str, reps: int = 2000, seed: int = 0) -> str:
     """Compute the sweep's statistics, write ``report.md`` and ``curves.png`` in it; returns the Markdown."""
     runs, unfinished = read_runs(sweep_dir)
@@ -233,7 +246,7 @@ def write_report(sweep_dir: str, reps: int = 2000, seed: int = 0) -> str:
     rows = summarize(runs, reps, seed)
     top = best(rows)
     png = plot_curves(runs, os.path.join(sweep_dir, "curves.png"), seed=seed)
-    text = [f"# Sweep {os.path.basename(os.path.abspath(sweep_dir))}", "",
+    text = [f"# Sweep {os.path.basename(os.path.abspath(sweep_dir))}", "", provenance(sweep_dir), "",
             f"{len(rows)} configurations, {len(runs)} finished runs"
             + (f", {len(unfinished)} unfinished" if unfinished else "")
             + f". Found the goal: a training episode succeeded; solved and held: every evaluation in the last "

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, read_yaml
+from .provenance import code_commit
 
 __all__ = ["Range", "Resources", "Search", "SweepSpec", "load_sweep", "read_sweep", "trial_config", "grid_points",
            "point_tag", "SWEEP_FILE", "SWEEP_FIELDS"]
@@ -82,7 +83,7 @@ class Search(_Strict):
 
 
 class SweepSpec(_Strict):
-    """A sweep (see the module docstring); ``name`` and ``base_config`` are filled in when it starts."""
+    """A sweep (see the module docstring); ``name``, ``base_config`` and ``commit`` are filled in when it starts."""
 
     base: str = Field(description="the base training config (YAML)")
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -96,6 +97,7 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial (each from its last checkpoint)")
     max_concurrent: Optional[int] = Field(None, ge=1, description="at most this many trials at once")
     base_config: Optional[dict[str, Any]] = Field(None, description="the base config's content (filled in)")
+    commit: Optional[str] = Field(None, description="the code's git commit when the sweep started (filled in)")
 
     @field_validator("seeds")
     @classmethod
@@ -218,15 +220,17 @@ def load_sweep(path: str, overrides: Optional[dict[str, Any]] = None) -> SweepSp
         if not isinstance(data.setdefault(head, {}), dict):
             raise ConfigError(f"{head}: must be a mapping of dotted keys to values")
         data[head][key] = value
-    if "base_config" in data:
-        raise ConfigError("base_config: filled in by the sweep; name the base config file with base:")
+    for filled in ("base_config", "commit"):
+        if filled in data:
+            raise ConfigError(f"{filled}: filled in by the sweep when it starts")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_error(err)) from None
     base = _resolve_base(spec.base, path)
     name = spec.name or f"{os.path.splitext(os.path.basename(path))[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    spec = spec.model_copy(update={"base": base, "base_config": read_yaml(base), "name": name})
+    spec = spec.model_copy(update={"base": base, "base_config": read_yaml(base), "name": name,
+                                   "commit": code_commit()})
     _check_points(spec)
     return spec
 

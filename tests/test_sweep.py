@@ -127,6 +127,16 @@ def test_wandb_group_reaches_wandb_init(tmp_path, monkeypatch):
     assert seen["group"] == "tiny"
 
 
+def test_a_sweep_records_its_commit_and_the_report_hashes_its_settings(tmp_path):
+    from agents.provenance import code_commit, config_hash
+
+    spec = load_sweep(write_sweep(tmp_path))
+    assert spec.commit == code_commit() and spec.commit  # a git describe, or "unknown" outside a checkout
+    with pytest.raises(ConfigError, match="commit: filled in by the sweep"):
+        load_sweep(write_sweep(tmp_path, commit="abc"))
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1}) != config_hash({"a": 2})
+
+
 # ------------------------------------------------------------ statistics
 def test_point_estimates_by_hand():
     scores = np.array([0.0, 0.0, 0.3, 0.6, 1.0])
@@ -221,6 +231,8 @@ def test_tiny_sweep_runs_every_trial_as_an_ordinary_run(tmp_path, local_ray, cap
     assert main(["report", result.sweep_dir, "--reps", "200"]) == 0
     out = capsys.readouterr().out
     assert "| algo.kwargs.learning_rate=0.001 | 2 |" in out and "Best configuration" in out
+    from agents.provenance import code_commit
+    assert f"Code: commit `{code_commit()}`; settings hash `" in out  # the report names the code it measured
     assert os.path.exists(os.path.join(result.sweep_dir, "report.md"))
     assert os.path.getsize(os.path.join(result.sweep_dir, "curves.png")) > 0
 
