@@ -263,3 +263,28 @@ def test_the_rooms_recipe_builds_from_a_config():
                         algo=dict(name="sac", kwargs=dict(backup_entropy=False)), novelty=dict(kind="flow"))
     with pytest.raises(ConfigError, match="algo.kwargs.*backup_entropy"):
         build_model(plain, make_env(plain))
+
+
+def test_hold_ent_coef_fixes_the_temperature_once_the_bonus_holds(tmp_path):
+    """Learnt temperature while exploring; the constant hold_ent_coef (and no more temperature steps) once held."""
+    env = DummyVecEnv([lambda: AlternatingGoal(True)])
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env,
+                                       {**SMALL_FLOW, "beta": 2.0, "success_window": 2, "success_hold": 0.5,
+                                        "intrinsic_critic": True})
+    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", hold_ent_coef=0.02, **kwargs)
+    bonus = find_novelty(model)
+    model.learn(6, callback=callbacks)  # one episode finished: no full window yet
+    assert not bonus.holding
+    logs: dict = {"ent_coef_loss": []}
+    log_prob = torch.full((4, 1), -1.0)
+    alpha = float(torch.exp(model.log_ent_coef.detach()))
+    assert model._temperature(log_prob, logs).item() == pytest.approx(alpha) and logs["ent_coef_loss"]  # a step
+    model.learn(64, callback=callbacks, reset_num_timesteps=False)  # episodes alternate: a window's share is 0.5
+    assert bonus.holding
+    before, logs = model.log_ent_coef.detach().clone(), {"ent_coef_loss": []}
+    assert model._temperature(log_prob, logs).item() == pytest.approx(0.02)
+    assert torch.equal(model.log_ent_coef.detach(), before) and not logs["ent_coef_loss"]  # no temperature step
+    model.save(tmp_path / "m")
+    assert IntrinsicCriticSAC.load(tmp_path / "m", device="cpu").hold_ent_coef == 0.02
+    with pytest.raises(ValueError, match="hold_ent_coef"):
+        IntrinsicCriticSAC("MlpPolicy", env, device="cpu", hold_ent_coef=0.0, **kwargs)

@@ -17,7 +17,7 @@ critics a change of weight changes only how the actor mixes two values that
 were learnt all along: once episodes reach the goal, the actor follows an
 extrinsic critic that has been fitting the sparse reward from the first step.
 
-Two more options serve the extrinsic critic once the goal has been reached:
+Three more options serve the extrinsic critic once the goal has been reached:
 
 * ``backup_entropy=False`` (a constructor argument, ``algo.kwargs.backup_entropy``)
   drops SAC's ``-alpha log pi(a'|s')`` from the extrinsic target: the critic
@@ -28,6 +28,10 @@ Two more options serve the extrinsic critic once the goal has been reached:
   ``alpha |log pi| / (1 - gamma)`` (on four rooms ``0.05 * 1.2 / 0.01 = 6``)
   against a goal worth 1 that ends the episode: the entropy term punishes
   success as a positive bonus would.
+* ``hold_ent_coef`` (``algo.kwargs.hold_ent_coef``): the temperature is learnt
+  (``ent_coef="auto"``) while the agent explores and fixed at this value once
+  the bonus holds (``success_hold``): broad while searching, sharp enough to
+  keep the route once found (see the fixed ``ent_coef`` below).
 * ``return_bound`` (a novelty option) makes the extrinsic target at least the
   discounted return a stored episode actually went on to get from that row,
   where the episode terminated (:class:`agents.novelty.buffers.SplitReplaySamples`):
@@ -89,8 +93,11 @@ class IntrinsicCriticSAC(SAC):
     """
 
     def __init__(self, policy: Any, env: Any, *args: Any, policy_kwargs: Optional[dict] = None,
-                 backup_entropy: bool = True, **kwargs: Any):
+                 backup_entropy: bool = True, hold_ent_coef: Optional[float] = None, **kwargs: Any):
         self.backup_entropy = bool(backup_entropy)
+        if hold_ent_coef is not None and not hold_ent_coef > 0:
+            raise ValueError(f"hold_ent_coef must be a positive number, got {hold_ent_coef!r}")
+        self.hold_ent_coef = None if hold_ent_coef is None else float(hold_ent_coef)
         policy_kwargs = dict(policy_kwargs or {})
         policy_kwargs["n_critics"] = 2 * int(policy_kwargs.get("n_critics", 2))
         super().__init__(policy, env, *args, policy_kwargs=policy_kwargs, **kwargs)
@@ -116,7 +123,12 @@ class IntrinsicCriticSAC(SAC):
         return beta
 
     def _temperature(self, log_prob: torch.Tensor, logs: dict) -> torch.Tensor:
-        """SAC's ``alpha``; with a learnt one, one step of ``min -log_alpha (log pi + target entropy)``."""
+        """SAC's ``alpha``; with a learnt one, one step of ``min -log_alpha (log pi + target entropy)``.
+
+        With ``hold_ent_coef``, ``alpha`` is that constant once the bonus holds (``success_hold``).
+        """
+        if self.hold_ent_coef is not None and self.bonus.holding:
+            return log_prob.new_tensor(self.hold_ent_coef)
         if self.ent_coef_optimizer is None or self.log_ent_coef is None:
             return self.ent_coef_tensor
         alpha = torch.exp(self.log_ent_coef.detach())
