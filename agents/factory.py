@@ -161,6 +161,8 @@ def build_model(
     if cfg.algo.learning_rate_end is not None:
         kwargs["learning_rate"] = _linear_learning_rate(algo_class, kwargs.get("learning_rate"),
                                                         cfg.algo.learning_rate_end)
+    if not issubclass(algo_class, IntrinsicCriticSAC):
+        kwargs = _without_neutral_critic_options(kwargs)
     kwargs, callbacks = _attach_novelty(cfg, algo_class, kwargs, env)
     try:
         model = algo_class(
@@ -170,6 +172,20 @@ def build_model(
     except TypeError as err:
         raise ConfigError(f"algo.kwargs: {err}") from None
     return model, list(callbacks)
+
+
+#: Options of :class:`IntrinsicCriticSAC` and the values that leave SAC as it is.
+_NEUTRAL_CRITIC_OPTIONS = {"backup_entropy": True, "hold_ent_coef": None}
+
+
+def _without_neutral_critic_options(kwargs: dict) -> dict:
+    """``kwargs`` without IntrinsicCriticSAC's options set to their neutral values (any other value stays and fails).
+
+    So a config with separate critics turns into plain SAC with ``novelty=null
+    algo.kwargs.backup_entropy=true algo.kwargs.hold_ent_coef=null``.
+    """
+    return {k: v for k, v in kwargs.items()
+            if not (k in _NEUTRAL_CRITIC_OPTIONS and v == _NEUTRAL_CRITIC_OPTIONS[k])}
 
 
 def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearSchedule:

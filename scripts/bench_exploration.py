@@ -117,13 +117,15 @@ def coverage_tracker(task: str, env):
 
 def method_overrides(bonus: str, policy: str) -> list[str]:
     """Config overrides that turn the base config's agent into ``bonus``/``policy``."""
-    novelty = {"flow": ["novelty.kind=flow"], "rnd": [], "none": ["novelty=null"]}[bonus]  # RND: see run_one
+    # without a bonus the separate critics go too: their options at the values that leave SAC as it is
+    plain = ["novelty=null", "algo.kwargs.backup_entropy=true", "algo.kwargs.hold_ent_coef=null"]
+    novelty = {"flow": ["novelty.kind=flow"], "rnd": [], "none": plain}[bonus]  # RND: see run_one
     return [f"policy={policy}", *novelty]
 
 
 # the bonus's options, not the model's
-RND_KEPT = {"beta", "beta_end", "success_window", "success_best", "intrinsic_critic", "form", "score", "update_every",
-            "seed"}
+RND_KEPT = {"beta", "beta_end", "success_window", "success_best", "success_hold", "intrinsic_critic", "return_bound",
+            "form", "score", "update_every", "staleness", "seed"}
 
 
 def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], config: str,

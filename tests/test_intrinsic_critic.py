@@ -263,6 +263,11 @@ def test_the_rooms_recipe_builds_from_a_config():
                         algo=dict(name="sac", kwargs=dict(backup_entropy=False)), novelty=dict(kind="flow"))
     with pytest.raises(ConfigError, match="algo.kwargs.*backup_entropy"):
         build_model(plain, make_env(plain))
+    # at their neutral values the critics' options leave plain SAC as it is (how the demo turns its agent plain)
+    neutral = plain.model_copy(update={"novelty": None, "algo": plain.algo.model_copy(
+        update={"kwargs": dict(backup_entropy=True, hold_ent_coef=None, learning_starts=7)})})
+    model, _ = build_model(neutral, make_env(neutral))
+    assert type(model) is SAC and model.learning_starts == 7
 
 
 def test_hold_ent_coef_fixes_the_temperature_once_the_bonus_holds(tmp_path):
