@@ -152,8 +152,8 @@ def run_variant(config: str, overrides: list[str], device: str = "cpu") -> tuple
 
 def variant_overrides(algo: str, policy: str, bonus: str) -> list[str]:
     items = [f"policy={policy}"]
-    if bonus == "none":
-        items.append("novelty=null")
+    if bonus == "none":  # and the separate critics' options at the values that leave SAC as it is
+        items += ["novelty=null", "algo.kwargs.backup_entropy=true", "algo.kwargs.hold_ent_coef=null"]
     elif bonus == "rnd":
         items += ["novelty.kind=rnd", "novelty.cells=null"]
     return items
