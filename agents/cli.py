@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .config import ConfigError, apply_overrides, config_from_dict, parse_overrides, read_yaml
+from .config import ConfigError, apply_overrides, config_from_dict, parse_overrides, read_config
 
 __all__ = ["main", "build_parser"]
 
@@ -74,7 +74,7 @@ def _train(items: list[str]) -> int:
         if not resume:
             raise ConfigError("train needs a CONFIG file (or resume=RUN_DIR)")
         config_path = os.path.join(str(resume), "config.yaml")
-    cfg = config_from_dict(apply_overrides(read_yaml(config_path), overrides))
+    cfg = config_from_dict(apply_overrides(read_config(config_path), overrides))
     name = os.path.splitext(os.path.basename(config_path))[0]
     result = train(cfg, config_name=name)
     print(json.dumps(result.summary, indent=1))

@@ -6,6 +6,14 @@ bookkeeping.  Unknown keys and bad values raise :class:`ConfigError` naming
 the key (``algo.name: Input should be 'sac', 'ppo', 'a2c' or 'dqn'``).  Any key can
 be overridden from the command line with ``key=value``, nested keys with
 dots (``env.kwargs.max_episode_steps=100``); values are parsed as YAML.
+
+A config file may start from another: ``base: demo.yaml`` (a path relative to
+the file) reads that config first and merges this file's keys into it,
+mapping by mapping (a list or scalar replaces; ``null`` replaces too, so
+``novelty: null`` turns the bonus off), so a task config states only what
+differs from the agent it builds on.  A file that names another ``env.id``
+does not inherit the base's ``env.kwargs``, ``env.wrappers`` or
+``env.packages`` (they belong to the base's environment).
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ import re
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .novelty.options import NoveltyOptions, format_errors
 
 __all__ = [
     "ConfigError", "EnvConfig", "AlgoConfig", "RunConfig", "EvalConfig", "TrainConfig",
-    "load_config", "parse_overrides", "apply_overrides", "config_from_dict", "save_config", "wrapper_spec",
+    "load_config", "read_config", "merge_configs",
+    "parse_overrides", "apply_overrides", "config_from_dict", "save_config", "wrapper_spec",
 ]
 
 
@@ -88,7 +97,7 @@ class EnvConfig(_Strict):
 class AlgoConfig(_Strict):
     """The SB3 algorithm and its constructor arguments."""
 
-    name: Literal["sac", "ppo", "a2c", "dqn"] = "sac"
+    name: Literal["sac", "ppo", "a2c", "dqn"] = Field("sac", description="the SB3 algorithm")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="SB3 constructor arguments")
     learning_rate_end: Optional[float] = Field(
         None, gt=0, allow_inf_nan=False,
@@ -100,20 +109,20 @@ class RunConfig(_Strict):
     """Where and how the run is recorded."""
 
     out_dir: str = Field("runs", description="parent folder of run directories")
-    name: Optional[str] = Field(None, description="run directory name (default: <config>-<seed>-<time>)")
+    name: Optional[str] = Field(None, description="run directory name (default: <config>-s<seed>-<date>-<time>)")
     checkpoint_every: int = Field(5000, ge=1, description="env steps between atomic checkpoints")
     log_every: int = Field(1000, ge=1, description="env steps between rows of metrics.csv")
-    progress_bar: bool = True
-    plots: bool = True
+    progress_bar: bool = Field(True, description="show a progress bar while training")
+    plots: bool = Field(True, description="draw learning curves, coverage and density maps at the end")
     tensorboard: bool = Field(False, description="write TensorBoard logs (wandb gets the scalars directly either way)")
-    verbose: int = Field(0, ge=0, le=2)
+    verbose: int = Field(0, ge=0, le=2, description="SB3's verbosity (0, 1 or 2)")
 
 
 class EvalConfig(_Strict):
     """Evaluation of the final policy (also used by ``flowrl eval``)."""
 
-    episodes: int = Field(10, ge=1)
-    deterministic: bool = True
+    episodes: int = Field(10, ge=1, description="episodes per evaluation")
+    deterministic: bool = Field(True, description="evaluate the policy's deterministic action")
     every: Optional[int] = Field(None, ge=1, description="env steps between evaluations of the live policy "
                                  "during training (logged as eval/success_rate); null: only at the end")
 
@@ -121,26 +130,38 @@ class EvalConfig(_Strict):
 class TrainConfig(_Strict):
     """One training run (see ``configs/*.yaml`` for documented examples)."""
 
-    env: EnvConfig
-    algo: AlgoConfig = Field(default_factory=AlgoConfig)
-    policy: Literal["gaussian", "flow"] = "gaussian"
+    env: EnvConfig = Field(description="the environment")
+    algo: AlgoConfig = Field(default_factory=AlgoConfig, description="the algorithm")
+    policy: Literal["gaussian", "flow"] = Field(
+        "gaussian", description="gaussian: SB3's default policy; flow: a flow action distribution (flow, flow_kwargs)")
     flow: str = Field("realnvp", description="flow of the policy when policy=flow (flowrl.available_flows())")
     flow_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the policy's flow")
     policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="other SB3 policy_kwargs")
     novelty: Optional[NoveltyOptions] = Field(None, description="novelty bonus options (agents.novelty); null = off")
-    total_timesteps: int = Field(10_000, ge=1)
-    seed: int = Field(0, ge=0)
+    total_timesteps: int = Field(10_000, ge=1, description="environment steps of the run (all envs together)")
+    seed: int = Field(0, ge=0, description="seed of the run (envs, networks, bonus)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: Optional[int] = Field(
         1, ge=1, description="PyTorch threads of flowrl train/eval, sweep trials and the demo (one is fastest "
                              "for MLP-sized agents, see agents.threads); null: PyTorch's default (one per "
                              "core); an OMP_NUM_THREADS in the environment wins")
     wandb: bool = Field(False, description="log to Weights & Biases (works with WANDB_MODE=offline)")
-    wandb_project: str = "flowrl"
+    wandb_project: str = Field("flowrl", description="wandb project of the run")
     wandb_group: Optional[str] = Field(None, description="wandb group of the run (flowrl sweep: the sweep's name)")
-    run: RunConfig = Field(default_factory=RunConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig, description="where and how the run is recorded")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation of the policy")
     resume: Optional[str] = Field(None, description="run directory to continue from its last checkpoint")
+
+    @model_validator(mode="after")
+    def _critics_for_sac_only(self) -> "TrainConfig":
+        """``novelty.critics`` are SAC's: another algorithm drops the default section and rejects a given one."""
+        novelty = self.novelty
+        if novelty is None or novelty.critics is None or self.algo.name == "sac":
+            return self
+        if "critics" in novelty.model_fields_set:
+            raise ValueError(f"novelty.critics: SAC only ({self.algo.name} has one critic); set it to null")
+        novelty.critics = None
+        return self
 
     @field_validator("device")
     @classmethod
@@ -228,9 +249,49 @@ def read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str, overrides: Optional[list[str] | dict[str, Any]] = None) -> TrainConfig:
-    """Load ``path`` (YAML), apply ``key=value`` overrides, validate."""
+def merge_configs(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``: mappings merge key by key, any other value (``null`` too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+#: Keys of ``env`` that describe one environment: a config naming another ``env.id`` does not inherit them.
+_ENV_SPECIFIC = ("kwargs", "wrappers", "packages")
+
+
+def read_config(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The training config stored at ``path`` with its ``base:`` chain merged in (:func:`merge_configs`).
+
+    ``base`` is a path relative to the file's folder (or absolute); a missing
+    base or a cycle raises :class:`ConfigError` naming the files.
+    """
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ConfigError(f"base: {path!r} inherits from itself ({' -> '.join(_seen + (real,))})")
     data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"base: a path to the config {path!r} builds on, got {base!r}")
+    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"base: {base!r} (from {path!r}) does not exist")
+    inherited = read_config(base_path, _seen + (real,))
+    env, base_env = data.get("env"), inherited.get("env")
+    if isinstance(env, dict) and isinstance(base_env, dict) and env.get("id", base_env.get("id")) != base_env.get("id"):
+        inherited["env"] = {k: v for k, v in base_env.items() if k not in _ENV_SPECIFIC}
+    return merge_configs(inherited, data)
+
+
+def load_config(path: str, overrides: Optional[list[str] | dict[str, Any]] = None) -> TrainConfig:
+    """Load ``path`` (YAML, with its ``base:`` chain), apply ``key=value`` overrides, validate."""
+    data = read_config(path)
     if overrides:
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)

@@ -116,13 +116,11 @@ def make_env(cfg: TrainConfig, seed: Optional[int] = None) -> VecEnv:
 
 
 def algorithm_class(cfg: TrainConfig) -> type[BaseAlgorithm]:
-    """The SB3 class of ``algo.name``; SAC with ``novelty.intrinsic_critic`` is :class:`IntrinsicCriticSAC`."""
+    """The SB3 class of ``algo.name``; SAC with ``novelty.critics`` (the default) is :class:`IntrinsicCriticSAC`."""
     algo_class = ALGORITHMS[cfg.algo.name]
-    if cfg.novelty is None or not cfg.novelty.intrinsic_critic:
-        return algo_class
-    if algo_class is not SAC:
-        raise ConfigError(f"novelty.intrinsic_critic: SAC only (algo.name is {cfg.algo.name!r})")
-    return IntrinsicCriticSAC
+    if algo_class is SAC and cfg.novelty is not None and cfg.novelty.critics is not None:
+        return IntrinsicCriticSAC
+    return algo_class
 
 
 def _policy(cfg: TrainConfig, algo_class: type[BaseAlgorithm], env: VecEnv) -> tuple[Any, dict]:
@@ -161,8 +159,6 @@ def build_model(
     if cfg.algo.learning_rate_end is not None:
         kwargs["learning_rate"] = _linear_learning_rate(algo_class, kwargs.get("learning_rate"),
                                                         cfg.algo.learning_rate_end)
-    if not issubclass(algo_class, IntrinsicCriticSAC):
-        kwargs = _without_neutral_critic_options(kwargs)
     kwargs, callbacks = _attach_novelty(cfg, algo_class, kwargs, env)
     try:
         model = algo_class(
@@ -172,20 +168,6 @@ def build_model(
     except TypeError as err:
         raise ConfigError(f"algo.kwargs: {err}") from None
     return model, list(callbacks)
-
-
-#: Options of :class:`IntrinsicCriticSAC` and the values that leave SAC as it is.
-_NEUTRAL_CRITIC_OPTIONS = {"backup_entropy": True, "hold_ent_coef": None}
-
-
-def _without_neutral_critic_options(kwargs: dict) -> dict:
-    """``kwargs`` without IntrinsicCriticSAC's options set to their neutral values (any other value stays and fails).
-
-    So a config with separate critics turns into plain SAC with ``novelty=null
-    algo.kwargs.backup_entropy=true algo.kwargs.hold_ent_coef=null``.
-    """
-    return {k: v for k, v in kwargs.items()
-            if not (k in _NEUTRAL_CRITIC_OPTIONS and v == _NEUTRAL_CRITIC_OPTIONS[k])}
 
 
 def _linear_learning_rate(algo_class, start: Any, end: float) -> LinearSchedule:

@@ -146,9 +146,6 @@ class FlowSACPolicy(SACPolicy):
       stochastic episodes while the density's peak still presses into a wall
       on the way; the critic scores where the actions lead.
       Training is unchanged (SAC's updates use samples, never this choice).
-      Measured on the four-rooms maze (``docs/bench_exploration/``) it did not
-      help: 0 of 4 seeds solved at 100k steps against 2 of 5 with ``"density"``
-      (a likely reason, untested: the critic is least accurate where the policy gets stuck).
 
     Example:
         >>> from stable_baselines3 import SAC
@@ -262,7 +259,7 @@ class FlowActorCriticPolicy(ActorCriticPolicy):
     far a policy that saturates its action can push ``|u|`` into a flat tail,
     where a small change of the slope moves a stored action's log-density
     (and PPO's ratio) by a lot.  ``scripts/bench_policies.py`` measures both
-    settings (README, Benchmarks).
+    settings.
 
     Extra ``policy_kwargs``: ``flow``, ``flow_kwargs``, ``base``, ``direction``
     (see the module doc), ``entropy_samples``, ``store_pre_squash``.

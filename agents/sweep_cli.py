@@ -36,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (address=... may follow)")
     r = sub.add_parser("report", help="statistics of a sweep over seeds",
                        description="Per configuration of SWEEP_DIR: mean and IQM of the final evaluation success "
-                                   "and return with 95%% stratified bootstrap intervals over seeds, first-success "
+                                   "and return with 95 % stratified bootstrap intervals over seeds, first-success "
                                    "step, learning curves (curves.png) and the best configuration; the Markdown "
                                    "table is printed and written to SWEEP_DIR/report.md.")
     r.add_argument("sweep_dir", metavar="SWEEP_DIR")

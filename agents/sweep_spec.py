@@ -5,7 +5,7 @@ A sweep file (``configs/sweeps/*.yaml``)::
     base: configs/demo.yaml                 # any training config
     overrides: {total_timesteps: 3000}      # dotted keys, applied to every trial
     seeds: [0, 1, 2, 3, 4]
-    grid: {novelty.kind: [flow, rnd], novelty.beta: [0.5, 2.0]}
+    grid: {novelty.model.kind: [flow, rnd], novelty.weight.beta: [0.5, 2.0]}
     search: null                            # or {kind: optuna, metric: eval_success_rate, mode: max, num_samples: 20}
     resources: {cpus: 1, gpus: 0}
     address: null                           # null: local Ray; auto or ray://HOST:PORT: an existing cluster
@@ -32,7 +32,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, read_yaml
+from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, read_config, read_yaml
 from .provenance import code_commit
 
 __all__ = ["Range", "Resources", "Search", "SweepSpec", "load_sweep", "read_sweep", "trial_config", "grid_points",
@@ -158,7 +158,7 @@ def _format(value: Any) -> str:
 
 
 def point_tag(point: dict[str, Any]) -> str:
-    """A folder-safe name of a configuration: ``novelty.kind=flow_novelty.beta=0.5`` (``base`` when empty)."""
+    """A folder-safe name of a configuration: ``novelty.model.kind=flow_seed=1`` (``base`` when empty)."""
     tag = "_".join(f"{k}={_format(v)}" for k, v in point.items()) or "base"
     tag = re.sub(r"[^A-Za-z0-9._=+-]", "", tag)
     if len(tag) > 80:
@@ -201,7 +201,7 @@ def load_sweep(path: str, overrides: Optional[dict[str, Any]] = None) -> SweepSp
     """Read a sweep file, apply ``overrides`` and validate it and every configuration it makes.
 
     An override whose first key is a sweep field (``seeds``, ``resources.cpus``,
-    ``storage_path``, ``grid.novelty.beta``, ...) sets that field; any other goes
+    ``storage_path``, ``grid.novelty.weight.beta``, ...) sets that field; any other goes
     to the training config of every trial (``total_timesteps=500`` =
     ``overrides.total_timesteps=500``).
     The base config is read now and kept in ``base_config``; ``name`` defaults
@@ -210,7 +210,7 @@ def load_sweep(path: str, overrides: Optional[dict[str, Any]] = None) -> SweepSp
     data = read_yaml(path)
     for key, value in (overrides or {}).items():
         head, _, rest = key.partition(".")
-        if head in ("grid", "overrides") and rest:  # their keys are dotted config keys: grid.novelty.beta=[1, 2]
+        if head in ("grid", "overrides") and rest:  # their keys are dotted config keys: grid.novelty.weight.beta=[1, 2]
             head, key = head, rest
         elif head in SweepSpec.model_fields:
             data = apply_overrides(data, {key: value})
@@ -229,7 +229,7 @@ def load_sweep(path: str, overrides: Optional[dict[str, Any]] = None) -> SweepSp
         raise ConfigError(_error(err)) from None
     base = _resolve_base(spec.base, path)
     name = spec.name or f"{os.path.splitext(os.path.basename(path))[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    spec = spec.model_copy(update={"base": base, "base_config": read_yaml(base), "name": name,
+    spec = spec.model_copy(update={"base": base, "base_config": read_config(base), "name": name,
                                    "commit": code_commit()})
     _check_points(spec)
     return spec

@@ -321,6 +321,10 @@ class PseudoCounter(OnlineDensityModel):
         """Intrinsic reward ``beta / sqrt(N(x) + 1)``, shape ``(batch,)``."""
         return bonus_from_count(self.pseudo_count(obs, estimator), beta)
 
+    def novelty(self, obs: Any) -> Tensor:
+        """``g(x) = 1 / sqrt(N(x) + 1)`` in ``(0, 1]``."""
+        return self.bonus(obs)
+
     def _log_cell_mean_density(self, z: Tensor, geometric: bool = False) -> Tensor:
         """``log mean_j rho(z + h * u_j)`` over the fixed offsets ``u_j`` in ``[-1/2, 1/2]^d``.
 

@@ -170,6 +170,14 @@ class OnlineDensityModel(nn.Module):
             self.generator.manual_seed(settings.seed)
         self.optimizer: Optional[torch.optim.Optimizer] = None
 
+    def novelty(self, obs: Any) -> Tensor:
+        """How novel each observation is, ``g(x)`` in ``(0, 1]`` (1: never seen), shape ``(batch,)``.
+
+        The one score every novelty model gives, whatever it measures: a
+        pseudo-count's ``1 / sqrt(N + 1)``, RND's ``1 - exp(-e / s)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define novelty()")
+
     @classmethod
     def training_settings(cls, settings: Optional[TrainingSettings], options: dict[str, Any]) -> TrainingSettings:
         """``settings`` (default :attr:`default_settings`) with the keyword ``options`` replaced."""

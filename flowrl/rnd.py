@@ -85,6 +85,10 @@ class RandomNetworkDistillation(OnlineDensityModel):
         """``beta * e(x) / s`` (``s``: running training error), shape ``(batch,)``."""
         return beta * self.error(obs) / self.error_scale.clamp(min=1e-8)
 
+    def novelty(self, obs: Any) -> Tensor:
+        """``g(x) = 1 - exp(-e(x) / s)`` in ``[0, 1)``: the normalised error mapped to a bounded score."""
+        return -torch.expm1(-self.bonus(obs))
+
 
 class RNDNovelty(RandomNetworkDistillation):
     """Random-network-distillation novelty over vectors of size ``obs_dim``: MLP target and predictor.

@@ -9,7 +9,7 @@ and each part's share of the training time.
 
     python scripts/bench_agent_speed.py                       # SAC on configs/demo.yaml, PPO on mountaincar_ppo
     python scripts/bench_agent_speed.py --algos sac --steps 8000 --repeats 2
-    python scripts/bench_agent_speed.py --set novelty.batch_size=512
+    python scripts/bench_agent_speed.py --set novelty.model.batch_size=512
 
 Parts: ``env``: the environments' own steps; ``act``: the policy choosing
 actions during collection; ``updates``: gradient steps of the agent (critic,
@@ -152,10 +152,10 @@ def run_variant(config: str, overrides: list[str], device: str = "cpu") -> tuple
 
 def variant_overrides(algo: str, policy: str, bonus: str) -> list[str]:
     items = [f"policy={policy}"]
-    if bonus == "none":  # and the separate critics' options at the values that leave SAC as it is
-        items += ["novelty=null", "algo.kwargs.backup_entropy=true", "algo.kwargs.hold_ent_coef=null"]
-    elif bonus == "rnd":
-        items += ["novelty.kind=rnd", "novelty.cells=null"]
+    if bonus == "none":
+        items += ["novelty=null"]
+    elif bonus == "rnd":  # the config's weight and critics, RND's model
+        items += ["novelty.model={kind: rnd}"]
     return items
 
 

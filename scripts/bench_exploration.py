@@ -117,15 +117,9 @@ def coverage_tracker(task: str, env):
 
 def method_overrides(bonus: str, policy: str) -> list[str]:
     """Config overrides that turn the base config's agent into ``bonus``/``policy``."""
-    # without a bonus the separate critics go too: their options at the values that leave SAC as it is
-    plain = ["novelty=null", "algo.kwargs.backup_entropy=true", "algo.kwargs.hold_ent_coef=null"]
-    novelty = {"flow": ["novelty.kind=flow"], "rnd": [], "none": plain}[bonus]  # RND: see run_one
+    # RND replaces the model section only: the weight and critics of the config's agent stay
+    novelty = {"flow": [], "rnd": ["novelty.model={kind: rnd}"], "none": ["novelty=null"]}[bonus]
     return [f"policy={policy}", *novelty]
-
-
-# the bonus's options, not the model's
-RND_KEPT = {"beta", "beta_end", "success_window", "success_best", "success_hold", "intrinsic_critic", "return_bound",
-            "form", "score", "update_every", "staleness", "seed"}
 
 
 def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: list[int], config: str,
@@ -141,12 +135,8 @@ def run_one(task: str, bonus: str, policy: str, seed: int, steps: int, budgets: 
 
     from agents.config import load_config
     from agents.factory import build_model
-    from agents.novelty import NoveltyOptions
 
     cfg = load_config(config, [*overrides, *method_overrides(bonus, policy), f"seed={seed}", "device=cpu"])
-    if bonus == "rnd":  # RND keeps its own defaults: only the bonus's options carry over from the config
-        kept = cfg.novelty.model_dump(include=RND_KEPT) if cfg.novelty is not None else {}
-        cfg = cfg.model_copy(update={"novelty": NoveltyOptions.model_validate({**kept, "kind": "rnd"})})
     maze_kwargs = dict(cfg.env.kwargs)  # the config's maze settings (start noise, speed) carry to every layout
     env = make_vec_env(lambda: make_env(task, maze_kwargs), n_envs=cfg.env.n_envs, seed=seed)
     if task == "mountaincar":

@@ -96,7 +96,8 @@ def run_one(job: tuple) -> dict:
     kwargs: dict = {}
     callbacks: list = []
     if METHODS[method] is not None:
-        opts = {**METHODS[method], "beta": beta, "seed": seed, **novelty_extra.get(method, {})}
+        opts = {"model": {**METHODS[method], "seed": seed, **novelty_extra.get(method, {})},  # SB3's SAC: one critic
+                "weight": {"beta": beta}, "critics": None}
         kwargs, callbacks = attach_novelty(SAC, kwargs, env, opts)
     if method == "sac-zoo":
         kwargs = dict(ZOO_SAC)
@@ -128,7 +129,7 @@ def main() -> None:
                         "7.5k, 2 -> 4.5k, 5 -> 4.7k, 10 -> none by 8k)")
     p.add_argument("--eval-episodes", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one core each)")
-    p.add_argument("--flow-options", type=json.loads, default={}, help="extra novelty options of sac+flow (JSON)")
+    p.add_argument("--flow-options", type=json.loads, default={}, help="extra novelty model options of sac+flow (JSON)")
     p.add_argument("--out", default=None, help="write the per-run results as JSON lines here")
     p.add_argument("--time-limit", type=float, default=None, help="wall seconds per run (stops learning early)")
     p.add_argument("--progress", default=None, help="append progress lines (every 500 steps) to this file")

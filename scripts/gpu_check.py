@@ -286,7 +286,7 @@ def _preset_overrides(algo: str, smoke: bool) -> list[str]:
         items += ["algo.kwargs.buffer_size=100000"]
     if smoke:
         items += ["env.n_envs=2", "policy_kwargs.net_arch=[16, 16]", "flow_kwargs.hidden_features=[16]",
-                  "novelty.batch_size=32"]
+                  "novelty.model.batch_size=32"]
         items += (["algo.kwargs.batch_size=32", "algo.kwargs.learning_starts=32"] if algo == "sac" else
                   ["algo.kwargs.n_steps=32", "algo.kwargs.batch_size=32", "algo.kwargs.n_epochs=1"])
         if algo == "ppo":

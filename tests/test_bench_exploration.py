@@ -73,12 +73,13 @@ def test_a_variant_gets_its_own_table_name():
     assert bench_exploration.output_name(["umaze"], demo, [], everything) == "umaze"
     assert bench_exploration.output_name(["open", "rooms"], demo, [], everything[::-1]) == "open-rooms"
     names = {
-        bench_exploration.output_name(["umaze"], demo, ["novelty.beta=1"], everything),
+        bench_exploration.output_name(["umaze"], demo, ["novelty.weight.beta=1"], everything),
         bench_exploration.output_name(["umaze"], demo, [], ["flow/flow"]),
         bench_exploration.output_name(["umaze"], os.path.join("configs", "other.yaml"), [], everything),
-        bench_exploration.output_name(["umaze"], demo, ["novelty.beta=1"], ["flow/flow"]),
+        bench_exploration.output_name(["umaze"], demo, ["novelty.weight.beta=1"], ["flow/flow"]),
     }
-    assert names == {"umaze_novelty.beta=1", "umaze_flow-flow", "umaze_other", "umaze_novelty.beta=1_flow-flow"}
+    assert names == {"umaze_novelty.weight.beta=1", "umaze_flow-flow", "umaze_other",
+                     "umaze_novelty.weight.beta=1_flow-flow"}
     assert "/" not in bench_exploration.output_name(["umaze"], demo, ["env.kwargs={a: 1/2}"], everything)
     assert bench_exploration.output_name(["umaze"], demo, [], ["flow/flow"], tag="60k") == "umaze_flow-flow_60k"
 
@@ -88,8 +89,17 @@ def test_a_bad_method_is_named():
         bench_exploration.main(["--methods", "flow/beta"])
 
 
-def test_rnd_runs_take_the_bonus_options_of_a_flow_config():
-    config = os.path.join(ROOT, "configs", "demo.yaml")  # its novelty section has flow-only options (cells)
-    row = bench_exploration.run_one("umaze", "rnd", "gaussian", 0, 200, [200], config, ["novelty.beta=2"])
+def test_rnd_runs_take_the_bonus_options_of_a_flow_config(tmp_path):
+    import yaml
+
+    from agents.config import load_config
+
+    # the demo with flow-only options in its model section (cells, ema): RND replaces the section
+    config = tmp_path / "flow.yaml"
+    config.write_text(yaml.safe_dump({"base": os.path.join(ROOT, "configs", "demo.yaml"),
+                                      "novelty": {"model": {"kind": "flow", "cells": 400, "ema": 0.9}}}))
+    rnd = load_config(str(config), bench_exploration.method_overrides("rnd", "gaussian")).novelty
+    assert rnd is not None and rnd.model.kind == "rnd" and rnd.critics is not None  # the weight and critics stay
+    row = bench_exploration.run_one("umaze", "rnd", "gaussian", 0, 200, [200], str(config), ["novelty.weight.beta=2"])
     assert set(row["evals"]) == {"200"} and row["episodes"] >= 0
     assert row["saturation"] is not None  # the bonus ran: every step reported its novelty

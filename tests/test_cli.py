@@ -95,12 +95,14 @@ def test_train_eval_plot_through_the_cli(tmp_path, capsys):
 def test_demo_agent_has_flow_policy_novelty_and_pictures(tmp_path):
     path = os.path.join(ROOT, "configs", "demo.yaml")
     cfg = load_config(path, tiny(path, tmp_path, steps=256, **{"run.plots": "true", "run.name": "d"}))  # 64 per env
-    assert cfg.policy == "flow" and cfg.novelty and cfg.novelty.kind == "flow"
+    assert cfg.policy == "flow" and cfg.novelty and cfg.novelty.model.kind == "flow"
+    assert cfg.novelty.critics is not None and cfg.novelty.weight.success_hold == 0.9  # the defaults are the agent
     result = train(cfg)
-    from agents.novelty import find_novelty
+    from agents.novelty import IntrinsicCriticSAC, find_novelty
     from agents.policies import FlowSACPolicy
 
     assert isinstance(result.model.policy, FlowSACPolicy) and find_novelty(result.model) is not None
+    assert isinstance(result.model, IntrinsicCriticSAC) and len(result.model.critic.q_networks) == 4
     rows = read_rows(os.path.join(result.run_dir, "episodes.csv"))
     assert rows and all(float(r["intrinsic_return"]) < 0 for r in rows)  # the non-positive bonus
     for png in ["learning_curves.png", "coverage.png", "novelty_density.png", "policy_samples.png"]:

@@ -43,7 +43,9 @@ def test_defaults_and_types():
         ({**MINIMAL, "flow": "no-such-flow"}, "flow"),
         ({**MINIMAL, "run": {"checkpoint_every": "often"}}, "run.checkpoint_every"),
         ({**MINIMAL, "seeds": 3}, "seeds: unknown key"),
-        ({**MINIMAL, "novelty": {"beta": "abc"}}, "novelty.beta: Input should be a valid number"),
+        ({**MINIMAL, "novelty": {"weight": {"beta": "abc"}}}, "novelty.weight.beta: Input should be a valid number"),
+        ({**MINIMAL, "novelty": {"beta": 0.5}}, "novelty: beta: moved to novelty.weight.beta"),
+        ({**MINIMAL, "novelty": {"critics": {"backup_entropy": "maybe"}}}, "novelty.critics.backup_entropy"),
         ({**MINIMAL, "threads": 0}, "threads: Input should be greater than or equal to 1"),
         ({}, "env: required key is missing"),
         ({"env": {"kwargs": {}}}, "env.id: required key is missing"),
@@ -69,9 +71,11 @@ def test_nested_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**MINIMAL, "algo": {"name": "sac", "kwargs": {"batch_size": 64}}}))
     cfg = load_config(str(path), ["env.kwargs.layout=rooms", "algo.kwargs.learning_rate=3e-4", "seed=7",
-                                  "total_timesteps=123", "novelty.beta=0.5", "run.out_dir=/tmp/x"])
+                                  "total_timesteps=123", "novelty.weight.beta=0.5", "run.out_dir=/tmp/x"])
     assert cfg.env.kwargs == {"layout": "rooms"} and cfg.algo.kwargs == {"batch_size": 64, "learning_rate": 3e-4}
-    assert cfg.seed == 7 and cfg.total_timesteps == 123 and cfg.novelty is not None and cfg.novelty.beta == 0.5 and cfg.novelty.kind == "flow"
+    assert cfg.seed == 7 and cfg.total_timesteps == 123 and cfg.novelty is not None
+    assert cfg.novelty.weight.beta == 0.5 and cfg.novelty.model.kind == "flow"
+    assert cfg.novelty.weight.success_window == 20  # the other options of the section keep their defaults
     assert cfg.run.out_dir == "/tmp/x"
     with pytest.raises(ConfigError, match="algo.name"):
         load_config(str(path), ["algo.name=ddpg"])
@@ -92,9 +96,12 @@ def test_a_bad_novelty_value_on_the_command_line_is_one_line_naming_the_key(tmp_
     from agents.cli import main
 
     demo = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
-    assert main(["train", demo, "novelty.beta=abc", f"run.out_dir={tmp_path}"]) == 2
+    assert main(["train", demo, "novelty.weight.beta=abc", f"run.out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "novelty.beta" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "novelty.weight.beta" in err and "Traceback" not in err
+    assert main(["train", demo, "novelty.beta=1", f"run.out_dir={tmp_path}"]) == 2  # the former flat key
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "beta: moved to novelty.weight.beta" in err and "Traceback" not in err
     assert not os.listdir(tmp_path)  # refused before any run directory is made
 
 

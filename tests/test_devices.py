@@ -23,8 +23,10 @@ from flowrl.precision import ieee_float32, tf32_enabled
 
 IMAGE_SHAPE = (2, 4, 4)
 CASES = [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in all_cases()]
-SMALL_FLOW = {"flow_kwargs": {"transforms": 2, "hidden_features": [16]}, "batch_size": 32, "steps_per_update": 2,
-              "update_every": 8, "cell_samples": 4, "seed": 0}
+# SB3's SAC: one shared critic (the novelty critics, on by default, are IntrinsicCriticSAC's)
+SMALL_FLOW = {"model": {"flow_kwargs": {"transforms": 2, "hidden_features": [16]}, "batch_size": 32,
+                        "steps_per_update": 2, "cell_samples": 4, "seed": 0},
+              "update_every": 8, "critics": None}
 SMALL_SAC = dict(learning_starts=24, batch_size=16, buffer_size=2000, policy_kwargs=dict(net_arch=[16]))
 
 

@@ -16,7 +16,7 @@ from agents.cli import main
 from agents.config import ConfigError, EnvConfig, config_from_dict, load_config
 from agents.env_builder import make_single_env
 from agents.factory import build_model, evaluate_model, make_env, train
-from agents.novelty import find_novelty, make_novelty_bonus
+from agents.novelty import IntrinsicCriticSAC, find_novelty, make_novelty_bonus
 from agents.policies import FlowActorCriticPolicy, FlowSACPolicy
 from envs.wrappers import ObservationBounds, SuccessInfo
 
@@ -179,16 +179,20 @@ def test_malformed_wrapper_entries_fail_at_config_time(wrapper):
 
 
 # ------------------------------------------------------------ Dict observations
-@pytest.mark.parametrize("algo, policy", [("sac", "flow"), ("ppo", "flow"), ("sac", "gaussian"), ("a2c", "gaussian")])
-def test_goal_conditioned_dict_observations_train_with_the_bonus_on_achieved_goal(algo, policy, tmp_path):
+@pytest.mark.parametrize("algo, policy, critics", [("sac", "flow", True), ("ppo", "flow", True),
+                                                   ("sac", "gaussian", False), ("a2c", "gaussian", True)])
+def test_goal_conditioned_dict_observations_train_with_the_bonus_on_achieved_goal(algo, policy, critics, tmp_path):
+    """SAC with the default critics is IntrinsicCriticSAC, with ``critics: null`` SB3's SAC; PPO/A2C drop them."""
     kwargs = {"sac": dict(learning_starts=32, batch_size=16, buffer_size=500), "ppo": dict(n_steps=16, batch_size=16),
               "a2c": dict(n_steps=16)}[algo]
+    novelty = dict(model=dict(kind="flow"), update_every=8, **({} if critics else {"critics": None}))
     cfg = cfg_of(env=dict(id="flowrl_test/GoalToy-v0", wrappers=[{"envs.wrappers.SuccessInfo": {"key": "success"}}]),
                  algo=dict(name=algo, kwargs=kwargs), policy=policy, policy_kwargs=dict(net_arch=[16]),
-                 flow_kwargs=dict(transforms=1, hidden_features=[16]), novelty=dict(kind="flow", update_every=8),
+                 flow_kwargs=dict(transforms=1, hidden_features=[16]), novelty=novelty,
                  run=dict(out_dir=str(tmp_path), progress_bar=False, plots=True, log_every=32))
     result = train(cfg)
     model = result.model
+    assert isinstance(model, IntrinsicCriticSAC) == (algo == "sac" and critics)
     assert result.summary["timesteps"] >= 64
     assert isinstance(model.policy.features_extractor if algo != "sac" else model.policy.actor.features_extractor,
                       CombinedExtractor)
@@ -200,14 +204,14 @@ def test_goal_conditioned_dict_observations_train_with_the_bonus_on_achieved_goa
 def test_a_dict_space_that_is_not_goal_conditioned_needs_obs_key():
     space = spaces.Dict({"position": spaces.Box(-1, 1, (2,)), "velocity": spaces.Box(-1, 1, (2,))})
     with pytest.raises(ValueError, match=r"obs_key: .*keys \['position', 'velocity'\]"):
-        make_novelty_bonus(space, {"kind": "flow"})
-    assert make_novelty_bonus(space, {"kind": "flow", "obs_key": "velocity"}).options.obs_key == "velocity"
-    assert make_novelty_bonus(GoalToy().observation_space, {"kind": "rnd"}).options.obs_key == "achieved_goal"
+        make_novelty_bonus(space, {"model": {"kind": "flow"}})
+    assert make_novelty_bonus(space, {"model": {"kind": "flow"}, "obs_key": "velocity"}).options.obs_key == "velocity"
+    assert make_novelty_bonus(GoalToy().observation_space, {"model": {"kind": "rnd"}}).options.obs_key == "achieved_goal"
 
 
 def test_a_dict_space_without_obs_key_fails_through_the_config_naming_the_keys():
     cfg = cfg_of(env=dict(id="flowrl_test/GoalToy-v0", kwargs=dict(keys=["a", "b"])),
-                 algo=dict(name="ppo", kwargs=dict(n_steps=16)), novelty=dict(kind="flow"))
+                 algo=dict(name="ppo", kwargs=dict(n_steps=16)), novelty=dict(model=dict(kind="flow")))
     with pytest.raises(ConfigError, match=r"novelty: obs_key: .*keys \['a', 'b'\]"):
         build_model(cfg, make_env(cfg))
 
@@ -219,7 +223,7 @@ def test_discrete_actions_train_with_the_flow_bonus_through_the_command(algo, kw
     code = main(["train", os.path.join(ROOT, "configs", "deepsea_ppo.yaml"), "env.id=CartPole-v1", "env.kwargs={}",
                  f"algo.name={algo}", f"algo.kwargs={kwargs}", "total_timesteps=64", f"run.out_dir={tmp_path}",
                  "run.progress_bar=false", "run.plots=false", "eval.episodes=1", "device=cpu",
-                 "novelty={kind: flow, update_every: 8}"])
+                 "novelty={model: {kind: flow}, update_every: 8}"])
     assert code == 0
     run_dir = capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1]
     with open(os.path.join(run_dir, "progress.csv")) as f:
@@ -243,10 +247,11 @@ def test_an_agent_on_an_action_space_it_cannot_act_in_is_a_clear_error(algo, pol
 
 # ------------------------------------------------------------ symbolic grids
 def test_a_small_grid_with_declared_bounds_goes_through_the_image_counter_and_an_mlp_policy(tmp_path):
-    raw = make_novelty_bonus(GridToy().observation_space, {"kind": "flow", "flow": "realnvp", "image_size": 7})
+    options = {"model": {"kind": "flow", "flow": "realnvp", "image": {"size": 7}}}
+    raw = make_novelty_bonus(GridToy().observation_space, options)
     assert raw.max_value == 255.0  # quantised by 255, indices <= 10 all fall into the lowest level
     bounded = ObservationBounds(GridToy(), high=10)
-    assert make_novelty_bonus(bounded.observation_space, {"kind": "flow", "flow": "realnvp", "image_size": 7}).max_value == 10.0
+    assert make_novelty_bonus(bounded.observation_space, options).max_value == 10.0
     cfg = load_config(os.path.join(ROOT, "configs", "minigrid_doorkey.yaml"), [
         "env.id=flowrl_test/GridToy-v0", "env.packages=[]", "env.n_envs=2",
         "env.wrappers=[{envs.wrappers.ObservationBounds: {high: 10}}]", "algo.kwargs.n_steps=32",

@@ -1,4 +1,4 @@
-"""``novelty.intrinsic_critic``: replay samples that keep the two rewards apart, and IntrinsicCriticSAC."""
+"""``novelty.critics``: replay samples that keep the two rewards apart, and IntrinsicCriticSAC."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from stable_baselines3 import SAC
+from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.vec_env import DummyVecEnv
-from test_novelty_agents import SMALL_FLOW, SMALL_SAC, AlternatingGoal, _mc
+from test_novelty_agents import ONE_CRITIC, SMALL_FLOW, SMALL_SAC, AlternatingGoal, _mc, merged
 from tolerances import assert_close_rounding
 
 import envs  # noqa: F401  (registers the mazes)
@@ -26,6 +26,7 @@ from agents.novelty import (
     make_novelty_bonus,
 )
 from agents.novelty.buffers import SplitReplaySamples
+from agents.novelty.options import CriticOptions, NoveltyOptions
 from agents.policies import FlowSACPolicy, critic_value
 
 
@@ -33,7 +34,7 @@ from agents.policies import FlowSACPolicy, critic_value
 def test_split_samples_carry_the_extrinsic_rewards_and_the_unweighted_bonus_of_the_same_rows(n_steps):
     """Joint rewards = split rewards + beta * split intrinsic rewards, row by row; the other fields are equal."""
     box = spaces.Box(-1, 1, (2,), np.float32)
-    bonus = make_novelty_bonus(box, {**SMALL_FLOW, "beta": 0.7, "intrinsic_critic": True})
+    bonus = make_novelty_bonus(box, merged(SMALL_FLOW, {"weight": {"beta": 0.7}, "critics": {"return_bound": False}}))
     cls, extra = (NoveltyReplayBuffer, {}) if n_steps == 1 else (NoveltyNStepReplayBuffer, {"n_steps": 3, "gamma": 0.9})
     buf = cls(200, box, spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2, novelty=bonus, **extra)
     rng = np.random.default_rng(0)
@@ -46,7 +47,7 @@ def test_split_samples_carry_the_extrinsic_rewards_and_the_unweighted_bonus_of_t
     inds = np.random.default_rng(1).integers(0, 50, size=32)
     np.random.seed(3)
     split = buf._get_samples(inds)
-    bonus.options.intrinsic_critic = False
+    bonus.options.critics = None
     np.random.seed(3)
     joint = buf._get_samples(inds)
     assert isinstance(split, SplitReplaySamples) and not isinstance(joint, SplitReplaySamples)
@@ -69,9 +70,11 @@ def test_critic_value_mixes_extrinsic_and_weighted_intrinsic_critics():
     assert critic_value(q, 0.0).item() == 1.0
 
 
-def _trained(algo_class, beta: float, policy=None, policy_kwargs=None, device="cpu"):
+def _trained(algo_class, beta: float, policy=None, policy_kwargs=None, device="cpu", critics=None):
+    """``algo_class`` trained 48 steps with the bonus at weight ``beta`` (IntrinsicCriticSAC: ``critics`` over the defaults)."""
     env = _mc()
-    options = {**SMALL_FLOW, "beta": beta, "intrinsic_critic": algo_class is IntrinsicCriticSAC}
+    options = merged(SMALL_FLOW, {"weight": {"beta": beta}},
+                     {"critics": critics or {}} if algo_class is IntrinsicCriticSAC else ONE_CRITIC)
     kwargs, callbacks = attach_novelty(algo_class, SMALL_SAC, env, options)
     pk = {**SMALL_SAC["policy_kwargs"], **(policy_kwargs or {})}
     model = algo_class(policy or "MlpPolicy", env, seed=0, device=device, **{**kwargs, "policy_kwargs": pk})
@@ -83,7 +86,7 @@ def _one_update(model, beta: float):
     state = copy.deepcopy((model.policy.state_dict(), model.actor.optimizer.state_dict(),
                            model.critic.optimizer.state_dict(), model.ent_coef_optimizer.state_dict(),
                            model.log_ent_coef.detach().clone(), find_novelty(model).model.state_dict()))
-    find_novelty(model).options.beta = beta
+    find_novelty(model).options.weight.beta = beta
     np.random.seed(0)
     torch.manual_seed(0)
     model.train(gradient_steps=1, batch_size=16)
@@ -99,10 +102,15 @@ def _one_update(model, beta: float):
     return after
 
 
-@pytest.mark.parametrize("algo_class", [IntrinsicCriticSAC, SAC])
-def test_a_new_weight_moves_the_actor_but_not_the_critics_only_with_intrinsic_critics(algo_class):
+#: The critics with SAC's own extrinsic targets: soft (entropy backed up), unbounded, temperature learnt throughout.
+SOFT_CRITICS = {"return_bound": False, "backup_entropy": True, "hold_ent_coef": None}
+
+
+@pytest.mark.parametrize("algo_class, critics", [(IntrinsicCriticSAC, None), (IntrinsicCriticSAC, SOFT_CRITICS),
+                                                 (SAC, None)], ids=["default-critics", "soft-critics", "one-critic"])
+def test_a_new_weight_moves_the_actor_but_not_the_critics_only_with_intrinsic_critics(algo_class, critics):
     """Same minibatch, weights 0.5 and 5: IntrinsicCriticSAC's critics learn the same, plain SAC's do not."""
-    model = _trained(algo_class, beta=0.5)
+    model = _trained(algo_class, beta=0.5, critics=critics)
     critic_a, actor_a = _one_update(model, 0.5)
     critic_b, actor_b = _one_update(model, 5.0)
     same_critic = all(torch.equal(a, b) for a, b in zip(critic_a, critic_b))
@@ -141,8 +149,8 @@ def test_intrinsic_critic_sac_round_trips_and_its_critic_rule_mixes_the_critics(
 def test_success_window_weight_reaches_the_actor():
     """With a success window the actor (and the critic rule) weights the intrinsic critics by beta (1 - s)."""
     env = DummyVecEnv([lambda: AlternatingGoal(True)])
-    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env,
-                                       {**SMALL_FLOW, "beta": 2.0, "success_window": 4, "intrinsic_critic": True})
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env, merged(
+        SMALL_FLOW, {"weight": {"beta": 2.0, "success_window": 4, "success_hold": None}}))
     small_flow = dict(net_arch=[16], flow_kwargs=dict(transforms=1, hidden_features=[8]))
     model = IntrinsicCriticSAC(FlowSACPolicy, env, seed=0, device="cpu", **{**kwargs, "policy_kwargs": small_flow})
     model.learn(64, callback=callbacks)
@@ -151,31 +159,54 @@ def test_success_window_weight_reaches_the_actor():
     assert model.policy.intrinsic_weight == pytest.approx(1.0)
 
 
-def test_the_option_needs_sac_and_is_off_by_default():
+def test_critics_are_on_by_default_and_need_intrinsic_critic_sac():
     env = gym.make("flowrl/PointMaze-Open-v0")
-    with pytest.raises(ValueError, match="intrinsic_critic=True needs algo_class=IntrinsicCriticSAC"):
-        attach_novelty(SAC, {}, env, {"intrinsic_critic": True})
-    with pytest.raises(ValueError, match="IntrinsicCriticSAC needs intrinsic_critic=True"):
-        attach_novelty(IntrinsicCriticSAC, {}, env, {})
-    with pytest.raises(ValueError, match="intrinsic_critic=True"):
+    with pytest.raises(ValueError, match="critics .on by default. need algo_class=IntrinsicCriticSAC"):
+        attach_novelty(SAC, {}, env, {})
+    with pytest.raises(ValueError, match="IntrinsicCriticSAC needs critics"):
+        attach_novelty(IntrinsicCriticSAC, {}, env, {"critics": None})
+    with pytest.raises(ValueError, match="with novelty critics"):
         IntrinsicCriticSAC("MlpPolicy", env, device="cpu")  # no novelty buffer
-    plain = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", novelty=dict(kind="flow"))
-    assert algorithm_class(plain) is SAC
-    split = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
-                        novelty=dict(kind="flow", intrinsic_critic=True))
+    kwargs, _ = attach_novelty(IntrinsicCriticSAC, {}, env, {})
+    assert kwargs["replay_buffer_kwargs"]["novelty"].options.critics == CriticOptions(
+        return_bound=True, backup_entropy=False, hold_ent_coef=0.01)
+    # Other algorithms have one critic: the default critics are dropped, critics asked for are an error.
+    for algo_class in (PPO, TD3):
+        kwargs, _ = attach_novelty(algo_class, {}, env, {})
+        key = "rollout_buffer_kwargs" if algo_class is PPO else "replay_buffer_kwargs"
+        assert kwargs[key]["novelty"].options.critics is None
+        with pytest.raises(ValueError, match=f"critics: SAC only; {algo_class.__name__} has one critic"):
+            attach_novelty(algo_class, {}, env, {"critics": {"return_bound": False}})
+    assert attach_novelty(PPO, {}, env, {"critics": None})[0]["rollout_buffer_kwargs"]["novelty"].options.critics is None
+    # From a config: SAC with a bonus is IntrinsicCriticSAC unless critics is null; without one, SB3's SAC.
+    split = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", novelty={})
+    assert algorithm_class(split) is IntrinsicCriticSAC
     model, _ = build_model(split, make_env(split))
     assert type(model) is IntrinsicCriticSAC and len(model.critic.q_networks) == 4
-    ppo = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=dict(name="ppo"),
-                      novelty=dict(kind="flow", intrinsic_critic=True))
-    with pytest.raises(ConfigError, match="novelty.intrinsic_critic: SAC only"):
-        build_model(ppo, make_env(ppo))
+    one = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", novelty=dict(critics=None))
+    assert algorithm_class(one) is SAC
+    model, _ = build_model(one, make_env(one))
+    assert type(model) is SAC and len(model.critic.q_networks) == 2
+    assert type(model.replay_buffer) is NoveltyReplayBuffer  # the bonus is there, added to SAC's one reward
+    assert algorithm_class(TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", novelty=None)) is SAC
+    ppo_algo = dict(name="ppo", kwargs=dict(n_steps=16))
+    with pytest.raises(ValueError, match="novelty.critics: SAC only"):
+        TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=ppo_algo, novelty=dict(critics=dict()))
+    ppo = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=ppo_algo, novelty={})
+    assert ppo.novelty.critics is None  # the default section is SAC's: dropped for PPO
+    given = ppo.model_copy(update={"novelty": NoveltyOptions(critics=dict())})  # given past the config's check
+    with pytest.raises(ConfigError, match="^novelty: critics: SAC only"):
+        build_model(given, make_env(given))
+    plain_ppo = ppo.model_copy(update={"novelty": NoveltyOptions()})  # the defaults: critics dropped
+    model, _ = build_model(plain_ppo, make_env(plain_ppo))
+    assert type(model) is PPO and find_novelty(model).options.critics is None
 
 
 @pytest.mark.parametrize("n_steps", [1, 3])
 def test_return_bound_stores_the_discounted_return_of_terminated_episodes_only(n_steps):
     """G_t = sum_k 0.9^(k-t) r_k for rows of a terminated episode; -inf for truncated, unfinished, overwritten rows."""
     box = spaces.Box(-1, 1, (2,), np.float32)
-    bonus = make_novelty_bonus(box, {**SMALL_FLOW, "intrinsic_critic": True, "return_bound": True})
+    bonus = make_novelty_bonus(box, merged(SMALL_FLOW, {"critics": {"return_bound": True}}))
     cls, extra = (NoveltyReplayBuffer, {}) if n_steps == 1 else (NoveltyNStepReplayBuffer, {"n_steps": 3, "gamma": 0.9})
     buf = cls(12, box, spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2, novelty=bonus, return_gamma=0.9, **extra)
     assert buf.buffer_size == 6  # rows of n_envs transitions
@@ -213,7 +244,7 @@ def test_return_bound_stores_the_discounted_return_of_terminated_episodes_only(n
 def test_return_bound_lifts_only_the_extrinsic_targets():
     """Bounds above every target: the extrinsic critics move up to them; the intrinsic critics learn the same."""
     env = _mc()
-    options = {**SMALL_FLOW, "beta": 0.5, "intrinsic_critic": True, "return_bound": True}
+    options = merged(SMALL_FLOW, {"weight": {"beta": 0.5}, "critics": {"return_bound": True}})
     kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env, options)
     model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", **kwargs).learn(48, callback=callbacks)
     buf = model.replay_buffer
@@ -229,17 +260,23 @@ def test_return_bound_lifts_only_the_extrinsic_targets():
             for i in range(len(params))]
     assert not all(torch.equal(a, b) for a, b in zip(*nets[0]))  # extrinsic: a new target
     assert all(torch.equal(a, b) for a, b in zip(*nets[2]))  # intrinsic: the same target
-    with pytest.raises(ValueError, match="return_bound needs intrinsic_critic"):
-        make_novelty_bonus(spaces.Box(-1, 1, (2,)), {"return_bound": True})
+    with pytest.raises(ValueError, match=r"return_bound: moved to novelty\.critics\.return_bound"):
+        make_novelty_bonus(spaces.Box(-1, 1, (2,)), {"return_bound": True})  # the former flat option
+    with pytest.raises(ValueError, match="return_bound needs return_gamma"):
+        NoveltyReplayBuffer(12, spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu",
+                            novelty=find_novelty(model))
 
 
 @pytest.mark.parametrize("backup_entropy", [True, False])
 def test_backup_entropy_false_keeps_the_temperature_out_of_the_extrinsic_targets(backup_entropy, tmp_path):
     """The critics' update from the same state and minibatch at two temperatures: equal iff no entropy backup."""
     env = _mc()
-    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env,
-                                       {**SMALL_FLOW, "beta": 0.5, "intrinsic_critic": True})
-    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", backup_entropy=backup_entropy, **kwargs)
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env, merged(SMALL_FLOW, {
+        "weight": {"beta": 0.5}, "critics": {"backup_entropy": backup_entropy, "return_bound": False}}))
+    with pytest.raises(TypeError, match="backup_entropy"):  # a novelty option now, no longer the constructor's
+        IntrinsicCriticSAC("MlpPolicy", env, device="cpu", backup_entropy=backup_entropy, **kwargs)
+    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
+    assert model.critic_options.backup_entropy == backup_entropy
     model.learn(48, callback=callbacks)
     critics = []
     for alpha in (0.1, 2.0):
@@ -247,36 +284,37 @@ def test_backup_entropy_false_keeps_the_temperature_out_of_the_extrinsic_targets
         critics.append(_one_update(model, 0.5)[0])
     assert all(torch.equal(a, b) for a, b in zip(*critics)) == (not backup_entropy)
     model.save(tmp_path / "m")
-    assert IntrinsicCriticSAC.load(tmp_path / "m", device="cpu").backup_entropy == backup_entropy
+    assert IntrinsicCriticSAC.load(tmp_path / "m", device="cpu").critic_options.backup_entropy == backup_entropy
 
 
 def test_the_rooms_recipe_builds_from_a_config():
-    """intrinsic_critic + return_bound + algo.kwargs.backup_entropy: the model and buffer they ask for."""
+    """novelty.critics (return_bound, backup_entropy) + weight: the model and buffer they ask for."""
     cfg = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
-                      algo=dict(name="sac", kwargs=dict(backup_entropy=False, ent_coef=0.01)),
-                      novelty=dict(kind="flow", intrinsic_critic=True, return_bound=True, success_window=5,
-                                   success_hold=0.9))
+                      algo=dict(name="sac", kwargs=dict(ent_coef=0.01)),
+                      novelty=dict(critics=dict(return_bound=True, backup_entropy=False, hold_ent_coef=None),
+                                   weight=dict(success_window=5, success_hold=0.9)))
     model, _ = build_model(cfg, make_env(cfg))
-    assert isinstance(model, IntrinsicCriticSAC) and model.backup_entropy is False
+    assert isinstance(model, IntrinsicCriticSAC) and model.critic_options.backup_entropy is False
+    assert model.critic_options.hold_ent_coef is None and find_novelty(model).options.weight.success_window == 5
     assert model.replay_buffer.episode_returns is not None and model.replay_buffer.return_gamma == model.gamma
-    plain = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
-                        algo=dict(name="sac", kwargs=dict(backup_entropy=False)), novelty=dict(kind="flow"))
-    with pytest.raises(ConfigError, match="algo.kwargs.*backup_entropy"):
-        build_model(plain, make_env(plain))
-    # at their neutral values the critics' options leave plain SAC as it is (how the demo turns its agent plain)
-    neutral = plain.model_copy(update={"novelty": None, "algo": plain.algo.model_copy(
-        update={"kwargs": dict(backup_entropy=True, hold_ent_coef=None, learning_starts=7)})})
-    model, _ = build_model(neutral, make_env(neutral))
-    assert type(model) is SAC and model.learning_starts == 7
+    unbounded = cfg.model_copy(update={"novelty": cfg.novelty.model_copy(update={"critics": CriticOptions(
+        return_bound=False)})})
+    model, _ = build_model(unbounded, make_env(unbounded))
+    assert isinstance(model, IntrinsicCriticSAC) and model.replay_buffer.episode_returns is None
+    # the critics' options are no algo.kwargs any more, with separate critics or without
+    for novelty in ({}, {"critics": None}):
+        old = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
+                          algo=dict(name="sac", kwargs=dict(backup_entropy=False)), novelty=novelty)
+        with pytest.raises(ConfigError, match="algo.kwargs.*backup_entropy"):
+            build_model(old, make_env(old))
 
 
 def test_hold_ent_coef_fixes_the_temperature_once_the_bonus_holds(tmp_path):
     """Learnt temperature while exploring; the constant hold_ent_coef (and no more temperature steps) once held."""
     env = DummyVecEnv([lambda: AlternatingGoal(True)])
-    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env,
-                                       {**SMALL_FLOW, "beta": 2.0, "success_window": 2, "success_hold": 0.5,
-                                        "intrinsic_critic": True})
-    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", hold_ent_coef=0.02, **kwargs)
+    kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env, merged(SMALL_FLOW, {
+        "weight": {"beta": 2.0, "success_window": 2, "success_hold": 0.5}, "critics": {"hold_ent_coef": 0.02}}))
+    model = IntrinsicCriticSAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     bonus = find_novelty(model)
     model.learn(6, callback=callbacks)  # one episode finished: no full window yet
     assert not bonus.holding
@@ -290,6 +328,9 @@ def test_hold_ent_coef_fixes_the_temperature_once_the_bonus_holds(tmp_path):
     assert model._temperature(log_prob, logs).item() == pytest.approx(0.02)
     assert torch.equal(model.log_ent_coef.detach(), before) and not logs["ent_coef_loss"]  # no temperature step
     model.save(tmp_path / "m")
-    assert IntrinsicCriticSAC.load(tmp_path / "m", device="cpu").hold_ent_coef == 0.02
-    with pytest.raises(ValueError, match="hold_ent_coef"):
-        IntrinsicCriticSAC("MlpPolicy", env, device="cpu", hold_ent_coef=0.0, **kwargs)
+    assert IntrinsicCriticSAC.load(tmp_path / "m", device="cpu").critic_options.hold_ent_coef == 0.02
+    bonus.options.critics.hold_ent_coef = None  # learnt throughout: still a temperature step while held
+    logs = {"ent_coef_loss": []}
+    assert model._temperature(log_prob, logs).item() == pytest.approx(float(torch.exp(before))) and logs["ent_coef_loss"]
+    with pytest.raises(ValueError, match=r"novelty\.critics\.hold_ent_coef"):
+        attach_novelty(IntrinsicCriticSAC, SMALL_SAC, env, {"critics": {"hold_ent_coef": 0.0}})

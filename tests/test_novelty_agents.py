@@ -25,10 +25,25 @@ from agents.novelty import (
     novelty_density,
 )
 
-SMALL_FLOW = {"flow_kwargs": {"transforms": 2, "hidden_features": [16]}, "batch_size": 32, "steps_per_update": 2,
-              "update_every": 8, "cell_samples": 4}
+SMALL_FLOW = {"model": {"flow_kwargs": {"transforms": 2, "hidden_features": [16]}, "batch_size": 32,
+                        "steps_per_update": 2, "cell_samples": 4},
+              "update_every": 8}
+#: SB3's SAC takes the bonus with one shared critic: the novelty critics (on by default) are off.
+ONE_CRITIC = {"critics": None}
 SMALL_SAC = dict(learning_starts=24, batch_size=16, buffer_size=2000, policy_kwargs=dict(net_arch=[16]))
 SMALL_PPO = dict(n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=dict(net_arch=[16]))
+
+
+def merged(*parts: dict) -> dict:
+    """Novelty options from ``parts``, later ones over earlier ones, section by section (nested mappings merge)."""
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
 
 
 class PointDict(gym.Env):
@@ -65,34 +80,37 @@ def _mc(n_envs=1, seed=0):
 def test_attach_gives_buffers_and_callbacks_without_touching_the_input():
     env = _mc()
     given = {"buffer_size": 100}
-    kwargs, callbacks = attach_novelty(SAC, given, env, {"kind": "flow", "beta": 0.3})
+    kwargs, callbacks = attach_novelty(SAC, given, env, {"model": {"kind": "flow"}, "weight": {"beta": 0.3},
+                                                         **ONE_CRITIC})
     assert given == {"buffer_size": 100}
     assert kwargs["replay_buffer_class"] is NoveltyReplayBuffer
     assert isinstance(kwargs["replay_buffer_kwargs"]["novelty"], NoveltyBonus)
     assert len(callbacks) == 1 and find_novelty(callbacks[0]).beta == 0.3
-    kwargs, _ = attach_novelty(PPO, {}, env, {"kind": "rnd"})
+    kwargs, _ = attach_novelty(PPO, {}, env, {"model": {"kind": "rnd"}})
     assert kwargs["rollout_buffer_class"] is NoveltyRolloutBuffer
+    assert kwargs["rollout_buffer_kwargs"]["novelty"].options.critics is None  # the default critics: SAC only
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"kind": "flow", "betta": 1.0}, "betta"),
-    ({"kind": "counts"}, "kind"),
-    ({"kind": "rnd", "flow": "nsf"}, "flow"),
-    ({"estimator": "magic"}, "estimator"),
+    ({"model": {"kind": "flow"}, "weight": {"betta": 1.0}}, r"novelty\.weight\.betta: unknown key"),
+    ({"model": {"kind": "counts"}}, "kind"),
+    ({"model": {"kind": "rnd", "flow": "nsf"}}, r"novelty\.model\.flow: unknown key"),
+    ({"model": {"estimator": "magic"}}, r"novelty\.model\.estimator"),
     ({"score": "later"}, "score"),
-    ({"flow": "no-such-flow"}, "unknown flow"),
+    ({"model": {"flow": "no-such-flow"}}, "unknown flow"),
+    ({"beta": 1.0}, r"beta: moved to novelty\.weight\.beta"),
 ])
 def test_bad_options_raise_value_errors_naming_the_problem(options, match):
     with pytest.raises(ValueError, match=match):
-        attach_novelty(SAC, {}, _mc(), options)
+        attach_novelty(SAC, {}, _mc(), {**options, **ONE_CRITIC})
 
 
 def test_dict_observations_need_a_key_and_nan_observations_are_refused():
     env = DummyVecEnv([PointDict])
     with pytest.raises(ValueError, match="obs_key"):
-        attach_novelty(SAC, {}, env, {})
+        attach_novelty(SAC, {}, env, ONE_CRITIC)
     with pytest.raises(ValueError, match="not in the observation space"):
-        attach_novelty(SAC, {}, env, {"obs_key": "velocity"})
+        attach_novelty(SAC, {}, env, {"obs_key": "velocity", **ONE_CRITIC})
     bonus = make_novelty_bonus(spaces.Box(-1, 1, (2,)), {})
     with pytest.raises(ValueError, match="NaN"):
         bonus.intrinsic(np.array([[np.nan, 0.0]]))
@@ -102,7 +120,8 @@ def test_dict_observations_need_a_key_and_nan_observations_are_refused():
 
 def test_sac_scores_the_sampled_transitions_with_the_current_model(device):
     env = _mc(n_envs=2)
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5, "seed": 0, "staleness": 0})
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_FLOW, ONE_CRITIC, {
+        "model": {"seed": 0}, "weight": {"beta": 0.5}, "staleness": 0}))
     model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(60, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
@@ -127,7 +146,8 @@ def test_sac_scores_the_sampled_transitions_with_the_current_model(device):
 def test_replayed_bonuses_lag_the_model_by_at_most_staleness_updates():
     """A cached score is reused for at most ``staleness`` model updates; the rotating refresh renews all of them."""
     env = _mc(n_envs=2)
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5, "seed": 0, "staleness": 3})
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_FLOW, ONE_CRITIC, {
+        "model": {"seed": 0}, "weight": {"beta": 0.5}, "staleness": 3}))
     model = SAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     model.learn(80, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
@@ -163,7 +183,7 @@ def test_replayed_bonuses_lag_the_model_by_at_most_staleness_updates():
 
 def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs(device):
     env = _mc()
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "beta": 0.5})
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_FLOW, ONE_CRITIC, {"weight": {"beta": 0.5}}))
     model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     seen, scored_alone = [], []
     bonus = find_novelty(model)
@@ -194,7 +214,8 @@ def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs(device)
 
 def test_bonus_survives_vecnormalize(device):
     venv = VecNormalize(_mc(), norm_obs=True, norm_reward=True)
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, venv, {**SMALL_FLOW, "beta": 1.0, "staleness": 0})
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, venv, merged(SMALL_FLOW, ONE_CRITIC, {
+        "weight": {"beta": 1.0}, "staleness": 0}))
     model = SAC("MlpPolicy", venv, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
@@ -215,7 +236,7 @@ def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback(device):
     from stable_baselines3.common.callbacks import BaseCallback
 
     venv = VecNormalize(_mc(n_envs=2))
-    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, venv, {**SMALL_FLOW, "beta": 0.5})
+    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, venv, merged(SMALL_FLOW, {"weight": {"beta": 0.5}}))
     model = PPO("MlpPolicy", venv, seed=0, device=device, **kwargs)
     snap = {}
 
@@ -252,7 +273,7 @@ def test_ppo_adds_the_bonus_before_advantages_and_needs_its_callback(device):
 
 
 def test_rollout_buffer_adds_the_bonus_once():
-    bonus = make_novelty_bonus(spaces.Box(-1, 1, (2,)), {**SMALL_FLOW, "beta": 2.0})
+    bonus = make_novelty_bonus(spaces.Box(-1, 1, (2,)), merged(SMALL_FLOW, {"weight": {"beta": 2.0}}))
     bonus.model.update(np.random.default_rng(0).normal(size=(64, 2)))
     buf = NoveltyRolloutBuffer(4, spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,)), gamma=0.0, gae_lambda=1.0,
                                novelty=bonus)
@@ -267,8 +288,8 @@ def test_rollout_buffer_adds_the_bonus_once():
 
 
 @pytest.mark.parametrize("algo, algo_kwargs, options", [
-    (SAC, SMALL_SAC, {**SMALL_FLOW}),
-    (PPO, SMALL_PPO, {"kind": "rnd", "update_every": 8, "batch_size": 32}),
+    (SAC, SMALL_SAC, merged(SMALL_FLOW, ONE_CRITIC)),
+    (PPO, SMALL_PPO, {"model": {"kind": "rnd", "batch_size": 32}, "update_every": 8}),
 ])
 def test_save_load_restores_the_density_model_and_its_normaliser(tmp_path, algo, algo_kwargs, options, device):
     env = _mc()
@@ -294,7 +315,7 @@ def test_save_load_restores_the_density_model_and_its_normaliser(tmp_path, algo,
 
 def test_novelty_density_for_maps(device):
     env = _mc()
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, SMALL_FLOW)
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_FLOW, ONE_CRITIC))
     model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     grid = np.stack(np.meshgrid(np.linspace(-1.2, 0.6, 5), np.linspace(-0.07, 0.07, 4)), -1).reshape(-1, 2)
@@ -302,14 +323,15 @@ def test_novelty_density_for_maps(device):
         ld = novelty_density(target, grid)
         assert ld.shape == (20,) and np.isfinite(ld).all()
     assert novelty_density(model, grid, "pseudo_count").shape == (20,)
-    rnd_kwargs, rnd_cbs = attach_novelty(SAC, SMALL_SAC, env, {"kind": "rnd"})
+    rnd_kwargs, rnd_cbs = attach_novelty(SAC, SMALL_SAC, env, {"model": {"kind": "rnd"}, **ONE_CRITIC})
     with pytest.raises(ValueError, match="flow"):
         novelty_density(rnd_cbs[0], grid)
 
 
 def test_dict_observations_with_a_key_train_end_to_end(device):
     env = DummyVecEnv([PointDict])
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_FLOW, "obs_key": "pos", "score": "current"})
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_FLOW, ONE_CRITIC,
+                                                                   {"obs_key": "pos", "score": "current"}))
     model = SAC("MultiInputPolicy", env, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     assert find_novelty(model).model.n_total == 40
@@ -318,8 +340,9 @@ def test_dict_observations_with_a_key_train_end_to_end(device):
 
 
 # ------------------------------------------------------------------ images
-SMALL_IMAGE = {"flow_kwargs": {"transforms": 1, "hidden_features": [8]}, "batch_size": 16, "steps_per_update": 1,
-               "update_every": 16, "cell_samples": 8}
+SMALL_IMAGE = {"model": {"flow_kwargs": {"transforms": 1, "hidden_features": [8]}, "batch_size": 16,
+                         "steps_per_update": 1, "cell_samples": 8},
+               "update_every": 16}
 
 
 def _pixel_env(n_envs=1):
@@ -349,15 +372,16 @@ def test_image_observation_space_gets_the_image_counter_in_channels_first_form()
         bonus.intrinsic(np.zeros((2, 8, 8, 1), np.uint8))
     with pytest.raises(ValueError, match="NaN"):
         unit.intrinsic(np.full((1, 3, 16, 16), np.nan, np.float32))
-    with pytest.raises(ValueError, match="image_levels"):
-        make_novelty_bonus(hwc, {"image_levels": 1})
+    with pytest.raises(ValueError, match=r"novelty\.model\.image\.levels"):
+        make_novelty_bonus(hwc, {"model": {"image": {"levels": 1}}})
 
 
 def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, device):
     from stable_baselines3.common.callbacks import BaseCallback
 
     env = _pixel_env()
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, {**SMALL_IMAGE, "beta": 0.5, "seed": 0})
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_IMAGE, ONE_CRITIC, {
+        "model": {"seed": 0}, "weight": {"beta": 0.5}}))
     model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     assert model.observation_space.shape == (1, 16, 16)  # SB3 moved the channels first (VecTransposeImage)
     seen = []
@@ -398,7 +422,7 @@ def test_sac_on_image_observations_logs_the_bonus_and_round_trips(tmp_path, devi
 
 def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout(device):
     env = _pixel_env(n_envs=2)
-    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, env, {**SMALL_IMAGE, "beta": 0.5})
+    kwargs, callbacks = attach_novelty(PPO, SMALL_PPO, env, merged(SMALL_IMAGE, {"weight": {"beta": 0.5}}))
     model = PPO("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(64, callback=callbacks)
     buf = model.rollout_buffer
@@ -411,14 +435,15 @@ def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
     from flowrl.rnd_image import ImageRND
 
     hwc = spaces.Box(0, 255, (16, 16, 1), np.uint8)
-    rnd = {"kind": "rnd", "image_size": 8, "hidden_features": [8], "embedding_dim": 8, "batch_size": 16,
-           "update_every": 16, "beta": 0.5, "seed": 0}
+    rnd = {"model": {"kind": "rnd", "image": {"size": 8}, "hidden_features": [8], "embedding_dim": 8,
+                     "batch_size": 16, "seed": 0},
+           "update_every": 16, "weight": {"beta": 0.5}}
     bonus = make_novelty_bonus(hwc, rnd)
     assert isinstance(bonus.model, ImageRND) and bonus.model.size == (8, 8) and bonus.obs_shape == (1, 16, 16)
-    with pytest.raises(ValueError, match="image_levels"):  # a flow-only option
-        make_novelty_bonus(hwc, {**rnd, "image_levels": 4})
+    with pytest.raises(ValueError, match="image.levels: flow only"):  # a flow-only option
+        make_novelty_bonus(hwc, merged(rnd, {"model": {"image": {"levels": 4}}}))
     env = _pixel_env()
-    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, rnd)
+    kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(rnd, ONE_CRITIC))
     model = SAC("MlpPolicy", env, seed=0, device=device, **kwargs)
     model.learn(100, callback=callbacks)
     trained = find_novelty(model)
@@ -440,9 +465,12 @@ def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
 def test_default_bonus_is_nonpositive_so_ending_an_episode_never_costs_bonus(kind):
     """r_int = beta * (g(x) - 1) in [-beta, 0]: about 0 for a state never seen, near -beta for a familiar one."""
     space = spaces.Box(-10, 10, (2,), np.float32)
-    extra = {"flow_kwargs": {"transforms": 1, "hidden_features": [16]}} if kind == "flow" else {}
-    bonus = make_novelty_bonus(space, {"kind": kind, "beta": 0.5, "seed": 0, **extra})
-    positive = make_novelty_bonus(space, {"kind": kind, "beta": 0.5, "seed": 0, "form": "positive", **extra})
+    # (the library's 100 cells, not the agent's 400: 512 familiar states then fill every cell they are in)
+    extra = {"flow_kwargs": {"transforms": 1, "hidden_features": [16]}, "cells": 100} if kind == "flow" else {}
+    model = {"kind": kind, "seed": 0, **extra}
+    bonus = make_novelty_bonus(space, {"model": model, "weight": {"beta": 0.5}})
+    assert bonus.options.weight.form == "nonpositive"  # the default
+    positive = make_novelty_bonus(space, {"model": model, "weight": {"beta": 0.5, "form": "positive"}})
     familiar = np.random.default_rng(0).normal(0.0, 0.05, (512, 2)).astype(np.float32)
     for b in (bonus, positive):
         b.model.load_state_dict(bonus.model.state_dict())
@@ -488,7 +516,7 @@ def test_replay_rows_are_gathered_as_sb3_gathers_them_and_scored_once(memory, as
     box = spaces.Box(-1, 1, (2,), np.float32)
     obs_space = spaces.Dict({"pos": box}) if as_dict else box
     act_space = spaces.Box(-1, 1, (1,), np.float32)
-    bonus = make_novelty_bonus(obs_space, {**SMALL_FLOW, "obs_key": "pos"} if as_dict else SMALL_FLOW)
+    bonus = make_novelty_bonus(obs_space, merged(SMALL_FLOW, ONE_CRITIC, {"obs_key": "pos"} if as_dict else {}))
     ours_cls, sb3_cls = (NoveltyDictReplayBuffer, DictReplayBuffer) if as_dict else (NoveltyReplayBuffer, ReplayBuffer)
     # (SB3's Dict buffer has no optimize_memory_usage, which itself excludes timeout handling.)
     extra = {} if as_dict else {"optimize_memory_usage": memory, "handle_timeout_termination": not memory}
@@ -529,7 +557,8 @@ def test_n_step_returns_add_the_current_bonus_of_every_step_in_the_window():
     from agents.novelty import NoveltyNStepReplayBuffer
 
     box = spaces.Box(-1, 1, (2,), np.float32)
-    kwargs, _ = attach_novelty(SAC, {"n_steps": 4, "gamma": 0.9}, _mc(), {**SMALL_FLOW, "beta": 0.5})
+    kwargs, _ = attach_novelty(SAC, {"n_steps": 4, "gamma": 0.9}, _mc(),
+                               merged(SMALL_FLOW, ONE_CRITIC, {"weight": {"beta": 0.5}}))
     assert kwargs["replay_buffer_class"] is NoveltyNStepReplayBuffer and "n_steps" not in kwargs
     assert kwargs["replay_buffer_kwargs"]["n_steps"] == 4 and kwargs["replay_buffer_kwargs"]["gamma"] == 0.9
     bonus = kwargs["replay_buffer_kwargs"]["novelty"]
@@ -562,7 +591,7 @@ def test_n_step_returns_add_the_current_bonus_of_every_step_in_the_window():
     torch.testing.assert_close(got.rewards.ravel().double(), want.rewards.ravel().double() + torch.tensor(extra),
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="n_steps"):
-        attach_novelty(SAC, {"n_steps": 3}, DummyVecEnv([PointDict]), {"obs_key": "pos"})
+        attach_novelty(SAC, {"n_steps": 3}, DummyVecEnv([PointDict]), {"obs_key": "pos", **ONE_CRITIC})
 
 
 @pytest.mark.parametrize("algo", ["sac", "ppo"])
@@ -572,7 +601,8 @@ def test_beta_end_decays_the_weight_linearly_over_the_run(algo):
 
     env = _mc()
     cls, small = (SAC, SMALL_SAC) if algo == "sac" else (PPO, SMALL_PPO)
-    kwargs, callbacks = attach_novelty(cls, small, env, {**SMALL_FLOW, "beta": 2.0, "beta_end": 0.5})
+    kwargs, callbacks = attach_novelty(cls, small, env, merged(SMALL_FLOW, {"weight": {"beta": 2.0, "beta_end": 0.5}},
+                                                              ONE_CRITIC if algo == "sac" else {}))
     model = cls("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     seen = []
 
@@ -623,7 +653,9 @@ def test_success_window_fades_the_weight_as_episodes_succeed(algo, report):
 
     env = DummyVecEnv([lambda: AlternatingGoal(report)])
     cls, small = (SAC, SMALL_SAC) if algo == "sac" else (PPO, SMALL_PPO)
-    kwargs, callbacks = attach_novelty(cls, small, env, {**SMALL_FLOW, "beta": 2.0, "success_window": 3})
+    # no hold: the weight keeps following the share (a window of alternating episodes never reaches 0.9 anyway)
+    kwargs, callbacks = attach_novelty(cls, small, env, merged(SMALL_FLOW, {
+        "weight": {"beta": 2.0, "success_window": 3, "success_hold": None}}, ONE_CRITIC if algo == "sac" else {}))
     model = cls("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     seen = []
 
@@ -648,17 +680,24 @@ def test_success_window_fades_the_weight_as_episodes_succeed(algo, report):
     assert restored.beta == pytest.approx(bonus.beta) and list(restored.recent_successes) == history[-3:]
 
 
-def test_success_window_is_validated_and_off_by_default():
+def test_success_window_is_validated_on_by_default_and_can_be_turned_off():
     with pytest.raises(ValueError, match="success_window"):
-        NoveltyBonus({"success_window": 0}, 2)
-    bonus = NoveltyBonus({"beta": 2.0}, 2)
+        NoveltyBonus({"weight": {"success_window": 0}}, 2)
+    with pytest.raises(ValueError, match="success_hold needs success_window"):  # the default hold needs a window
+        NoveltyBonus({"weight": {"success_window": None}}, 2)
+    default = NoveltyBonus({}, 2)  # the agent's weight: 5, faded by the share of the last 20 episodes, held at 0.9
+    assert (default.beta, default.options.weight.success_window, default.options.weight.success_hold) == (5.0, 20, 0.9)
+    default.record_episode(True)
+    default.record_episode(False)
+    assert default.success_rate == 0.5 and default.beta == pytest.approx(2.5) and not default.holding
+    bonus = NoveltyBonus({"weight": {"beta": 2.0, "success_window": None, "success_hold": None}}, 2)
     bonus.record_episode(True)
     assert bonus.success_rate == 0.0 and bonus.beta == 2.0
 
 
 def test_success_best_keeps_the_best_share_of_any_full_window():
     """s = the highest share over full windows so far: the weight only falls, and a lucky first episode is no window."""
-    bonus = NoveltyBonus({"beta": 2.0, "success_window": 3, "success_best": True}, 2)
+    bonus = NoveltyBonus({"weight": {"beta": 2.0, "success_window": 3, "success_best": True, "success_hold": None}}, 2)
     bonus.record_episode(True)
     assert bonus.success_rate == 0.0 and bonus.beta == 2.0  # one episode is not a full window
     for ok in (True, False):
@@ -669,17 +708,17 @@ def test_success_best_keeps_the_best_share_of_any_full_window():
     assert sum(bonus.recent_successes) == 0 and bonus.beta == pytest.approx(2.0 / 3)
     for _ in range(3):
         bonus.record_episode(True)
-    assert bonus.success_rate == 1.0 and bonus.beta == 0.0
+    assert bonus.success_rate == 1.0 and bonus.beta == 0.0 and not bonus.holding  # the fade, not a hold
     restored = copy.deepcopy(bonus)
     restored.record_episode(False)
     assert restored.beta == 0.0  # pickled with its best share
     with pytest.raises(ValueError, match="success_best needs success_window"):
-        NoveltyBonus({"success_best": True}, 2)
+        NoveltyBonus({"weight": {"success_best": True, "success_window": None, "success_hold": None}}, 2)
 
 
 def test_success_hold_drops_the_weight_to_zero_for_good():
     """Once a full window's share reaches success_hold the weight is 0, whatever the episodes after."""
-    bonus = NoveltyBonus({"beta": 2.0, "success_window": 4, "success_hold": 0.75}, 2)
+    bonus = NoveltyBonus({"weight": {"beta": 2.0, "success_window": 4, "success_hold": 0.75}}, 2)
     for ok in (True, True, False, False):
         bonus.record_episode(ok)
     assert not bonus.holding and bonus.beta == pytest.approx(2.0 * 0.5)  # share 0.5 < 0.75: the plain fade
@@ -693,6 +732,6 @@ def test_success_hold_drops_the_weight_to_zero_for_good():
     assert bonus.success_rate == 0.0 and bonus.beta == 0.0  # held: failures do not bring the bonus back
     assert copy.deepcopy(bonus).beta == 0.0  # pickled with its best share
     with pytest.raises(ValueError, match="success_hold needs success_window"):
-        NoveltyBonus({"success_hold": 0.9}, 2)
+        NoveltyBonus({"weight": {"success_window": None, "success_hold": 0.9}}, 2)
     with pytest.raises(ValueError, match="success_hold"):
-        NoveltyBonus({"success_window": 5, "success_hold": 1.5}, 2)
+        NoveltyBonus({"weight": {"success_window": 5, "success_hold": 1.5}}, 2)

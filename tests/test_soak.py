@@ -29,7 +29,7 @@ def test_long_run_stays_finite_with_flat_memory(tmp_path):
     if STEPS < 100_000:
         items.append(f"algo.kwargs.buffer_size={STEPS // 2}")
     cfg = load_config(os.path.join(ROOT, "configs", "demo.yaml"), items)
-    assert cfg.policy == "flow" and cfg.novelty is not None and cfg.novelty.kind == "flow"
+    assert cfg.policy == "flow" and cfg.novelty is not None and cfg.novelty.model.kind == "flow"
     health = HealthCallback(every=max(STEPS // 50, 100))
     result = train(cfg, callbacks=[health])
     print("\nstep, RSS MiB:", ", ".join(f"({s}, {mb:.1f})" for s, mb in health.rss))

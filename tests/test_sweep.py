@@ -45,8 +45,11 @@ def write_sweep(tmp_path, **fields) -> str:
 
 # ------------------------------------------------------------ sweep files
 def test_unknown_grid_key_fails_naming_it(tmp_path):
-    path = write_sweep(tmp_path, grid={"algo.kwargs.learning_rate": [1e-3], "novelty.kindd": ["flow"]})
-    with pytest.raises(ConfigError, match="novelty.*kindd"):
+    path = write_sweep(tmp_path, grid={"algo.kwargs.learning_rate": [1e-3], "novelty.weight.betta": [1.0]})
+    with pytest.raises(ConfigError, match=r"novelty\.weight\.betta: unknown key"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, grid={"novelty.beta": [1.0]})  # the former flat key
+    with pytest.raises(ConfigError, match=r"novelty: beta: moved to novelty\.weight\.beta"):
         load_sweep(path)
     path = write_sweep(tmp_path, grid={"envv.id": ["x"]})
     with pytest.raises(ConfigError, match="envv: unknown key"):
@@ -75,9 +78,12 @@ def test_overrides_go_to_the_sweep_or_to_every_trial(tmp_path):
     spec = load_sweep(write_sweep(tmp_path), {"seeds": [3, 4, 5], "resources.cpus": 0.5, "total_timesteps": 123})
     assert spec.seeds == [3, 4, 5] and spec.resources.cpus == 0.5
     assert spec.overrides == {"total_timesteps": 123} and spec.base_config == TINY
-    other = load_sweep(write_sweep(tmp_path), {"grid.novelty.beta": [1.0, 2.0], "overrides.novelty.kind": "rnd"})
-    assert other.grid == {"algo.kwargs.learning_rate": [0.001, 0.0003], "novelty.beta": [1.0, 2.0]}
-    assert other.overrides == {"novelty.kind": "rnd"}
+    other = load_sweep(write_sweep(tmp_path), {"grid.novelty.weight.beta": [1.0, 2.0],
+                                               "overrides.novelty.model.kind": "rnd"})
+    assert other.grid == {"algo.kwargs.learning_rate": [0.001, 0.0003], "novelty.weight.beta": [1.0, 2.0]}
+    assert other.overrides == {"novelty.model.kind": "rnd"}
+    rnd = trial_config(other, {"novelty.weight.beta": 2.0}, 0, str(tmp_path / "runs"), "r").novelty
+    assert rnd is not None and rnd.model.kind == "rnd" and rnd.weight.beta == 2.0
     cfg = trial_config(spec, {"algo.kwargs.learning_rate": 0.01}, 4, str(tmp_path / "runs"), "r")
     assert cfg.total_timesteps == 123 and cfg.seed == 4 and cfg.algo.kwargs["learning_rate"] == 0.01
     assert cfg.run.out_dir == str(tmp_path / "runs") and cfg.run.name == "r" and cfg.wandb_group is None
@@ -90,9 +96,10 @@ def test_overrides_go_to_the_sweep_or_to_every_trial(tmp_path):
 
 
 def test_point_tags_are_folder_names():
-    assert point_tag({"novelty.kind": "flow", "novelty.beta": 0.5}) == "novelty.kind=flow_novelty.beta=0.5"
+    assert (point_tag({"novelty.model.kind": "flow", "novelty.weight.beta": 0.5})
+            == "novelty.model.kind=flow_novelty.weight.beta=0.5")
     assert point_tag({"novelty": None}) == "novelty=none"
-    assert point_tag({"novelty": {"kind": "rnd", "beta": 2.0}}) == "novelty=kind-rnd+beta-2"
+    assert point_tag({"novelty": {"model": {"kind": "rnd"}, "weight": {"beta": 2.0}}}) == "novelty=model-kind-rnd+weight-beta-2"
     assert point_tag({}) == "base"
     long = point_tag({"x": "a" * 200})
     assert len(long) == 80 and long != point_tag({"x": "a" * 201})

@@ -7,20 +7,22 @@ Interface (stable)::
     model.learn(total_timesteps, callback=[*callbacks, *others])
     novelty_density(model_or_callback, points)      # log rho(x), shape (N,), for density maps
 
-``novelty`` is a plain dict of :class:`NoveltyOptions` (unknown keys ->
-``ValueError`` naming them), e.g. ``{"kind": "flow", "flow": "realnvp",
-"beta": 0.5, "estimator": "cell", "update_every": 16, "score": "next"}`` or
-``{"kind": "rnd", "beta": 0.5}``.  Off-policy agents get a replay buffer that
-scores each sampled minibatch with the current model; on-policy agents get a
-rollout buffer that adds the bonus before advantages are computed.
-With ``intrinsic_critic=True``, :class:`IntrinsicCriticSAC` learns the
-intrinsic return with critics of its own and weights it only in the actor.
+``novelty`` is a plain dict of :class:`NoveltyOptions` in sections (unknown
+keys -> ``ValueError`` naming them), e.g. ``{"model": {"kind": "rnd"}}``,
+``{"weight": {"beta": 0.5, "success_hold": None}}`` or ``{"critics": None}``; ``{}``
+is the project's agent (a flow pseudo-counter, weight 5 faded by success and
+held at 0 once 18 of 20 episodes succeed, separate critics for SAC).
+Off-policy agents get a replay buffer that scores each sampled minibatch
+with the current model; on-policy agents get a rollout buffer that adds the
+bonus before advantages are computed.  SAC takes the bonus as
+:class:`IntrinsicCriticSAC`, which learns the intrinsic return with critics of
+its own and weights it only in the actor (``critics=None``: SB3's ``SAC``).
 
 Image observations (a 3-D ``Box``: uint8 frames, channels last or first,
 as SB3 sees them before or after ``VecTransposeImage``) get the image
 pseudo-counter of :mod:`flowrl.novelty_image` (downsample, quantise, a small
-Glow), or with ``kind="rnd"`` the convolutional RND of :mod:`flowrl.rnd_image`;
-options ``image_size``, ``image_grey`` (both kinds), ``image_levels`` (flow).
+Glow), or with ``kind: rnd`` the convolutional RND of :mod:`flowrl.rnd_image`;
+options under ``model.image``.
 
 Saving and resuming: ``model.save(path)`` pickles the buffer's kwargs, which
 hold the :class:`NoveltyBonus` (options + the density model's state dict:
@@ -40,7 +42,15 @@ from .buffers import (
     NoveltyRolloutBuffer,
 )
 from .callback import NoveltyCallback
-from .options import NoveltyOptions, parse_options
+from .options import (
+    CriticOptions,
+    FlowModelOptions,
+    ImageOptions,
+    NoveltyOptions,
+    RNDModelOptions,
+    WeightOptions,
+    parse_options,
+)
 from .sac import IntrinsicCriticSAC
 
 __all__ = [
@@ -52,6 +62,11 @@ __all__ = [
     "NoveltyBonus",
     "NoveltyCallback",
     "NoveltyOptions",
+    "FlowModelOptions",
+    "RNDModelOptions",
+    "ImageOptions",
+    "WeightOptions",
+    "CriticOptions",
     "IntrinsicCriticSAC",
     "NoveltyReplayBuffer",
     "NoveltyNStepReplayBuffer",

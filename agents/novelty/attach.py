@@ -6,6 +6,7 @@ import inspect
 from typing import Any, Optional
 
 import numpy as np
+from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -78,22 +79,24 @@ def attach_novelty(
     scaled (a policy needs thousands of Adam steps to learn to read a feature
     of scale 1e-2, bonus or not).
 
-    >>> from stable_baselines3 import SAC
+    SAC takes the bonus with separate intrinsic critics (``critics``, on by
+    default) as :class:`IntrinsicCriticSAC`, or with ``critics=None`` as SB3's
+    ``SAC``; on-policy algorithms get the weight-side options only.
+
+    >>> from stable_baselines3 import PPO
     >>> import gymnasium as gym, envs
     >>> env = gym.make("flowrl/PointMaze-Open-v0")
-    >>> kwargs, callbacks = attach_novelty(SAC, {}, env, {"kind": "flow", "beta": 0.5})
-    >>> model = SAC("MlpPolicy", env, device="cpu", **kwargs)
-    >>> model.learn(64, callback=callbacks)  # doctest: +ELLIPSIS
-    <stable_baselines3.sac.sac.SAC object at ...>
+    >>> kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, {"learning_starts": 32}, env, {"weight": {"beta": 1.0}})
+    >>> IntrinsicCriticSAC("MlpPolicy", env, device="cpu", **kwargs).learn(64, callback=callbacks)  # doctest: +ELLIPSIS
+    <agents.novelty.sac.IntrinsicCriticSAC object at ...>
+    >>> kwargs, callbacks = attach_novelty(PPO, {"n_steps": 64}, env, {"model": {"kind": "rnd"}})
+    >>> PPO("MlpPolicy", env, device="cpu", **kwargs).learn(64, callback=callbacks)  # doctest: +ELLIPSIS
+    <stable_baselines3.ppo.ppo.PPO object at ...>
     """
     if not isinstance(algo_class, type) or not issubclass(algo_class, BaseAlgorithm):
         raise ValueError(f"algo_class must be an SB3 algorithm class, got {algo_class!r}")
     space = env.observation_space
-    bonus = make_novelty_bonus(space, novelty)
-    if bonus.options.intrinsic_critic != issubclass(algo_class, IntrinsicCriticSAC):
-        raise ValueError("intrinsic_critic=True needs algo_class=IntrinsicCriticSAC (agents.novelty), and "
-                         f"IntrinsicCriticSAC needs intrinsic_critic=True; got {algo_class.__name__} with "
-                         f"intrinsic_critic={bonus.options.intrinsic_critic}")
+    bonus = make_novelty_bonus(space, _critics_for(algo_class, parse_options(novelty)))
     kwargs = dict(algo_kwargs)
     is_dict = isinstance(space, spaces.Dict)
     extra: dict[str, Any] = {}
@@ -106,7 +109,7 @@ def attach_novelty(
         if n_steps > 1:  # SB3 hands n-step returns to its own buffer class; ours takes them as kwargs
             cls = NoveltyNStepReplayBuffer
             extra = {"n_steps": n_steps, "gamma": gamma}
-        if bonus.options.return_bound:
+        if bonus.options.critics is not None and bonus.options.critics.return_bound:
             extra["return_gamma"] = gamma
     elif issubclass(algo_class, OnPolicyAlgorithm):
         key, cls = "rollout_buffer", (NoveltyDictRolloutBuffer if is_dict else NoveltyRolloutBuffer)
@@ -118,6 +121,27 @@ def attach_novelty(
     kwargs[f"{key}_class"] = cls
     kwargs[f"{key}_kwargs"] = {**dict(kwargs.get(f"{key}_kwargs") or {}), **extra, "novelty": bonus}
     return kwargs, [NoveltyCallback(bonus)]
+
+
+def _critics_for(algo_class: type, opts: NoveltyOptions) -> NoveltyOptions:
+    """``opts`` with ``critics`` as ``algo_class`` uses them (``None`` unless it is :class:`IntrinsicCriticSAC`).
+
+    ``ValueError`` where they disagree: :class:`IntrinsicCriticSAC` without
+    critics, SB3's SAC with them (the default), or critics set for another algorithm.
+    """
+    if issubclass(algo_class, IntrinsicCriticSAC):
+        if opts.critics is None:
+            raise ValueError("IntrinsicCriticSAC needs critics (its own section; None means one shared "
+                             "critic, i.e. SB3's SAC)")
+        return opts
+    if opts.critics is None:
+        return opts
+    if issubclass(algo_class, SAC):
+        raise ValueError("critics (on by default) need algo_class=IntrinsicCriticSAC (agents.novelty); "
+                         "for SB3's SAC with one critic set critics=None")
+    if "critics" in opts.model_fields_set:
+        raise ValueError(f"critics: SAC only; {algo_class.__name__} has one critic (set critics=None)")
+    return opts.model_copy(update={"critics": None})
 
 
 def _default_gamma(algo_class: type) -> float:

@@ -18,7 +18,7 @@ and the counter downsamples and quantises them.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from flowrl.rnd import RNDNovelty
 from flowrl.rnd_image import ImageRND
 
 from ..schedule import LinearSchedule
-from .options import AGENT_FLOW_TRAINING, NoveltyOptions, model_kwargs, parse_options
+from .options import AGENT_FLOW_COUNTER, FlowModelOptions, NoveltyOptions, RNDModelOptions, model_kwargs, parse_options
 
 __all__ = ["NoveltyBonus", "observation_dim", "observation_shape", "image_max_value"]
 
@@ -84,62 +84,25 @@ def image_max_value(space: spaces.Space, obs_key: Optional[str]) -> float:
 class NoveltyBonus:
     """Intrinsic reward from an online novelty model, shared by buffer and callback.
 
-    With ``g(x)`` in ``(0, 1]`` the novelty of a state (``1 / sqrt(N(x) + 1)`` for a
-    pseudo-count ``N``; ``1 - exp(-e(x) / s)`` for RND's normalised error):
+    With ``g(x)`` in ``(0, 1]`` the novelty of a state (``model.novelty``: a
+    pseudo-count's ``1 / sqrt(N(x) + 1)``, RND's ``1 - exp(-e(x) / s)``):
 
-    * ``form="nonpositive"`` (default): ``r_int = beta * (g(x) - 1)``, in ``[-beta, 0]``;
-    * ``form="positive"``: ``r_int = beta * g(x)``.
+    * ``form="nonpositive"`` (default): ``r_int = beta_t (g(x) - 1)``, in ``[-beta_t, 0]``;
+    * ``form="positive"``: ``r_int = beta_t g(x)``; ``"centred"``: ``beta_t (g(x) - mean g)``.
 
-    Why non-positive: an episode that ends at a terminal goal ends the stream
-    of intrinsic reward.  A positive bonus on every step then makes reaching
-    the goal cost every bonus the agent would otherwise still collect (about
-    ``beta / (1 - gamma)``), so an agent that has found the goal learns to avoid
-    it.  Shifted to be non-positive, the same differences between novel and
-    familiar states drive exploration (a constant shift changes no preference
-    between non-terminal behaviours), but ending an episode is never a loss of
-    bonus.  On tasks where a failure terminates, the shift makes failing cheaper
-    in the same way; use ``"positive"`` there.
+    Non-positive by default because an episode that ends at a terminal goal
+    ends the stream of intrinsic reward: a positive bonus makes reaching the
+    goal cost the ``~beta / (1 - gamma)`` the agent could still collect, so it
+    learns to avoid the goal; a constant shift changes no preference between
+    non-terminal behaviours.  Where failure terminates, use ``"positive"``.
 
-    ``beta_end`` decays the weight linearly over the run (:attr:`beta`): counts
-    over a window (``buffer_size``) never settle, since a place left alone reads
-    as novel again, so at a fixed weight wandering keeps competing with the fully
-    counted route to the goal.  On the demo maze ``beta_end=0`` raised late
-    training success (0.93-0.95 to 0.99-1.00) but not the deterministic
-    evaluation, so it is off by default.
-
-    ``success_window`` fades the weight as the agent succeeds:
-    ``beta_t = beta * (1 - s)``, ``s`` the share of the last ``success_window``
-    finished training episodes that succeeded (:meth:`record_episode`).  The
-    bonus is there to find the reward; once episodes reach it, what is left of
-    the bonus only competes with the route to it (the window effect above).
-    If the agent loses the goal, ``s`` falls and the bonus comes back.  A fixed
-    decay (``beta_end``) cannot tell an agent that has found the goal from one
-    that has not.  Measured on the four-rooms maze, evaluating every 1,000
-    steps, an agent that reached the goal in every episode lost it within
-    1,000 steps and found it again, over and over; training and evaluation
-    episodes agreed throughout.  Each time a few failures raised the weight
-    again, the bonus came back and the agent left the route (the window
-    effect above).  ``success_best`` makes ``s`` the best share over any full
-    window so far, so the weight only falls: a route that has been reliable
-    once is never made costly again.  On four rooms it did worse (1 of 5
-    seeds solved at 100k steps, training success 0.06 over the last 10k):
-    the policy still lost the route, and the lowered bonus no longer helped
-    find it again.  Both stay off by default.  ``success_hold`` goes further:
-    once a full window's share reaches it, the weight is 0 for the rest of
-    the run, and the agent is left to exploit what it found.  It is meant
-    for separate critics (``intrinsic_critic``): a shared critic would have
-    to unlearn the bonus's values first.  With them, an extrinsic critic that
-    neither rewards staying alive nor forgets a route that paid, and a fixed
-    temperature, four rooms is kept once found (see
-    :mod:`agents.novelty.sac` and ``configs/rooms_flow_sac.yaml``).
-
-    ``intrinsic_critic`` (SAC) keeps the intrinsic reward out of the critic's
-    targets: :class:`agents.novelty.sac.IntrinsicCriticSAC` learns it with
-    critics of its own and mixes them with the current weight in the actor
-    only, so a change of weight does not shift the values the critic has
-    learnt (a shared critic's value of the start moved from -72 to -12 while
-    the weight sat at 0, and back when it returned).  On four rooms it did not
-    stop the swings (0 of 2 seeds solved at 100k steps; off by default).
+    The weight ``beta_t`` (:attr:`beta`) follows ``options.weight``: an optional
+    linear decay (``beta_end``), a fade by the success share ``s`` of the last
+    ``success_window`` training episodes (``beta (1 - s)``: the bonus is there to
+    find the reward, and once episodes reach it what is left of it competes with
+    the route), and a hold at 0 for good once a full window's share reaches
+    ``success_hold`` (:attr:`holding`); the agent then follows what its
+    extrinsic critic learnt (``options.critics``, :mod:`agents.novelty.sac`).
 
     ``obs_shape``: an int or ``(obs_dim,)`` for vectors, ``(C, H, W)`` for
     frames whose pixel values lie in ``[0, max_value]`` (see :func:`observation_shape`).
@@ -156,7 +119,7 @@ class NoveltyBonus:
         self._pending: list[np.ndarray] = []
         self._pending_steps = 0
         self.progress_remaining = 1.0  # of the training run, set by the callback (for beta_end)
-        self.recent_successes: deque[bool] = deque(maxlen=self.options.success_window or 1)
+        self.recent_successes: deque[bool] = deque(maxlen=self.options.weight.success_window or 1)
         self.best_success_rate = 0.0  # over full windows (success_best)
 
     # ---------------------------------------------------------------- model
@@ -165,32 +128,10 @@ class NoveltyBonus:
         return len(self.obs_shape) == 3
 
     def _build_model(self) -> OnlineDensityModel:
-        o = self.options
-        hidden = o.hidden_features if isinstance(o.hidden_features, int) else tuple(o.hidden_features)
-        if self.is_image and o.kind == "rnd":
-            model: OnlineDensityModel = ImageRND(
-                self.obs_shape, size=tuple(o.image_size), grey=o.image_grey, max_value=self.max_value,
-                channels_last=False, channels=(hidden,) if isinstance(hidden, int) else hidden,
-                embedding_dim=o.embedding_dim, **model_kwargs(o, flow_options=False),
-            )
-        elif self.is_image:
-            kwargs = model_kwargs(o)
-            for vector_only in ("resolution", "cells", "kernel", "smoothing"):
-                kwargs.pop(vector_only, None)
-            if o.image_levels is not None:
-                kwargs["levels"] = o.image_levels
-            model = ImagePseudoCounter(
-                self.obs_shape, size=tuple(o.image_size), grey=o.image_grey, max_value=self.max_value,
-                channels_last=False, **kwargs,
-            )
-        elif o.kind == "flow":
-            model = FlowPseudoCounter(self.obs_dim, project=o.project, **model_kwargs(o, defaults=AGENT_FLOW_TRAINING))
-        else:
-            model = RNDNovelty(self.obs_dim, hidden_features=hidden, embedding_dim=o.embedding_dim,
-                               **model_kwargs(o, flow_options=False))
+        build = _MODELS[(self.options.model.kind, "image" if self.is_image else "vector")]
         # Eval mode between updates (``train_steps`` switches to training and back): scoring then
         # needs no mode switch, and image counters evaluate each distinct frame once.
-        return model.to(self.device).eval()
+        return build(self).to(self.device).eval()
 
     @property
     def device(self) -> str:
@@ -218,14 +159,14 @@ class NoveltyBonus:
         """
         if self.holding:
             return 0.0
-        end = self.options.beta_end
-        beta = self.options.beta if end is None else LinearSchedule(self.options.beta, end)(self.progress_remaining)
+        start, end = self.options.weight.beta, self.options.weight.beta_end
+        beta = start if end is None else LinearSchedule(start, end)(self.progress_remaining)
         return beta * (1.0 - self.success_rate)
 
     @property
     def holding(self) -> bool:
         """Whether a full window's success share has reached ``success_hold`` (the weight is then 0 for good)."""
-        hold = self.options.success_hold
+        hold = self.options.weight.success_hold
         return hold is not None and self.best_success_rate >= hold
 
     @property
@@ -234,9 +175,9 @@ class NoveltyBonus:
 
         With ``success_best``: the highest share over any full window so far (the weight only falls).
         """
-        if self.options.success_window is None or not self.recent_successes:
+        if self.options.weight.success_window is None or not self.recent_successes:
             return 0.0
-        if self.options.success_best:
+        if self.options.weight.success_best:
             return self.best_success_rate
         return sum(self.recent_successes) / len(self.recent_successes)
 
@@ -300,8 +241,7 @@ class NoveltyBonus:
         """``g(x)`` in ``(0, 1]`` of raw observations: ``1 / sqrt(N + 1)`` (counts) or ``1 - exp(-e / s)`` (RND)."""
         x = self.select(obs)
         with torch.no_grad():
-            b = self.model.bonus(x)
-            return b if isinstance(self.model, PseudoCounter) else -torch.expm1(-b)
+            return self.model.novelty(x)
 
     def intrinsic(self, obs: Any) -> torch.Tensor:
         """The intrinsic reward of raw observations under the current model, shape ``(batch,)``."""
@@ -313,9 +253,9 @@ class NoveltyBonus:
 
     def shaped(self, novelty: torch.Tensor) -> torch.Tensor:
         """The unweighted intrinsic reward of novelties ``g``: ``g - 1``, ``g`` or ``g - mean(g)`` by ``form``."""
-        if self.options.form == "positive":
+        if self.options.weight.form == "positive":
             return novelty
-        if self.options.form == "centred":
+        if self.options.weight.form == "centred":
             return novelty - novelty.mean()
         return novelty - 1.0
 
@@ -383,11 +323,12 @@ class NoveltyBonus:
         self._pending = list(state["pending"])
         self._pending_steps = state["pending_steps"]
         self.progress_remaining = 1.0
-        self.recent_successes = deque(state.get("recent_successes", ()), maxlen=self.options.success_window or 1)
+        self.recent_successes = deque(state.get("recent_successes", ()), maxlen=self.options.weight.success_window or 1)
         self.best_success_rate = float(state.get("best_success_rate", 0.0))
 
     def __repr__(self) -> str:
-        return f"NoveltyBonus(kind={self.options.kind!r}, beta={self.beta}, model={self.model.__class__.__name__})"
+        kind, model = self.options.model.kind, type(self.model).__name__
+        return f"NoveltyBonus(kind={kind!r}, beta={self.beta}, model={model})"
 
 
 def _to_cpu(v: Any) -> Any:
@@ -405,3 +346,45 @@ def _to_device(v: Any, device: torch.device) -> Any:
     if isinstance(v, torch.Tensor) and v.dtype != torch.uint8:
         return v.to(device)
     return v
+
+
+def _hidden(model: RNDModelOptions) -> tuple[int, ...]:
+    return (model.hidden_features,) if isinstance(model.hidden_features, int) else tuple(model.hidden_features)
+
+
+def _flow_vector(bonus: NoveltyBonus) -> OnlineDensityModel:
+    model = bonus.options.model
+    assert isinstance(model, FlowModelOptions)
+    return FlowPseudoCounter(bonus.obs_dim, project=bonus.options.project,
+                             **model_kwargs(model, image=False, defaults=AGENT_FLOW_COUNTER))
+
+
+def _flow_image(bonus: NoveltyBonus) -> OnlineDensityModel:
+    model = bonus.options.model
+    kwargs = model_kwargs(model, image=True)
+    if model.image.levels is not None:
+        kwargs["levels"] = model.image.levels
+    return ImagePseudoCounter(bonus.obs_shape, size=tuple(model.image.size), grey=model.image.grey,
+                              max_value=bonus.max_value, channels_last=False, **kwargs)
+
+
+def _rnd_vector(bonus: NoveltyBonus) -> OnlineDensityModel:
+    model = bonus.options.model
+    assert isinstance(model, RNDModelOptions)
+    return RNDNovelty(bonus.obs_dim, hidden_features=_hidden(model), embedding_dim=model.embedding_dim,
+                      **model_kwargs(model, image=False))
+
+
+def _rnd_image(bonus: NoveltyBonus) -> OnlineDensityModel:
+    model = bonus.options.model
+    assert isinstance(model, RNDModelOptions)
+    return ImageRND(bonus.obs_shape, size=tuple(model.image.size), grey=model.image.grey, max_value=bonus.max_value,
+                    channels_last=False, channels=_hidden(model), embedding_dim=model.embedding_dim,
+                    **model_kwargs(model, image=True))
+
+
+#: The density model of each (``model.kind``, observation modality): every one scores ``novelty(x)`` in (0, 1].
+_MODELS: dict[tuple[str, str], Callable[[NoveltyBonus], OnlineDensityModel]] = {
+    ("flow", "vector"): _flow_vector, ("flow", "image"): _flow_image,
+    ("rnd", "vector"): _rnd_vector, ("rnd", "image"): _rnd_image,
+}

@@ -56,7 +56,7 @@ class SplitReplaySamples(NamedTuple):
 
     What the buffers return with ``intrinsic_critic`` (:class:`agents.novelty.sac.IntrinsicCriticSAC`);
     for n-step samples both are discounted sums over the same window.  ``return_bounds``
-    (``return_bound``): the discounted extrinsic return each row's episode went on to get
+    (``critics.return_bound``): the discounted extrinsic return each row's episode went on to get
     where that episode terminated, ``-inf`` where it did not (yet).
     """
 
@@ -88,7 +88,8 @@ class _ReplayScoring:
         self.last_intrinsic: Optional[torch.Tensor] = None
         self._model_updated = False
         self.episode_returns: Optional[np.ndarray] = None  # return_bound: see _track_returns
-        if self.novelty.options.return_bound:
+        critics = self.novelty.options.critics
+        if critics is not None and critics.return_bound:
             if return_gamma is None:
                 raise ValueError("return_bound needs return_gamma (the discount of the episode returns)")
             self.return_gamma = float(return_gamma)
@@ -211,15 +212,15 @@ class _ReplayScoring:
                     bounds: Optional[torch.Tensor] = None):
         """``samples`` with the bonus ``beta * shaped`` added to the rewards, or kept apart.
 
-        With ``intrinsic_critic`` the rewards stay extrinsic and the unweighted
+        With ``critics`` the rewards stay extrinsic and the unweighted
         ``shaped`` rewards travel beside them (:class:`SplitReplaySamples`), with
-        the rows' ``bounds`` (``return_bound``).
+        the rows' ``bounds`` (``critics.return_bound``).
         :attr:`last_intrinsic` (logged) is ``beta`` times ``per_step`` (the
         per-step rewards behind n-step sums), or times ``shaped``.
         """
         beta = self.novelty.beta
         self.last_intrinsic = beta * (shaped if per_step is None else per_step)
-        if self.novelty.options.intrinsic_critic:
+        if self.novelty.options.critics is not None:
             return SplitReplaySamples(*samples, intrinsic_rewards=shaped, return_bounds=bounds)
         return samples._replace(rewards=samples.rewards + beta * shaped)
 

@@ -1,122 +1,97 @@
-"""Options of the novelty bonus: one validated model, used as the ``novelty:`` section of a run config.
+"""Options of the novelty bonus: the ``novelty:`` section of a run config, in four parts.
 
-Only the options of the *bonus* have defaults here (``kind``, ``beta``,
-``form``, ``score``, ``update_every``, ...).  Every option of the density
-model defaults to ``None``, which means "the library's default": the
-constructors of :class:`flowrl.novelty.FlowPseudoCounter`,
+.. code-block:: yaml
+
+    novelty:
+      model:    {kind: flow, cells: 400}       # what measures novelty: flow | rnd, each with its own options
+      weight:   {beta: 5.0, success_hold: 0.9}  # how much the intrinsic reward counts, and when it stops
+      critics:  {return_bound: true}            # SAC only: separate intrinsic critics (null: one shared critic)
+      update_every: 16                          # and how the bonus is fed and scored
+
+The defaults are the project's agent (``configs/demo.yaml``): a flow
+pseudo-counter, weight 5 faded by training success and held at 0 once 18 of
+20 episodes succeed, and (for SAC) separate extrinsic and intrinsic critics
+whose extrinsic targets are bounded below by the returns episodes got.
+Options of the density model left at ``None`` mean "the library's default"
+(the constructors of :class:`flowrl.novelty.FlowPseudoCounter`,
 :class:`flowrl.novelty_image.ImagePseudoCounter`, :class:`flowrl.rnd.RNDNovelty`
-and :class:`flowrl.rnd_image.ImageRND` state those defaults once, and an agent
-gets exactly the counter a library user gets.
+and :class:`flowrl.rnd_image.ImageRND`), except a flow counter on vectors,
+which trains as :data:`AGENT_FLOW_COUNTER` says unless told otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flowrl.novelty import ESTIMATORS, KERNELS
 
-__all__ = ["NoveltyOptions", "parse_options", "FORMS", "model_kwargs", "AGENT_FLOW_TRAINING"]
+__all__ = ["NoveltyOptions", "FlowModelOptions", "RNDModelOptions", "ImageOptions", "WeightOptions", "CriticOptions",
+           "parse_options", "model_kwargs", "AGENT_FLOW_COUNTER", "FORMS"]
 
-#: How an agent's flow counter on vector observations trains unless told otherwise: 32 samples per
-#: observation in few, large minibatches (one step of 512 every 16 observations), a step size and a
-#: parameter average that keep the lag of the counts, in observations, where the library's defaults
-#: put it.  The library's defaults (one step of 128 per observation) fit offline streams of a few
-#: thousand observations; an agent sees tens of thousands, and this costs a quarter of the time.
-AGENT_FLOW_TRAINING: dict[str, Any] = {"batch_size": 512, "steps_per_observation": 1 / 16, "lr": 3e-3, "ema": 0.96}
+#: A flow counter on vector observations, in an agent, unless told otherwise: counts over the last 5,000
+#: observations at 400 cells per unit volume, trained on 32 samples per observation in few, large
+#: minibatches (one step of 512 every 16 observations) with a step size and parameter average that keep
+#: the counts' lag where the library's defaults put it.  The library's defaults fit offline streams of a
+#: few thousand observations; an agent sees tens of thousands, and this costs a quarter of the time.
+AGENT_FLOW_COUNTER: dict[str, Any] = {"buffer_size": 5000, "cells": 400.0, "batch_size": 512,
+                                      "steps_per_observation": 1 / 16, "lr": 3e-3, "ema": 0.96}
 
 FORMS = ("nonpositive", "positive", "centred")
-_FLOW_ONLY = {"flow", "flow_kwargs", "estimator", "resolution", "cells", "kernel", "cell_samples", "smoothing", "ema",
-              "image_levels"}
-_RND_ONLY = {"hidden_features", "embedding_dim"}
-#: Options passed to the density model's constructor when given (``None``: the library's default).
-_MODEL_OPTIONS = ("lr", "batch_size", "steps_per_update", "steps_per_observation", "buffer_size", "seed")
-_FLOW_OPTIONS = ("estimator", "resolution", "cells", "kernel", "cell_samples", "smoothing", "ema")
+
+#: Constructor options every density model takes (``None``: the library's default).
+_COMMON = ("lr", "batch_size", "steps_per_update", "steps_per_observation", "buffer_size", "seed")
+#: Constructor options of a flow counter on vectors only.
+_FLOW_VECTOR = ("estimator", "resolution", "cells", "kernel", "cell_samples", "smoothing", "ema")
 
 
-class NoveltyOptions(BaseModel):
-    """Every option of the bonus.
-
-    The bonus: ``kind`` (``"flow"`` pseudo-count or ``"rnd"``); ``beta``, its
-    weight; ``beta_end``: if set, the weight goes linearly from ``beta`` to
-    ``beta_end`` over the run (SB3's progress; ``None`` keeps it);
-    ``success_window``: if set, the weight is further scaled by ``1 - s``, ``s``
-    the share of the last ``success_window`` finished training episodes that
-    succeeded (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`);
-    ``success_best``: ``s`` is the best share over any full window so far,
-    so the weight only falls; ``success_hold``: once any full window's share
-    reaches it, the weight is 0 for the rest of the run;
-    ``intrinsic_critic``: SAC learns the intrinsic return with critics of
-    its own and weights them by the current ``beta`` only in the actor's
-    objective (:class:`agents.novelty.sac.IntrinsicCriticSAC`);
-    ``return_bound`` (needs ``intrinsic_critic``): the extrinsic critic's
-    targets are at least the discounted return a stored episode went on to
-    get, where it terminated (self-imitation of what reached the goal); ``form``:
-    ``"nonpositive"`` (default) gives ``beta * (b(x) - 1)``
-    with ``b = 1 / sqrt(N + 1)`` in ``(0, 1]``, ``"positive"`` gives ``beta * b(x)``
-    (see :class:`agents.novelty.bonus.NoveltyBonus` for why the default never
-    rewards staying alive); ``score``: ``"next"`` scores the state an action
-    leads to, ``"current"`` the state it was taken in; ``update_every``:
-    environment steps (per env) between updates of the density model;
-    ``staleness``: how many model updates a replayed state's cached bonus may
-    lag behind the model (off-policy; ``0``: rescored whenever the model
-    changed; see :mod:`agents.novelty.buffers`);
-    ``obs_key``: the key of a Dict observation to count on; ``project``: the
-    features to count on, a list of indices (or, from Python, a callable
-    ``(batch, d) tensor -> (batch, k) tensor``); ``device``: of the density
-    model, ``"auto"`` (default) = the agent's (the buffer SB3 builds for the
-    agent moves it there; a bonus not attached to an agent stays on the CPU).
-
-    The density model (``None``: the library's default, except the training of
-    a flow counter on vectors, :data:`AGENT_FLOW_TRAINING`): ``flow``,
-    ``flow_kwargs``, ``estimator``, ``resolution`` (a number or ``"auto"``),
-    ``cells``, ``kernel``, ``cell_samples``, ``smoothing``, ``ema``, ``lr``,
-    ``batch_size``, ``steps_per_update``, ``steps_per_observation``,
-    ``buffer_size``, ``seed`` (see :class:`flowrl.novelty.FlowPseudoCounter`).
-    Image observations (a 3-D ``Box``): ``image_size``, ``image_levels``,
-    ``image_grey`` (see :class:`flowrl.novelty_image.ImagePseudoCounter`).  RND:
-    ``hidden_features``, ``embedding_dim``.
-    """
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
 
-    kind: Literal["flow", "rnd"] = "flow"
-    beta: float = Field(0.5, ge=0, allow_inf_nan=False)
-    beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
-    success_window: Optional[int] = Field(None, ge=1)
-    success_best: bool = False
-    success_hold: Optional[float] = Field(None, gt=0, le=1)
-    intrinsic_critic: bool = False
-    return_bound: bool = False
-    form: Literal["nonpositive", "positive", "centred"] = "nonpositive"
-    score: Literal["next", "current"] = "next"
-    update_every: int = Field(16, ge=1)
-    staleness: int = Field(8, ge=0)
-    obs_key: Optional[str] = None
-    project: Optional[Union[list[int], Callable]] = None
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    seed: Optional[int] = None
-    # the density model: None = the library's default
-    flow: Optional[str] = None
-    flow_kwargs: dict[str, Any] = Field(default_factory=dict)
-    estimator: Optional[Literal[ESTIMATORS]] = None  # type: ignore[valid-type]  # a tuple of literals
-    resolution: Optional[Union[float, Literal["auto"]]] = None
-    cells: Optional[float] = Field(None, gt=1)
-    kernel: Optional[Literal[KERNELS]] = None  # type: ignore[valid-type]
-    cell_samples: Optional[int] = Field(None, ge=1)
-    smoothing: Optional[float] = Field(None, ge=0)
-    ema: Optional[float] = Field(None, ge=0, lt=1)
-    lr: Optional[float] = Field(None, gt=0)
-    batch_size: Optional[int] = Field(None, ge=1)
-    steps_per_update: Optional[int] = Field(None, ge=0)
-    steps_per_observation: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
-    buffer_size: Optional[int] = Field(None, ge=1)
-    image_size: Union[int, tuple[int, int]] = (8, 8)
-    image_levels: Optional[int] = Field(None, ge=2)
-    image_grey: bool = True
-    hidden_features: Union[int, tuple[int, ...]] = (64, 64)
-    embedding_dim: int = Field(16, ge=1)
+
+class ImageOptions(_Section):
+    """How frames (a 3-D ``Box`` observation) are reduced before they are modelled."""
+
+    size: Union[int, tuple[int, int]] = Field((8, 8), description="frames are downsampled to (h, w) (an int: square)")
+    grey: bool = Field(True, description="average the channels into one")
+    levels: Optional[int] = Field(None, ge=2, description="flow only: quantisation levels per pixel (None: the "
+                                                            "library's default)")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: Any) -> tuple[int, int]:
+        size = (v, v) if isinstance(v, int) else tuple(v)
+        if len(size) != 2 or not all(s >= 1 for s in size):
+            raise ValueError(f"must be an int or (h, w) of positive ints, got {v!r}")
+        return size  # type: ignore[return-value]
+
+
+class _ModelOptions(_Section):
+    lr: Optional[float] = Field(None, gt=0, description="Adam step size of the model")
+    batch_size: Optional[int] = Field(None, ge=1, description="observations per training step")
+    steps_per_update: Optional[int] = Field(None, ge=0, description="training steps per update (fixed)")
+    steps_per_observation: Optional[float] = Field(
+        None, ge=0, allow_inf_nan=False, description="training steps per new observation (instead of the above)")
+    buffer_size: Optional[int] = Field(None, ge=1, description="the last observations the model trains on")
+    seed: Optional[int] = Field(None, description="seed of the model's initialisation and sampling")
+    image: ImageOptions = Field(default_factory=ImageOptions, description="frames only")
+
+
+class FlowModelOptions(_ModelOptions):
+    """A flow pseudo-counter: ``N(x)`` from a flow density of recent observations (``FlowPseudoCounter``)."""
+
+    kind: Literal["flow"] = Field("flow", description="a flow pseudo-counter")
+    flow: Optional[str] = Field(None, description="the flow (flowrl.available_flows())")
+    flow_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the flow")
+    estimator: Optional[Literal[ESTIMATORS]] = Field(  # type: ignore[valid-type]  # a tuple of literals
+        None, description="how a count is read from the density (flowrl.novelty.ESTIMATORS)")
+    resolution: Optional[Union[float, Literal["auto"]]] = Field(None, description="cell width, or 'auto'")
+    cells: Optional[float] = Field(None, gt=1, description="cells per unit volume of the normalised space")
+    kernel: Optional[Literal[KERNELS]] = Field(None, description="shape of the training jitter: gaussian or box")  # type: ignore[valid-type]
+    cell_samples: Optional[int] = Field(None, ge=1, description="points averaged over a cell")
+    smoothing: Optional[float] = Field(None, ge=0, description="scale of the training jitter, in cells (0: none)")
+    ema: Optional[float] = Field(None, ge=0, lt=1, description="parameter average of the scoring flow")
 
     @field_validator("resolution")
     @classmethod
@@ -125,13 +100,114 @@ class NoveltyOptions(BaseModel):
             raise ValueError(f"must be a positive number or 'auto', got {v!r}")
         return v
 
-    @field_validator("image_size")
+
+class RNDModelOptions(_ModelOptions):
+    """Random network distillation: novelty from a predictor's error on a random embedding (``RNDNovelty``)."""
+
+    kind: Literal["rnd"] = Field(description="random network distillation")
+    hidden_features: Union[int, tuple[int, ...]] = Field((64, 64), description="widths of both networks")
+    embedding_dim: int = Field(16, ge=1, description="size of the random target embedding")
+
+    @model_validator(mode="after")
+    def _no_levels(self) -> "RNDModelOptions":
+        if self.image.levels is not None:
+            raise ValueError("image.levels: flow only (RND reads frames unquantised)")
+        return self
+
+
+def _default_kind(data: Any) -> Any:
+    """A model mapping without ``kind`` is a flow counter."""
+    if isinstance(data, dict) and "kind" not in data:
+        return {**data, "kind": "flow"}
+    return data
+
+
+ModelOptions = Annotated[Union[FlowModelOptions, RNDModelOptions], Field(discriminator="kind")]
+
+
+class WeightOptions(_Section):
+    """How much the intrinsic reward counts: ``beta_t = (beta_end + p (beta - beta_end)) (1 - s)``, 0 once held.
+
+    ``p`` the share of the run left (1 -> 0; no decay without ``beta_end``),
+    ``s`` the success share of the last ``success_window`` training episodes
+    (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`).
+    """
+
+    beta: float = Field(5.0, ge=0, allow_inf_nan=False, description="the weight of the intrinsic reward")
+    beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False,
+                                      description="decay the weight linearly to this over the run; null: no decay")
+    form: Literal["nonpositive", "positive", "centred"] = Field(
+        "nonpositive", description="nonpositive: beta (g - 1), positive: beta g, centred: beta (g - mean g)")
+    success_window: Optional[int] = Field(20, ge=1, description="fade the weight by the success share of this many "
+                                                                "finished training episodes; null: no fade")
+    success_best: bool = Field(False, description="fade by the best share over any full window (only falls)")
+    success_hold: Optional[float] = Field(0.9, gt=0, le=1, description="once a full window's share reaches this, "
+                                                                         "the weight is 0 for good; null: never")
+
+    @model_validator(mode="after")
+    def _window(self) -> "WeightOptions":
+        for name in ("success_best", "success_hold"):
+            if getattr(self, name) not in (None, False) and self.success_window is None:
+                raise ValueError(f"{name} needs success_window (the episodes each success share is taken over)")
+        return self
+
+
+class CriticOptions(_Section):
+    """SAC's separate intrinsic critics (:class:`agents.novelty.sac.IntrinsicCriticSAC`).
+
+    The actor maximises ``Q_e + beta_t Q_i - alpha log pi``: a change of the
+    weight changes how two critics learnt all along are mixed, not their targets.
+    """
+
+    return_bound: bool = Field(True, description="extrinsic targets at least the discounted return a stored "
+                                                 "episode went on to get, where it terminated")
+    backup_entropy: bool = Field(False, description="keep SAC's -alpha log pi in the extrinsic targets")
+    hold_ent_coef: Optional[float] = Field(0.01, gt=0, description="the temperature once the weight holds at 0 "
+                                                                     "(learnt before); null: learnt throughout")
+
+
+class NoveltyOptions(_Section):
+    """Every option of the bonus, by section (see the module docstring).
+
+    ``model``: the density model (:class:`FlowModelOptions` or
+    :class:`RNDModelOptions`, chosen by ``kind``); ``weight``
+    (:class:`WeightOptions`); ``critics`` (:class:`CriticOptions`, SAC only;
+    ``None``: the intrinsic reward is added to SAC's one reward).  Then:
+    ``score``: ``"next"`` scores the state an action leads to, ``"current"``
+    the state it was taken in; ``update_every``: environment steps (per env)
+    between updates of the model; ``staleness``: model updates a replayed
+    state's cached bonus may lag behind (off-policy; ``0``: rescored whenever
+    the model changed; see :mod:`agents.novelty.buffers`); ``obs_key``: the key
+    of a Dict observation to count on (goal-conditioned spaces:
+    ``achieved_goal``); ``project``: the features to count on, a list of indices
+    (or, from Python, a callable ``(batch, d) -> (batch, k)``); ``device``: of
+    the model, ``"auto"`` = the agent's.
+    """
+
+    model: ModelOptions = Field(default_factory=FlowModelOptions, description="the density model")
+    weight: WeightOptions = Field(default_factory=WeightOptions, description="the weight of the intrinsic reward")
+    critics: Optional[CriticOptions] = Field(default_factory=CriticOptions,
+                                             description="SAC only: separate intrinsic critics; null: one critic")
+    score: Literal["next", "current"] = Field(
+        "next", description="next: score the state an action leads to; current: the state it was taken in")
+    update_every: int = Field(16, ge=1, description="environment steps (per env) between updates of the model")
+    staleness: int = Field(8, ge=0, description="model updates a replayed state's cached bonus may lag "
+                                                 "behind (off-policy; 0: rescored whenever the model changed)")
+    obs_key: Optional[str] = Field(None, description="the key of a Dict observation to count on "
+                                                     "(goal-conditioned spaces: achieved_goal)")
+    project: Optional[Union[list[int], Callable]] = Field(
+        None, description="the features to count on: a list of indices (from Python: a callable)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="of the model; auto: the agent's")
+
+    @model_validator(mode="before")
     @classmethod
-    def _image_size(cls, v: Any) -> tuple[int, int]:
-        size = (v, v) if isinstance(v, int) else tuple(v)
-        if not all(s >= 1 for s in size):
-            raise ValueError(f"must be an int or (h, w) of positive ints, got {v!r}")
-        return size  # type: ignore[return-value]
+    def _sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        misplaced = [k for k in data if k not in cls.model_fields and k in _MOVED]
+        if misplaced:
+            raise ValueError("; ".join(f"{k}: moved to novelty.{_MOVED[k]}" for k in misplaced))
+        return {**data, "model": _default_kind(data["model"])} if "model" in data else data
 
     @field_validator("project")
     @classmethod
@@ -140,40 +216,31 @@ class NoveltyOptions(BaseModel):
             raise ValueError("must list at least one feature index")
         return v
 
-    @model_validator(mode="after")
-    def _options_that_need_others(self) -> "NoveltyOptions":
-        if self.success_best and self.success_window is None:
-            raise ValueError("success_best needs success_window (the episodes each success share is taken over)")
-        if self.success_hold is not None and self.success_window is None:
-            raise ValueError("success_hold needs success_window (the episodes each success share is taken over)")
-        if self.return_bound and not self.intrinsic_critic:
-            raise ValueError("return_bound needs intrinsic_critic=true (it bounds the extrinsic critic's targets)")
-        return self
-
-    @model_validator(mode="after")
-    def _kind_options(self) -> "NoveltyOptions":
-        other = _FLOW_ONLY if self.kind == "rnd" else _RND_ONLY
-        fields = type(self).model_fields
-        misplaced = sorted(k for k in self.model_fields_set & other
-                           if getattr(self, k) != fields[k].get_default(call_default_factory=True))
-        if misplaced:
-            raise ValueError(f"option(s) {misplaced} do not apply to kind={self.kind!r}")
-        return self
-
     def as_dict(self) -> dict:
         """The options as a plain dict (what :func:`parse_options` reads back)."""
         return self.model_dump()
 
 
-def model_kwargs(opts: NoveltyOptions, flow_options: bool = True, defaults: Optional[dict] = None) -> dict[str, Any]:
+#: Where the options of the former flat ``novelty:`` section live now (named in the error of a flat key).
+_MOVED = {**{k: f"model.{k}" for k in (*_COMMON, *_FLOW_VECTOR, "kind", "flow", "flow_kwargs", "hidden_features",
+                                        "embedding_dim")},
+          **{k: f"weight.{k}" for k in WeightOptions.model_fields},
+          "return_bound": "critics.return_bound", "intrinsic_critic": "critics (a section; null: one shared critic)",
+          "image_size": "model.image.size", "image_levels": "model.image.levels", "image_grey": "model.image.grey"}
+
+
+def model_kwargs(model: FlowModelOptions | RNDModelOptions, image: bool, defaults: Optional[dict] = None) -> dict:
     """Constructor arguments of the density model: the options that were given, over ``defaults``."""
-    names = _MODEL_OPTIONS + (_FLOW_OPTIONS if flow_options else ())
+    names = _COMMON + (_FLOW_VECTOR if model.kind == "flow" and not image else ())
+    if model.kind == "flow" and image:
+        names += ("estimator", "cell_samples", "ema")
     out = dict(defaults or {})
-    out.update({k: getattr(opts, k) for k in names if getattr(opts, k) is not None})
-    if flow_options and opts.flow is not None:
-        out["flow"] = opts.flow
-    if flow_options and opts.flow_kwargs:
-        out["flow_kwargs"] = dict(opts.flow_kwargs)
+    out.update({k: getattr(model, k) for k in names if getattr(model, k) is not None})
+    if isinstance(model, FlowModelOptions):
+        if model.flow is not None:
+            out["flow"] = model.flow
+        if model.flow_kwargs:
+            out["flow_kwargs"] = dict(model.flow_kwargs)
     return out
 
 
@@ -190,10 +257,17 @@ def parse_options(novelty: Optional[dict | NoveltyOptions]) -> NoveltyOptions:
 
 
 def format_errors(err: ValidationError, prefix: str = "") -> str:
-    """One line per error, ``key: reason`` (dotted keys under ``prefix``)."""
+    """One line per error, ``key: reason`` (dotted keys under ``prefix``; a union's tag is left out)."""
     lines = []
     for e in err.errors():
-        key = ".".join([prefix, *(str(p) for p in e["loc"])] if prefix else [str(p) for p in e["loc"]]) or prefix
+        loc = [str(p) for p in e["loc"]]
+        for i in range(len(loc) - 1):  # the union's tag: ("model", "rnd", "cells") -> model.cells
+            if loc[i] == "model" and loc[i + 1] in ("flow", "rnd"):
+                del loc[i + 1]
+                break
+        key = ".".join([prefix, *loc] if prefix else loc) or prefix
         msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(e["type"], e["msg"])
-        lines.append(f"{key}: {msg}")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(f"{key}: {msg}" if key else msg)
     return "; ".join(lines)

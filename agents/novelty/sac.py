@@ -1,57 +1,34 @@
 """``IntrinsicCriticSAC``: SAC with critics of its own for the intrinsic reward.
 
 The actor maximises ``min_j Q_e,j(s, a) + beta_t min_j Q_i,j(s, a) - alpha log pi(a | s)``,
-where ``Q_e`` is trained on the extrinsic reward (with SAC's entropy term
-unless ``backup_entropy=False``) and ``Q_i`` on the unweighted intrinsic
-reward ``shaped(g(x))`` (see :meth:`agents.novelty.bonus.NoveltyBonus.shaped`),
+where ``Q_e`` is trained on the extrinsic reward and ``Q_i`` on the unweighted
+intrinsic reward ``shaped(g(x))`` (:meth:`agents.novelty.bonus.NoveltyBonus.shaped`),
 both with Bellman targets on the same minibatch.
 
-Why: a replay buffer scores every sampled minibatch with the current bonus
-weight.  When that weight moves (``success_window`` fades it as episodes
-succeed, ``beta_end`` decays it), the targets of one shared critic move with
-it: at ``beta = 5`` on a 200-step maze a step costs up to 5 and the goal
-pays 1, so when the weight falls towards 0 the critic's values shift by tens
-(on four rooms, its value of the start went from -72 to -12 and back) and
-have to be learnt again, while the actor follows them.  With separate
-critics a change of weight changes only how the actor mixes two values that
-were learnt all along: once episodes reach the goal, the actor follows an
-extrinsic critic that has been fitting the sparse reward from the first step.
+Why: the bonus weight ``beta_t`` moves (the success fade lowers it as episodes
+succeed, the hold sets it to 0).  With one critic, every move shifts its
+targets, by tens where a step costs up to ``beta`` and the goal pays 1, and the
+actor follows values that must be learnt again.  With two, a new weight only
+changes how the actor mixes values learnt all along: once episodes reach the
+goal it follows an extrinsic critic that has been fitting the sparse reward
+from the first step.
 
-Three more options serve the extrinsic critic once the goal has been reached:
+The options of ``novelty.critics`` (:class:`agents.novelty.options.CriticOptions`)
+serve that extrinsic critic:
 
-* ``backup_entropy=False`` (a constructor argument, ``algo.kwargs.backup_entropy``)
-  drops SAC's ``-alpha log pi(a'|s')`` from the extrinsic target: the critic
-  learns the plain extrinsic return ``Q_e(s, a) = r + gamma Q_e(s', a')``,
-  while the actor still maximises ``... - alpha log pi``.  Why: the soft target
-  adds ``-alpha log pi`` for every step an episode goes on.  Where the policy
-  is broad (``log pi < 0``) that is a reward for staying alive, worth up to
-  ``alpha |log pi| / (1 - gamma)`` (on four rooms ``0.05 * 1.2 / 0.01 = 6``)
-  against a goal worth 1 that ends the episode: the entropy term punishes
-  success as a positive bonus would.
-* ``hold_ent_coef`` (``algo.kwargs.hold_ent_coef``): the temperature is learnt
-  (``ent_coef="auto"``) while the agent explores and fixed at this value once
-  the bonus holds (``success_hold``): broad while searching, sharp enough to
-  keep the route once found (see the fixed ``ent_coef`` below).
-* ``return_bound`` (a novelty option) makes the extrinsic target at least the
-  discounted return a stored episode actually went on to get from that row,
-  where the episode terminated (:class:`agents.novelty.buffers.SplitReplaySamples`):
-  a route that reached the goal is worth at least what it paid, from the
-  first time (self-imitation), instead of after the 5-step returns have
-  carried the goal back along it.  In a deterministic env this is a lower
-  bound of the optimal value; in a stochastic one it biases values up
-  towards lucky episodes.
-
-Measured on four rooms (``docs/bench_exploration/``): with the intrinsic critic
-alone the agent still lost a found route (0 of 2 seeds solved at 100k
-steps).  Once ``success_hold`` sets the weight to 0 the actor follows the
-extrinsic critic alone, and that critic decides: without the bound the
-route was lost within 1,000 steps of the hold; with it but SAC's soft
-target and learnt temperature, within 2,000-5,000 (the temperature, learnt
-at the critic's decaying rate, stayed at 0.03-0.13 with ``log pi`` near -1);
-with the bound, ``backup_entropy=False`` and a fixed ``ent_coef=0.01`` (sharp
-enough that action gaps of ``(1 - gamma) gamma^k`` count) 5 of 5 seeds solved
-it at 75k and at 100k steps and reached the goal in every training episode
-of the last 10k (``configs/rooms_flow_sac.yaml``).
+* ``backup_entropy=False`` drops SAC's ``-alpha log pi(a'|s')`` from the extrinsic
+  target, ``Q_e(s, a) = r + gamma Q_e(s', a')``: with a broad policy the soft
+  target pays up to ``alpha |log pi| / (1 - gamma)`` for staying alive, against a
+  goal worth 1 that ends the episode.
+* ``hold_ent_coef``: the temperature is learnt while the agent explores and
+  fixed at this value once the bonus holds: broad while searching, sharp
+  enough afterwards that action gaps of ``(1 - gamma) gamma^k`` count.
+* ``return_bound``: the extrinsic target is at least the discounted return a
+  stored episode went on to get from that row, where it terminated
+  (:class:`agents.novelty.buffers.SplitReplaySamples`): a route that reached the
+  goal is worth what it paid from the first time (self-imitation).  A lower
+  bound of the optimal value in a deterministic env; in a stochastic one it
+  biases values towards lucky episodes.
 """
 
 from __future__ import annotations
@@ -66,6 +43,7 @@ from stable_baselines3.common.utils import polyak_update
 
 from ..policies import critic_value
 from .bonus import NoveltyBonus
+from .options import CriticOptions
 
 __all__ = ["IntrinsicCriticSAC"]
 
@@ -73,9 +51,9 @@ __all__ = ["IntrinsicCriticSAC"]
 class IntrinsicCriticSAC(SAC):
     """SAC with ``n_critics`` extrinsic and ``n_critics`` intrinsic critics (the second half of the critic).
 
-    Needs the replay buffer :func:`agents.novelty.attach_novelty` gives with
-    ``intrinsic_critic=True`` (its samples keep the two rewards apart).
-    ``backup_entropy=False``: no entropy term in the extrinsic target (see the
+    Needs the replay buffer :func:`agents.novelty.attach_novelty` gives it (its
+    samples keep the two rewards apart); ``backup_entropy``, ``hold_ent_coef``
+    and ``return_bound`` come from the bonus's ``critics`` options (see the
     module docstring).  Logs ``train/extrinsic_q`` and ``train/intrinsic_q``
     (minibatch means of the critics' minima) beside SAC's losses, and with
     ``return_bound`` ``train/return_bound_used`` (the share of targets the
@@ -86,18 +64,13 @@ class IntrinsicCriticSAC(SAC):
         >>> from agents.novelty import attach_novelty
         >>> env = gym.make("flowrl/PointMaze-Open-v0")
         >>> kwargs, callbacks = attach_novelty(IntrinsicCriticSAC, {"learning_starts": 32}, env,
-        ...                                    {"beta": 1.0, "intrinsic_critic": True})
+        ...                                    {"weight": {"beta": 1.0}})
         >>> model = IntrinsicCriticSAC("MlpPolicy", env, device="cpu", **kwargs)
         >>> len(model.learn(64, callback=callbacks).critic.q_networks)  # 2 extrinsic + 2 intrinsic
         4
     """
 
-    def __init__(self, policy: Any, env: Any, *args: Any, policy_kwargs: Optional[dict] = None,
-                 backup_entropy: bool = True, hold_ent_coef: Optional[float] = None, **kwargs: Any):
-        self.backup_entropy = bool(backup_entropy)
-        if hold_ent_coef is not None and not hold_ent_coef > 0:
-            raise ValueError(f"hold_ent_coef must be a positive number, got {hold_ent_coef!r}")
-        self.hold_ent_coef = None if hold_ent_coef is None else float(hold_ent_coef)
+    def __init__(self, policy: Any, env: Any, *args: Any, policy_kwargs: Optional[dict] = None, **kwargs: Any):
         policy_kwargs = dict(policy_kwargs or {})
         policy_kwargs["n_critics"] = 2 * int(policy_kwargs.get("n_critics", 2))
         super().__init__(policy, env, *args, policy_kwargs=policy_kwargs, **kwargs)
@@ -110,10 +83,17 @@ class IntrinsicCriticSAC(SAC):
     def bonus(self) -> NoveltyBonus:
         """The novelty bonus of the replay buffer (``ValueError`` without one that keeps the rewards apart)."""
         bonus = getattr(self.replay_buffer, "novelty", None)
-        if not isinstance(bonus, NoveltyBonus) or not bonus.options.intrinsic_critic:
-            raise ValueError("IntrinsicCriticSAC needs the replay buffer of attach_novelty(..., novelty) with "
-                             "novelty option intrinsic_critic=True")
+        if not isinstance(bonus, NoveltyBonus) or bonus.options.critics is None:
+            raise ValueError("IntrinsicCriticSAC needs the replay buffer of attach_novelty(IntrinsicCriticSAC, ...) "
+                             "with novelty critics")
         return bonus
+
+    @property
+    def critic_options(self) -> CriticOptions:
+        """``novelty.critics`` of the bonus: ``backup_entropy``, ``hold_ent_coef``, ``return_bound``."""
+        critics = self.bonus.options.critics
+        assert critics is not None
+        return critics
 
     def _share_weight(self) -> float:
         """The bonus weight now; the policy gets it too (its ``deterministic_rule="critic"`` mixes the critics)."""
@@ -127,8 +107,9 @@ class IntrinsicCriticSAC(SAC):
 
         With ``hold_ent_coef``, ``alpha`` is that constant once the bonus holds (``success_hold``).
         """
-        if self.hold_ent_coef is not None and self.bonus.holding:
-            return log_prob.new_tensor(self.hold_ent_coef)
+        hold = self.critic_options.hold_ent_coef
+        if hold is not None and self.bonus.holding:
+            return log_prob.new_tensor(hold)
         if self.ent_coef_optimizer is None or self.log_ent_coef is None:
             return self.ent_coef_tensor
         alpha = torch.exp(self.log_ent_coef.detach())
@@ -144,6 +125,7 @@ class IntrinsicCriticSAC(SAC):
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         self._update_learning_rate(optimizers + ([self.ent_coef_optimizer] if self.ent_coef_optimizer else []))
         beta = self._share_weight()
+        backup_entropy = self.critic_options.backup_entropy
         logs: dict[str, list[float]] = {k: [] for k in ("ent_coef", "ent_coef_loss", "actor_loss", "critic_loss")}
         q_means: list[torch.Tensor] = []
         bound_used: list[torch.Tensor] = []
@@ -161,7 +143,7 @@ class IntrinsicCriticSAC(SAC):
                 half = q_next.shape[1] // 2
                 carry = (1 - data.dones) * discounts
                 soft_next = q_next[:, :half].min(dim=1, keepdim=True).values
-                if self.backup_entropy:
+                if backup_entropy:
                     soft_next = soft_next - alpha * next_log_prob.reshape(-1, 1)
                 target_e = data.rewards + carry * soft_next
                 target_i = data.intrinsic_rewards + carry * q_next[:, half:].min(dim=1, keepdim=True).values
