@@ -26,7 +26,7 @@ DOCS = os.path.join(ROOT, "docs")
 README = os.path.join(ROOT, "README.md")
 OPTIONS = os.path.join(DOCS, "options.md")
 RESULTS = os.path.join(DOCS, "results", "reliability.md")
-#: The pages written for users (docs/results/ and docs/bench_exploration/ are generated records).
+#: The pages written for users (docs/results/ holds generated records).
 PAGES = [README] + [os.path.join(DOCS, name) for name in ("flows.md", "sb3.md", "novelty.md", "cli.md", "options.md")]
 SETUP = ("make demo", "make test")
 
