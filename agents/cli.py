@@ -58,14 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Redraw RUN_DIR's PNG pictures from its files: learning curves, coverage "
                                     "heatmap, novelty density and policy samples (when the model supports them).")
     pl.add_argument("run_dir", metavar="RUN_DIR")
-    from .sweep_cli import add_parsers
+    from .sweep.cli import add_parsers
 
     add_parsers(sub)
     return p
 
 
 def _train(items: list[str]) -> int:
-    from .factory import train
+    from .run import train
 
     config_path = items[0] if items and "=" not in items[0] else None
     overrides = parse_overrides(items[1:] if config_path else items)
@@ -83,7 +83,7 @@ def _train(items: list[str]) -> int:
 
 
 def _eval(run_dir: str, episodes: Optional[int], stochastic: bool) -> int:
-    from .factory import evaluate
+    from .run import evaluate
 
     stats = evaluate(run_dir, episodes, deterministic=not stochastic)
     print(json.dumps(stats, indent=1))
@@ -91,8 +91,8 @@ def _eval(run_dir: str, episodes: Optional[int], stochastic: bool) -> int:
 
 
 def _plot(run_dir: str) -> int:
-    from .factory import load_obs_normalizer, load_run, make_env, novelty_density_fn
-    from .plots import plot_run
+    from .run import load_obs_normalizer, load_run, make_env, novelty_density_fn
+    from .run.plots import plot_run
 
     cfg, model = load_run(run_dir)
     env = make_env(cfg)

@@ -77,7 +77,7 @@ def _module_name(name: str) -> str:
 
 
 class EnvConfig(_Strict):
-    """Which environment to train on (built by :mod:`agents.env_builder`)."""
+    """Which environment to train on (built by :mod:`agents.run.env_builder`)."""
 
     id: str = Field(description="gymnasium id, e.g. flowrl/PointMaze-UMaze-v0, or module:EnvId "
                                 "(gymnasium_robotics:PointMaze_UMaze-v3) to import the module first")
@@ -143,7 +143,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: Optional[int] = Field(
         1, ge=1, description="PyTorch threads of flowrl train/eval, sweep trials and the demo (one is fastest "
-                             "for MLP-sized agents, see agents.threads); null: PyTorch's default (one per "
+                             "for MLP-sized agents, see agents.run.threads); null: PyTorch's default (one per "
                              "core); an OMP_NUM_THREADS in the environment wins")
     wandb: bool = Field(False, description="log to Weights & Biases (works with WANDB_MODE=offline)")
     wandb_project: str = Field("flowrl", description="wandb project of the run")

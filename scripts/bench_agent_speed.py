@@ -1,6 +1,6 @@
 """Benchmark: where one training run's time goes, part by part, for every agent variant, in one run.
 
-Each variant (algorithm x policy x bonus) trains through ``agents.factory.train``
+Each variant (algorithm x policy x bonus) trains through ``agents.run.train``
 (the code behind ``flowrl train``) with its methods wrapped in timers; a part's
 time is *exclusive* (the density model's scoring inside a replay draw counts as
 scoring, not as sampling).  The table gives env steps per second, the ratio to
@@ -106,12 +106,12 @@ def _patches(timer: PartTimer) -> list[_Patch]:
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents import factory
     from agents.novelty import IntrinsicCriticSAC
     from agents.novelty.bonus import NoveltyBonus
     from agents.novelty.buffers import NoveltyNStepReplayBuffer, _ReplayScoring
     from agents.novelty.callback import NoveltyCallback
     from agents.policies import FlowActorCriticPolicy
+    from agents.run import training as run_train
 
     targets: list[tuple[Any, str, str]] = [
         (DummyVecEnv, "step_wait", "env"),
@@ -126,7 +126,7 @@ def _patches(timer: PartTimer) -> list[_Patch]:
         (NoveltyBonus, "novelty", "scoring"),
         (NoveltyBonus, "flush", "density"),
         (NoveltyCallback, "_on_step", "callback"),
-        (factory, "_learn", "other"),  # the training loop; what no part above claims stays here
+        (run_train, "_learn", "other"),  # the training loop; what no part above claims stays here
     ]
     return [timer.wrap(owner, attr, part) for owner, attr, part in targets if attr in owner.__dict__]
 
@@ -134,7 +134,7 @@ def _patches(timer: PartTimer) -> list[_Patch]:
 def run_variant(config: str, overrides: list[str], device: str = "cpu") -> tuple[float, int, dict[str, float]]:
     """Train one variant; returns (training-loop seconds, env steps, exclusive seconds per part)."""
     from agents.config import load_config
-    from agents.factory import train
+    from agents.run import train
 
     timer = PartTimer()
     with tempfile.TemporaryDirectory() as out:

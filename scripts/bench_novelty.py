@@ -154,8 +154,8 @@ def main() -> None:
     print(f"\nMountainCarContinuous-v0, {args.steps} steps, seeds {args.seeds}, beta {args.beta}, "
           f"SB3 default SAC, observations {'raw' if args.raw_obs else 'VecNormalize-d (sac-zoo: raw)'}, "
           f"{args.jobs} runs in parallel")
-    print(f"{'method':10s} {'steps run':>10s} {'reached goal':>12s} {'first success (per seed)':>26s} {'final det. return':>18s} "
-          f"{'ms/step':>8s} {'steps/s vs sac':>15s}")
+    print(f"{'method':10s} {'steps run':>10s} {'reached goal':>12s} {'first success (per seed)':>26s} "
+          f"{'final det. return':>18s} {'ms/step':>8s} {'steps/s vs sac':>15s}")
     base = [r["steps"] / r["wall_s"] for r in results if r["method"] == "sac"]
     for m in args.methods:
         rs = sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
@@ -166,8 +166,8 @@ def main() -> None:
         sps = np.mean([r["steps"] / r["wall_s"] for r in rs])
         ratio = f"{sps / np.mean(base):.2f}" if base else "n/a"
         ran = ",".join(str(r["steps"]) for r in rs)
-        print(f"{m:10s} {ran:>10s} {reached:>5d} of {len(rs):<4d} {firsts:>26s} {rets.mean():9.1f} +- {rets.std():5.1f} "
-              f"{ms:8.1f} {ratio:>15s}")
+        print(f"{m:10s} {ran:>10s} {reached:>5d} of {len(rs):<4d} {firsts:>26s} "
+              f"{rets.mean():9.1f} +- {rets.std():5.1f} {ms:8.1f} {ratio:>15s}")
 
 
 if __name__ == "__main__":

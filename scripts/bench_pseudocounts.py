@@ -9,7 +9,7 @@ relative to the rarest seen one, and the time to score the K states.
 
     python scripts/bench_pseudocounts.py --flows nsf realnvp --seeds 0 1 2
 
-``--images``: the same for :class:`flowrl.novelty_image.ImagePseudoCounter`
+``--images``: the same for :class:`flowrl.novelty.image_counts.ImagePseudoCounter`
 on ``--k`` frames (``--side`` x ``--side`` uint8, a bright square at K
 positions, ``point_image_stream`` of ``tests/count_streams.py``) visited 1 to
 ``--max-count`` times, with the cost of an ``update`` call (``--batch``
@@ -35,7 +35,7 @@ from count_streams import cluster_stream, count_agreement, point_image_stream  #
 
 import flowrl  # noqa: E402
 from flowrl.novelty import ESTIMATORS, FlowPseudoCounter  # noqa: E402
-from flowrl.novelty_image import ImagePseudoCounter  # noqa: E402
+from flowrl.novelty.image_counts import ImagePseudoCounter  # noqa: E402
 
 IMAGE_ESTIMATORS = ("density", "cell", "cell_bound")
 
@@ -145,7 +145,8 @@ def main() -> None:
     flows = args.flows or [f for f in ("nsf", "realnvp", "nice") if f in flowrl.available_flows()]
     print(f"K={args.k} clusters (std {args.spread}) in {args.dim}-D, counts 1..{args.max_count}, "
           f"batches of {args.batch}, {args.steps} steps/update, seeds {args.seeds}")
-    print(f"{'flow':10s} {'estimator':15s} {'spearman':>16s} {'slope':>16s} {'N(unseen)/N(rarest)':>20s} {'score ms':>9s}")
+    print(f"{'flow':10s} {'estimator':15s} {'spearman':>16s} {'slope':>16s} {'N(unseen)/N(rarest)':>20s} "
+          f"{'score ms':>9s}")
     for flow in flows:
         t0 = time.perf_counter()
         results = [run(flow, s, args) for s in args.seeds]

@@ -46,7 +46,7 @@ def _overrides(args: argparse.Namespace, name: str, agent: str, seed: int) -> li
 def run_child(args: argparse.Namespace) -> None:
     """Train one run in this process (with the config's ``threads``, one by default)."""
     from agents.config import load_config
-    from agents.factory import train
+    from agents.run import train
 
     name, agent, seed = next(r for r in runs(args) if r[0] == args.child)
     cfg = load_config(args.config, _overrides(args, name, agent, seed))

@@ -306,7 +306,7 @@ def agent_rate(algo: str, variant: str, device: str, smoke: bool) -> float:
     ``gaussian`` (SB3's Gaussian policy with the preset's networks, no bonus).
     """
     from agents.config import load_config
-    from agents.factory import build_model, make_env
+    from agents.run import build_model, make_env
 
     path = os.path.join(ROOT, PRESETS[algo])
     items = _preset_overrides(algo, smoke) + [f"device={device}"]

@@ -240,8 +240,8 @@ def _flow_counter_nulls() -> list[str]:
             "`agents.novelty.options.AGENT_FLOW_COUNTER`, over the defaults of "
             "`flowrl.novelty.FlowPseudoCounter`):", "",
             "| key | `null` means | from |", "|---|---|---|", *rows, "",
-            "For frames and for RND, `null` means the defaults of `flowrl.novelty_image.ImagePseudoCounter`, "
-            "`flowrl.rnd.RNDNovelty` and `flowrl.rnd_image.ImageRND`."]
+            "For frames and for RND, `null` means the defaults of `flowrl.novelty.image_counts.ImagePseudoCounter`, "
+            "`flowrl.novelty.rnd.RNDNovelty` and `flowrl.novelty.image_rnd.ImageRND`."]
 
 
 def render() -> str:

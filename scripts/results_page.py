@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 def section(sweep_dir: str, out_dir: str, reps: int) -> str:
     """The Markdown of one sweep: its report (without its own title) and its curves, copied to ``out_dir``."""
-    from agents.report import write_report
+    from agents.sweep.report import write_report
 
     name = os.path.basename(os.path.abspath(sweep_dir))
     lines = write_report(sweep_dir, reps=reps).splitlines()[1:]  # the page gives the title
@@ -40,8 +40,8 @@ def overview(sweep_dirs: list[str]) -> str:
     """One row per configuration of every sweep: task, agent, budget, seeds that found the goal and that held it."""
     import yaml
 
-    from agents.report import read_runs
-    from agents.sweep_spec import read_sweep
+    from agents.sweep.report import read_runs
+    from agents.sweep.spec import read_sweep
 
     lines = ["| sweep | task | agent | budget | seeds | found the goal | solved and held | commit |",
              "|---|---|---|---|---|---|---|---|"]

@@ -2,7 +2,7 @@
 
 Trains ``configs/demo.yaml`` (or ``--config``) for ``--steps`` env steps with a
 checkpoint every ``--checkpoint-every`` steps, checks every tensor, logged loss,
-reward and count for NaN/inf (:class:`agents.health.HealthCallback`) and prints
+reward and count for NaN/inf (:class:`agents.run.health.HealthCallback`) and prints
 the resident-memory curve, then the growth after the replay buffer filled.
 
     python scripts/soak.py [--steps 100000] [--checkpoint-every 10000] [--every 5000] [--out runs/soak]
@@ -30,8 +30,8 @@ def main() -> None:
     args = p.parse_args()
 
     from agents.config import load_config
-    from agents.factory import train
-    from agents.health import HealthCallback
+    from agents.run import train
+    from agents.run.health import HealthCallback
 
     cfg = load_config(args.config, [f"total_timesteps={args.steps}", f"run.checkpoint_every={args.checkpoint_every}",
                                     f"run.out_dir={args.out}", "run.name=soak", "device=cpu", *args.overrides])

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.callbacks import latest_checkpoint, save_checkpoint
+from agents.run.callbacks import latest_checkpoint, save_checkpoint
 from agents.cli import main
-from agents.config import load_config
-from agents.factory import evaluate, evaluate_model, load_obs_normalizer, load_run, train
+from agents.config import ConfigError, load_config
+from agents.run import evaluate, evaluate_model, load_obs_normalizer, load_run, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -150,16 +150,16 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 
 def test_eval_every_evaluates_the_live_policy_during_training(tmp_path, monkeypatch):
     """eval.every=50 over 200 steps of one env: four evaluations of the live model, logged as eval/success_rate."""
-    import agents.factory as factory
+    import agents.run.training as run_train
 
     calls = []
-    real = factory.evaluate_model
+    real = run_train.evaluate_model
 
     def counting(model, cfg, *args, **kwargs):
         calls.append(model.num_timesteps)
         return real(model, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(factory, "evaluate_model", counting)
+    monkeypatch.setattr(run_train, "evaluate_model", counting)
     path = os.path.join(ROOT, "configs", "maze_sac.yaml")
     result = train(load_config(path, tiny(path, tmp_path, steps=200, **{"run.name": "r", "eval.every": 50})))
     assert calls == [50, 100, 150, 200, 200]  # four during training, then the final evaluation
@@ -169,7 +169,7 @@ def test_eval_every_evaluates_the_live_policy_during_training(tmp_path, monkeypa
     evaluations = read_rows(os.path.join(result.run_dir, "evaluations.csv"))  # one row per evaluation
     assert [int(r["timesteps"]) for r in evaluations] == [50, 100, 150, 200]
     assert all(0.0 <= float(r["success_rate"]) <= 1.0 for r in evaluations)
-    with pytest.raises(factory.ConfigError, match="eval.every"):
+    with pytest.raises(ConfigError, match="eval.every"):
         load_config(path, ["eval.every=0"])
 
 
@@ -290,7 +290,7 @@ def test_wandb_offline_receives_sb3_scalars(tmp_path, monkeypatch):
     path = os.path.join(ROOT, "configs", "maze_sac.yaml")
     # Episodes of 25 steps: SB3 dumps its scalars every 4 episodes (steps 100, 200, 300), and the
     # losses start at step 30, so every row carries them; they reach the run synchronously
-    # through agents.factory.WandbOutputFormat.
+    # through agents.run.WandbOutputFormat.
     # A fresh process (``flowrl train``): wandb's service must not share a test worker with Ray's.
     overrides = tiny(path, tmp_path, steps=300, **{
         "run.name": "w", "wandb": "true", "env.kwargs.max_episode_steps": 25, "run.plots": "true",

@@ -108,7 +108,7 @@ def test_a_bad_novelty_value_on_the_command_line_is_one_line_naming_the_key(tmp_
 def test_learning_rate_end_decays_linearly_over_the_run_and_survives_save_and_load(tmp_path):
     from stable_baselines3 import SAC
 
-    from agents.factory import build_model, make_env
+    from agents.run import build_model, make_env
 
     cfg = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu",
                       algo=dict(name="sac", kwargs={"learning_rate": 1e-3}, learning_rate_end=1e-4))

@@ -218,7 +218,7 @@ def _yaml_examples() -> list[tuple[str, dict]]:
 def test_yaml_examples_are_valid(tmp_path, monkeypatch):
     from agents.config import TrainConfig, config_from_dict, merge_configs, read_config
     from agents.novelty.options import NoveltyOptions
-    from agents.sweep_spec import SweepSpec, load_sweep
+    from agents.sweep.spec import SweepSpec, load_sweep
 
     monkeypatch.chdir(ROOT)
     examples = _yaml_examples()
@@ -260,7 +260,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
 def test_cli_examples_parse_and_validate(monkeypatch):
     from agents.cli import build_parser
     from agents.config import load_config, parse_overrides
-    from agents.sweep_spec import load_sweep
+    from agents.sweep.spec import load_sweep
 
     monkeypatch.chdir(ROOT)
     lines = _command_lines()

@@ -14,8 +14,8 @@ from stable_baselines3.common.torch_layers import CombinedExtractor
 
 from agents.cli import main
 from agents.config import ConfigError, EnvConfig, config_from_dict, load_config
-from agents.env_builder import make_single_env
-from agents.factory import build_model, evaluate_model, make_env, train
+from agents.run.env_builder import make_single_env
+from agents.run import build_model, evaluate_model, make_env, train
 from agents.novelty import IntrinsicCriticSAC, find_novelty, make_novelty_bonus
 from agents.policies import FlowActorCriticPolicy, FlowSACPolicy
 from envs.wrappers import ObservationBounds, SuccessInfo

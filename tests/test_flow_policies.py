@@ -15,8 +15,8 @@ from stable_baselines3 import A2C, PPO, SAC
 import envs  # noqa: F401  (registers flowrl/TwoModeBandit-v0)
 import flowrl
 from agents import FlowActorCriticPolicy, FlowDistribution, FlowSACPolicy
-from agents.distributions import build_action_flow
-from agents.squash import SquashToBox, log_dtanh
+from agents.policies.distributions import build_action_flow
+from flowrl.transforms.squash import SquashToBox, log_dtanh
 from envs.bandit import TwoModeBandit
 from flow_cases import perturb
 from tolerances import assert_close_rounding
@@ -234,7 +234,7 @@ def test_bad_flow_settings_are_rejected(policy, kwargs, match):
 
 
 def test_transforms_without_an_inverse_are_rejected():
-    from agents.distributions import _check_both_directions
+    from agents.policies.distributions import _check_both_directions
 
     class DensityOnly(flowrl.Transform):
         def forward(self, x, context=None):

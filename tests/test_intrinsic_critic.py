@@ -16,7 +16,7 @@ from tolerances import assert_close_rounding
 
 import envs  # noqa: F401  (registers the mazes)
 from agents.config import ConfigError, TrainConfig
-from agents.factory import algorithm_class, build_model, make_env
+from agents.run import algorithm_class, build_model, make_env
 from agents.novelty import (
     IntrinsicCriticSAC,
     NoveltyNStepReplayBuffer,

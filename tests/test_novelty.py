@@ -1,4 +1,4 @@
-"""Flow pseudo-counts (flowrl.novelty) and RND (flowrl.rnd) against exact counts and by construction."""
+"""Flow pseudo-counts (flowrl.novelty) and RND (flowrl.novelty.rnd) against exact counts and by construction."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from count_streams import cluster_stream, count_agreement, point_image_stream
-from flowrl.memo import RowMemo
+from flowrl.novelty.memo import RowMemo
 from flowrl.novelty import (
     ESTIMATORS,
     FlowPseudoCounter,
     RunningNormalizer,
     bonus_from_count,
 )
-from flowrl.rnd import RNDNovelty
+from flowrl.novelty.rnd import RNDNovelty
 from flowrl.precision import ieee_float32
 from tolerances import assert_close_rounding
 
@@ -205,7 +205,7 @@ def test_rnd_bonus_is_larger_off_the_visited_states_and_decreases_with_training(
 
 def test_image_rnd_bonus_is_larger_on_unseen_frames_and_validates_them():
     """The convolutional RND on frames: a square at a position never trained on is more novel than the seen ones."""
-    from flowrl.rnd_image import ImageRND
+    from flowrl.novelty.image_rnd import ImageRND
 
     frames, stream = point_image_stream([20] * 4, side=16, seed=0, unseen=1)
     rnd = ImageRND((1, 16, 16), size=8, seed=0, lr=3e-3, steps_per_update=20)
@@ -233,8 +233,8 @@ def test_image_rnd_bonus_is_larger_on_unseen_frames_and_validates_them():
 
 
 # ------------------------------------------------------------------ images
-from flowrl.frames import downsample  # noqa: E402
-from flowrl.novelty_image import ImagePseudoCounter, quantize  # noqa: E402
+from flowrl.novelty.frames import downsample  # noqa: E402
+from flowrl.novelty.image_counts import ImagePseudoCounter, quantize  # noqa: E402
 
 IMAGE_COUNTS = np.round(np.geomspace(1, 100, 8)).astype(int)  # 8 frames visited 1..100 times
 IMAGE_SETTING = dict(lr=3e-3, batch_size=32, steps_per_update=8, flow_kwargs=dict(transforms=2, hidden_features=(16,)))

@@ -352,7 +352,7 @@ def _pixel_env(n_envs=1):
 
 
 def test_image_observation_space_gets_the_image_counter_in_channels_first_form():
-    from flowrl.novelty_image import ImagePseudoCounter
+    from flowrl.novelty.image_counts import ImagePseudoCounter
 
     hwc = spaces.Box(0, 255, (16, 16, 1), np.uint8)
     bonus = make_novelty_bonus(hwc, SMALL_IMAGE)
@@ -432,7 +432,7 @@ def test_ppo_on_image_observations_adds_the_bonus_to_the_rollout(device):
 
 def test_image_rnd_bonus_for_sac_and_ppo_round_trips(tmp_path, device):
     """``kind="rnd"`` on frames: the convolutional RND scores, trains, logs and is saved with the agent."""
-    from flowrl.rnd_image import ImageRND
+    from flowrl.novelty.image_rnd import ImageRND
 
     hwc = spaces.Box(0, 255, (16, 16, 1), np.uint8)
     rnd = {"model": {"kind": "rnd", "image": {"size": 8}, "hidden_features": [8], "embedding_dim": 8,

@@ -131,7 +131,7 @@ def test_every_model_of_the_registry_scores_novelty_in_the_unit_interval(kind, i
 def test_a_saved_ppo_config_with_the_default_bonus_loads_and_builds_again(tmp_path):
     """The critics section is SAC's: a PPO config stores ``critics: null`` and reads back as it was (resume)."""
     from agents.config import TrainConfig, load_config, save_config
-    from agents.factory import build_model, make_env
+    from agents.run import build_model, make_env
 
     cfg = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=dict(name="ppo", kwargs=dict(n_steps=16)),
                       novelty={})

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from count_streams import cluster_stream, point_image_stream
-from flowrl.encoders import FrameEncoder, VectorEncoder
-from flowrl.memo import RowMemo
+from flowrl.novelty.encoders import FrameEncoder, VectorEncoder
+from flowrl.novelty.memo import RowMemo
 from flowrl.novelty import FlowPseudoCounter, PseudoCounter
-from flowrl.novelty_image import ImagePseudoCounter, UnitToSymmetric
-from flowrl.online import TrainingSettings, seeded
+from flowrl.novelty.image_counts import ImagePseudoCounter, UnitToSymmetric
+from flowrl.novelty.online import TrainingSettings, seeded
 from flowrl.registry import build_flow
-from flowrl.rnd import RNDNovelty
-from flowrl.rnd_image import ImageRND
+from flowrl.novelty.rnd import RNDNovelty
+from flowrl.novelty.image_rnd import ImageRND
 
 SMALL = dict(transforms=1, hidden_features=(8,))
 

@@ -16,11 +16,11 @@ import time
 import pytest
 import torch
 
-from agents.callbacks import latest_checkpoint
+from agents.run.callbacks import latest_checkpoint
 from agents.config import load_config
-from agents.factory import ALGORITHMS, train
+from agents.run import ALGORITHMS, train
 from agents.novelty import find_novelty
-from agents.resume import MANIFEST, STATE_FILE, check_checkpoint, truncate_csvs
+from agents.run.resume import MANIFEST, STATE_FILE, check_checkpoint, truncate_csvs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.yaml")

@@ -14,8 +14,8 @@ import os
 import pytest
 
 from agents.config import load_config
-from agents.factory import train
-from agents.health import HealthCallback
+from agents.run import train
+from agents.run.health import HealthCallback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = int(os.environ.get("FLOWRL_SOAK_STEPS", "100000"))

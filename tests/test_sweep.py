@@ -18,8 +18,8 @@ import yaml
 
 from agents.cli import main
 from agents.config import ConfigError
-from agents.report import interval_estimate, iqm, write_report
-from agents.sweep_spec import Resources, load_sweep, point_tag, trial_config
+from agents.sweep.report import interval_estimate, iqm, write_report
+from agents.sweep.spec import Resources, load_sweep, point_tag, trial_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +114,7 @@ def test_shipped_sweeps_validate():
 def test_wandb_group_reaches_wandb_init(tmp_path, monkeypatch):
     import wandb
 
-    from agents.factory import _start_wandb
+    from agents.run.loggers import start_wandb
 
     seen = {}
 
@@ -130,12 +130,12 @@ def test_wandb_group_reaches_wandb_init(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "init", fake_init)
     monkeypatch.setattr(sb3, "WandbCallback", lambda **kwargs: None)
     spec = load_sweep(write_sweep(tmp_path), {"wandb": True})
-    _start_wandb(trial_config(spec, {}, 0, "runs", "r"), str(tmp_path))
+    start_wandb(trial_config(spec, {}, 0, "runs", "r"), str(tmp_path))
     assert seen["group"] == "tiny"
 
 
 def test_a_sweep_records_its_commit_and_the_report_hashes_its_settings(tmp_path):
-    from agents.provenance import code_commit, config_hash
+    from agents.run.provenance import code_commit, config_hash
 
     spec = load_sweep(write_sweep(tmp_path))
     assert spec.commit == code_commit() and spec.commit  # a git describe, or "unknown" outside a checkout
@@ -167,7 +167,7 @@ def test_bootstrap_intervals_by_hand():
 
 
 def test_solved_and_held_needs_every_late_evaluation_at_0_9():
-    from agents.report import Run, markdown, summarize
+    from agents.sweep.report import Run, markdown, summarize
 
     def run(seed: int, rates: list[float], final: float, first) -> Run:
         steps = [10_000 * (i + 1) for i in range(len(rates))]  # budget 100k: the last 20 % is >= 80k
@@ -206,7 +206,7 @@ def test_stratified_bootstrap_against_numpy():
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")  # a dependency: never skipped where the project is installed
-    from agents.sweep import _init_ray
+    from agents.sweep.tune import _init_ray
 
     _init_ray(None)
     yield ray
@@ -219,7 +219,7 @@ def finished_runs(sweep_dir: str) -> list[str]:
 
 @pytest.mark.xdist_group("ray")
 def test_tiny_sweep_runs_every_trial_as_an_ordinary_run(tmp_path, local_ray, capsys):
-    from agents.factory import evaluate
+    from agents.run import evaluate
     from agents.sweep import start_sweep
 
     result = start_sweep(write_sweep(tmp_path), verbose=0)
@@ -238,7 +238,7 @@ def test_tiny_sweep_runs_every_trial_as_an_ordinary_run(tmp_path, local_ray, cap
     assert main(["report", result.sweep_dir, "--reps", "200"]) == 0
     out = capsys.readouterr().out
     assert "| algo.kwargs.learning_rate=0.001 | 2 |" in out and "Best configuration" in out
-    from agents.provenance import code_commit
+    from agents.run.provenance import code_commit
     assert f"Code: commit `{code_commit()}`; settings hash `" in out  # the report names the code it measured
     assert os.path.exists(os.path.join(result.sweep_dir, "report.md"))
     assert os.path.getsize(os.path.join(result.sweep_dir, "curves.png")) > 0
@@ -310,7 +310,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
 
 @pytest.mark.xdist_group("ray")
 def test_optuna_search_runs_every_sample_once_per_seed(tmp_path, local_ray):
-    from agents.report import read_runs, summarize
+    from agents.sweep.report import read_runs, summarize
     from agents.sweep import start_sweep
 
     grid = {"algo.kwargs.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "algo.kwargs.batch_size": [16, 32]}

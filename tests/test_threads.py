@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from agents import factory
+from agents.run import evaluation as run_evaluate, training as run_train
 from agents.config import load_config
-from agents.threads import resolve_threads, torch_threads
+from agents.run.threads import resolve_threads, torch_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAZE = os.path.join(ROOT, "configs", "maze_sac.yaml")
@@ -47,10 +47,11 @@ def test_train_and_eval_apply_threads(tmp_path, monkeypatch, omp, expected):
                              "run.plots=false", "eval.episodes=1", "device=cpu", "env.kwargs.max_episode_steps=10",
                              "algo.kwargs.learning_starts=100"])
     seen = []
-    real = factory.evaluate_model
-    monkeypatch.setattr(factory, "evaluate_model", lambda *a, **k: (seen.append(torch.get_num_threads()),
-                                                                     real(*a, **k))[1])
-    result = factory.train(cfg, on_model=lambda m: seen.append(torch.get_num_threads()))
-    factory.evaluate(result.run_dir, episodes=1)  # flowrl eval
+    real = run_evaluate.evaluate_model
+    counting = lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1]  # noqa: E731
+    monkeypatch.setattr(run_train, "evaluate_model", counting)
+    monkeypatch.setattr(run_evaluate, "evaluate_model", counting)
+    result = run_train.train(cfg, on_model=lambda m: seen.append(torch.get_num_threads()))
+    run_evaluate.evaluate(result.run_dir, episodes=1)  # flowrl eval
     assert seen == [expected] * 3  # training, its final evaluation, flowrl eval
     assert torch.get_num_threads() == before

@@ -20,8 +20,8 @@ its own and weights it only in the actor (``critics=None``: SB3's ``SAC``).
 
 Image observations (a 3-D ``Box``: uint8 frames, channels last or first,
 as SB3 sees them before or after ``VecTransposeImage``) get the image
-pseudo-counter of :mod:`flowrl.novelty_image` (downsample, quantise, a small
-Glow), or with ``kind: rnd`` the convolutional RND of :mod:`flowrl.rnd_image`;
+pseudo-counter of :mod:`flowrl.novelty.image_counts` (downsample, quantise, a small
+Glow), or with ``kind: rnd`` the convolutional RND of :mod:`flowrl.novelty.image_rnd`;
 options under ``model.image``.
 
 Saving and resuming: ``model.save(path)`` pickles the buffer's kwargs, which

@@ -6,12 +6,12 @@ import inspect
 from typing import Any, Optional
 
 import numpy as np
+from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from gymnasium import spaces
 
 from flowrl.novelty import OnlineDensityModel
 

@@ -8,8 +8,8 @@ pickles the buffer's kwargs carries the density model, its normaliser, its
 buffer and its optimiser along.
 
 Image observations (a 3-D ``Box``, e.g. uint8 frames) are modelled by
-:class:`flowrl.novelty_image.ImagePseudoCounter` (``kind="flow"``) or
-:class:`flowrl.rnd_image.ImageRND` (``kind="rnd"``): the bonus keeps them as
+:class:`flowrl.novelty.image_counts.ImagePseudoCounter` (``kind="flow"``) or
+:class:`flowrl.novelty.image_rnd.ImageRND` (``kind="rnd"``): the bonus keeps them as
 frames ``(C, H, W)`` (channels first, as SB3 stores them after
 ``VecTransposeImage``; channels-last frames are transposed on the way in)
 and the counter downsamples and quantises them.
@@ -25,9 +25,9 @@ import torch
 from gymnasium import spaces
 
 from flowrl.novelty import FlowPseudoCounter, OnlineDensityModel, PseudoCounter
-from flowrl.novelty_image import ImagePseudoCounter
-from flowrl.rnd import RNDNovelty
-from flowrl.rnd_image import ImageRND
+from flowrl.novelty.image_counts import ImagePseudoCounter
+from flowrl.novelty.image_rnd import ImageRND
+from flowrl.novelty.rnd import RNDNovelty
 
 from ..schedule import LinearSchedule
 from .options import AGENT_FLOW_COUNTER, FlowModelOptions, NoveltyOptions, RNDModelOptions, model_kwargs, parse_options
@@ -190,7 +190,7 @@ class NoveltyBonus:
 
     @property
     def version(self) -> int:
-        """Changes of the model so far (:attr:`flowrl.online.OnlineDensityModel.revision`): replay caches key on it."""
+        """Changes of the model so far (``OnlineDensityModel.revision``): replay caches key on it."""
         return self.model.revision
 
     @property

@@ -73,7 +73,7 @@ class NoveltyCallback(BaseCallback):
             self._ep_extrinsic = np.zeros(n_envs)
 
     def resume_state(self) -> dict:
-        """The episode sums and the last scored state (for :mod:`agents.resume`)."""
+        """The episode sums and the last scored state (for :mod:`agents.run.resume`)."""
         self.score_pending()  # the same rewards as later: the model changes only after scoring
         return {"last_raw": self._last_raw, "ep_intrinsic": self._ep_intrinsic, "ep_extrinsic": self._ep_extrinsic}
 

@@ -14,8 +14,8 @@ pseudo-counter, weight 5 faded by training success and held at 0 once 18 of
 whose extrinsic targets are bounded below by the returns episodes got.
 Options of the density model left at ``None`` mean "the library's default"
 (the constructors of :class:`flowrl.novelty.FlowPseudoCounter`,
-:class:`flowrl.novelty_image.ImagePseudoCounter`, :class:`flowrl.rnd.RNDNovelty`
-and :class:`flowrl.rnd_image.ImageRND`), except a flow counter on vectors,
+:class:`flowrl.novelty.image_counts.ImagePseudoCounter`, :class:`flowrl.novelty.rnd.RNDNovelty`
+and :class:`flowrl.novelty.image_rnd.ImageRND`), except a flow counter on vectors,
 which trains as :data:`AGENT_FLOW_COUNTER` says unless told otherwise.
 """
 

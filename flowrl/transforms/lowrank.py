@@ -33,7 +33,8 @@ __all__ = ["ParameterSource", "PlanarMap", "RadialMap", "SylvesterMap"]
 class ParameterSource(nn.Module):
     """Per-row parameters ``theta(c) = theta_0 + NN(c)`` (or ``theta_0`` without context)."""
 
-    def __init__(self, n: int, context_dim: int = 0, hidden_features: Sequence[int] | int = (32,), init_std: float = 0.1):
+    def __init__(self, n: int, context_dim: int = 0, hidden_features: Sequence[int] | int = (32,),
+                 init_std: float = 0.1):
         super().__init__()
         self.n = n
         self.constant = nn.Parameter(init_std * torch.randn(n))
@@ -51,11 +52,6 @@ class ParameterSource(nn.Module):
 def _tanh_prime(a: Tensor) -> Tensor:
     """``d tanh(a) / da = 1 - tanh(a)^2``, computed stably as ``4 sigmoid(2a) sigmoid(-2a)``."""
     return 4 * torch.sigmoid(2 * a) * torch.sigmoid(-2 * a)
-
-
-def _log_tanh_prime(a: Tensor) -> Tensor:
-    """``log(1 - tanh(a)^2) = 2 (log 2 - a - softplus(-2a))`` without underflow."""
-    return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
 
 
 def _householder_q(a: Tensor) -> Tensor:
@@ -321,6 +317,14 @@ class SylvesterMap(Transform):
         converged = ((step.abs() <= tol * scale) & torch.isfinite(s)).all(dim=-1)
         return s, converged
 
+    @staticmethod
+    def _row_map(rii: Tensor, rtii: Tensor, rest: Tensor):
+        """``x -> (x + r_ii tanh(r~_ii x + rest), log(1 + r_ii r~_ii tanh'(r~_ii x + rest)))``: one row of the solve."""
+        def row(x: Tensor) -> tuple[Tensor, Tensor]:
+            pre = rtii * x + rest
+            return x + rii * torch.tanh(pre), torch.log1p(rii * rtii * _tanh_prime(pre))
+        return row
+
     def _solve_sequentially(self, t: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor) -> Tensor:
         """The triangular system from the last coordinate up, one safeguarded scalar solve each."""
         s = torch.zeros_like(t)
@@ -332,11 +336,7 @@ class SylvesterMap(Transform):
             known = (r[:, i, i + 1 :] * tanh_pre[:, i + 1 :]).sum(-1)
             target = t[:, i] - known
             rii, rtii = r[:, i, i], r_tilde[:, i, i]
-            s[:, i] = invert_monotone(
-                lambda x: (x + rii * torch.tanh(rtii * x + rest), torch.log1p(rii * rtii * _tanh_prime(rtii * x + rest))),
-                target,
-                tol=self.tol,
-            )[0]
+            s[:, i] = invert_monotone(self._row_map(rii, rtii, rest), target, tol=self.tol)[0]
             tanh_pre[:, i] = torch.tanh(rtii * s[:, i] + rest)
         return s
 

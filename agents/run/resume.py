@@ -1,6 +1,6 @@
 """Exact resume: what a training run needs to continue bit for bit, and checkpoint manifests.
 
-A checkpoint folder (:func:`agents.callbacks.save_checkpoint`) holds SB3's
+A checkpoint folder (:func:`agents.run.callbacks.save_checkpoint`) holds SB3's
 ``model.zip`` (parameters, optimiser states, ``num_timesteps``, ``_n_updates``,
 ``_last_obs``, the episode-info buffers, the novelty bonus with its own
 optimiser and generator), the replay buffer, and :data:`STATE_FILE`, written
@@ -21,7 +21,7 @@ by :func:`save_training_state`:
 a folder whose manifest is missing or does not match is incomplete or corrupt
 (:func:`check_checkpoint`).
 
-Checkpoints are taken at the start of a rollout (:class:`agents.callbacks.PeriodicCheckpoint`):
+Checkpoints are taken at the start of a rollout (:class:`agents.run.callbacks.PeriodicCheckpoint`):
 there the previous transition is stored and its gradient steps are taken, so
 SB3's loop state is consistent, and ``learn(reset_num_timesteps=False)`` goes on
 without an ``env.reset()`` because ``_last_obs`` is restored.  On the CPU with the

@@ -7,7 +7,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.dqn import DQN
 from stable_baselines3.sac import SAC
 
-from .config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig
 
 __all__ = ["check_action_space"]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowrl import Transform
+from ..core import Transform
 
 __all__ = ["SquashToBox", "log_dtanh", "BOUNDARY_EPS"]
 
@@ -46,6 +46,10 @@ class SquashToBox(Transform):
     ``[-1 + BOUNDARY_EPS, 1 - BOUNDARY_EPS]`` (``|u| <= ~7.25``): such actions get
     the finite log-density of the nearest interior point.
     """
+
+    low: Tensor
+    half_width: Tensor
+    log_half_width: Tensor
 
     def __init__(self, low: Sequence[float] | Tensor, high: Sequence[float] | Tensor):
         super().__init__()

@@ -1,6 +1,6 @@
 """Observations in: real-valued arrays, frame settings, area-average downsampling and quantisation.
 
-The building blocks of :class:`flowrl.encoders.FrameEncoder`, which turns
+The building blocks of :class:`flowrl.novelty.encoders.FrameEncoder`, which turns
 uint8 or float frames into the inputs of a novelty model.
 """
 

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import stats
 
-from .config import ConfigError
+from ..config import ConfigError
 
 #: "Solved and held": success >= HELD_SUCCESS at every evaluation in the last HELD_TAIL of the budget.
 HELD_SUCCESS, HELD_TAIL = 0.9, 0.2
@@ -100,9 +100,9 @@ class Run:
 
 def read_runs(sweep_dir: str) -> tuple[list[Run], list[str]]:
     """The finished runs of a sweep folder and the run directories that did not finish."""
-    from .callbacks import EVALUATIONS_CSV
-    from .plots import read_csv
-    from .sweep import RUNS, TRIAL_FILE
+    from ..run.callbacks import EVALUATIONS_CSV
+    from ..run.plots import read_csv
+    from .tune import RUNS, TRIAL_FILE
 
     root = os.path.join(sweep_dir, RUNS)
     if not os.path.isdir(root):
@@ -227,8 +227,8 @@ def plot_curves(runs: list[Run], path: str, reps: int = 1000, seed: int = 0) -> 
 
 def provenance(sweep_dir: str) -> str:
     """One line: the sweep's commit, the hash of its resolved settings (base config, overrides, grid, seeds)."""
-    from .provenance import config_hash
-    from .sweep_spec import read_sweep
+    from ..run.provenance import config_hash
+    from .spec import read_sweep
 
     spec = read_sweep(sweep_dir)
     settings = {"base_config": spec.base_config, "overrides": spec.overrides, "seeds": spec.seeds,

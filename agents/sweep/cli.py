@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import ConfigError, parse_overrides
+from ..config import ConfigError, parse_overrides
 
 __all__ = ["add_parsers", "run"]
 
@@ -45,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import resume_sweep, start_sweep
+    from .tune import resume_sweep, start_sweep
 
     if args.resume:
         overrides = parse_overrides(args.items)

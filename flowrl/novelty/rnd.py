@@ -8,8 +8,8 @@ with ``s`` a running average of the training error, so that a typical
 visited state gets a bonus near ``beta`` whatever the embedding's scale.
 :class:`RandomNetworkDistillation` is built from the same parts as a
 pseudo-counter (an observation encoder, one
-:class:`flowrl.online.TrainingSettings`, the training loop of
-:class:`flowrl.online.OnlineDensityModel`), so it is a drop-in baseline for
+:class:`flowrl.novelty.online.TrainingSettings`, the training loop of
+:class:`flowrl.novelty.online.OnlineDensityModel`), so it is a drop-in baseline for
 :class:`flowrl.novelty.FlowPseudoCounter` (it has no ``pseudo_count``).
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..nn import MLP
 from .encoders import ObservationEncoder, VectorEncoder
-from .nn import MLP
 from .online import OnlineDensityModel, TrainingSettings, seeded
 
 __all__ = ["RandomNetworkDistillation", "RNDNovelty"]
@@ -38,10 +38,10 @@ class RandomNetworkDistillation(OnlineDensityModel):
     """RND novelty built from parts: ``e(x) = ||f_hat(z) - f(z)||^2 / k`` on encoded observations ``z``.
 
     Args:
-        encoder: observations -> model space (:mod:`flowrl.encoders`).
+        encoder: observations -> model space (:mod:`flowrl.novelty.encoders`).
         make_network: builds one network ``(B, *model_shape) -> (B, k)``; called twice
             (the fixed random target, then the predictor) under ``settings.seed``.
-        settings: the training settings (:class:`flowrl.online.TrainingSettings`).
+        settings: the training settings (:class:`flowrl.novelty.online.TrainingSettings`).
         error_decay: decay of the running average ``s`` of the training error.
     """
 
@@ -98,10 +98,10 @@ class RNDNovelty(RandomNetworkDistillation):
         hidden_features: widths of both networks.
         embedding_dim: output size ``k`` of the target network.
         error_decay: decay of the running average ``s`` of the training error.
-        clip, normalize: see :class:`flowrl.encoders.VectorEncoder`.
+        clip, normalize: see :class:`flowrl.novelty.encoders.VectorEncoder`.
         settings: training settings (default :attr:`default_settings`: minibatches of 256).
         **training: training options by name (``lr``, ``batch_size``, ...), replacing those
-            of ``settings`` (see :class:`flowrl.online.TrainingSettings`).
+            of ``settings`` (see :class:`flowrl.novelty.online.TrainingSettings`).
     """
 
     default_settings = TrainingSettings(batch_size=256)

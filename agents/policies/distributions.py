@@ -4,7 +4,7 @@ The policy's latent features are the flow's context ``c``; an action is
 ``a = squash(g(z; c))`` with ``z`` from the flow's base distribution (standard
 normal, or a diagonal Gaussian conditioned on ``c``), ``g`` the flow's
 sampling direction and ``squash`` the tanh map into the action box
-(:class:`agents.squash.SquashToBox`).  The log-density is exact:
+(:class:`flowrl.transforms.squash.SquashToBox`).  The log-density is exact:
 ``log pi(a | c) = log p_Z(z | c) - log|det dg/dz| - log|det dsquash/du|``.
 """
 
@@ -19,8 +19,7 @@ from torch import Tensor
 
 import flowrl
 from flowrl import Compose, Flow, Inverse, Transform
-
-from .squash import SquashToBox
+from flowrl.transforms.squash import SquashToBox
 
 __all__ = ["FlowDistribution", "build_action_flow", "check_action_space", "DIRECTIONS", "BASES"]
 
@@ -125,7 +124,7 @@ class FlowDistribution(Distribution):
     features before sampling or scoring.
 
     * ``log_prob(actions)``: exact log-density of given actions in the action
-      box (boundary actions: see :class:`agents.squash.SquashToBox`).
+      box (boundary actions: see :class:`flowrl.transforms.squash.SquashToBox`).
     * ``sample()``: reparameterised samples (differentiable).
     * ``mode()``: a deterministic estimate of the pre-squash mode, squashed
       (``mode_candidates`` fixed candidates; 0: the base mode pushed through).
@@ -147,7 +146,7 @@ class FlowDistribution(Distribution):
     ``pi_new / pi_old`` is the same in both coordinates (the squash's Jacobian
     does not depend on the parameters), but ``u`` keeps it exact where float32
     ``tanh`` has rounded the action onto the boundary (``|u| > ~9``), which the
-    box coordinates can only clamp (see :class:`agents.squash.SquashToBox`).
+    box coordinates can only clamp (see :class:`flowrl.transforms.squash.SquashToBox`).
     :meth:`entropy` stays the entropy of the squashed action in the box.
     """
 

@@ -1,7 +1,7 @@
 """Online training of novelty models: one settings object, a bounded buffer, the training loop.
 
 A novelty model is built from parts: an observation encoder
-(:mod:`flowrl.encoders`), the networks it trains, and one
+(:mod:`flowrl.novelty.encoders`), the networks it trains, and one
 :class:`TrainingSettings`.  :class:`OnlineDensityModel` holds the plumbing they
 share: ``update(obs)`` encodes observations, folds them into the encoder's
 running statistics and a ring buffer of the last ``buffer_size``, then takes
@@ -136,7 +136,7 @@ class OnlineDensityModel(nn.Module):
     """Observations in, training steps taken: the plumbing shared by novelty models.
 
     Args:
-        encoder: raw observations -> model inputs (see :mod:`flowrl.encoders`).
+        encoder: raw observations -> model inputs (see :mod:`flowrl.novelty.encoders`).
         settings: the training settings (see :class:`TrainingSettings`).
 
     Subclasses implement :meth:`loss` on a batch of *normalised* features and

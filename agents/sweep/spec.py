@@ -12,7 +12,7 @@ A sweep file (``configs/sweeps/*.yaml``)::
     storage_path: runs/sweeps
 
 A *configuration* is one point of the grid (one value per grid key); a
-*trial* is a configuration and a seed, trained by :func:`agents.factory.train`
+*trial* is a configuration and a seed, trained by :func:`agents.run.train`
 in its own run directory.  Every point is validated like a training config
 before anything runs, so an unknown key fails at once, naming it.  With a
 ``search``, list values become categorical choices and ``{low, high, log,
@@ -32,8 +32,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, read_config, read_yaml
-from .provenance import code_commit
+from ..config import ConfigError, TrainConfig, apply_overrides, config_from_dict, read_config, read_yaml
+from ..run.provenance import code_commit
 
 __all__ = ["Range", "Resources", "Search", "SweepSpec", "load_sweep", "read_sweep", "trial_config", "grid_points",
            "point_tag", "SWEEP_FILE", "SWEEP_FIELDS"]

@@ -1,11 +1,11 @@
 """Random network distillation on image observations (Burda et al. 2018): convolutional target and predictor.
 
-``ImageRND((C, H, W))`` has the interface of :class:`flowrl.rnd.RNDNovelty`
+``ImageRND((C, H, W))`` has the interface of :class:`flowrl.novelty.rnd.RNDNovelty`
 (``update``, ``error``, ``bonus``, ``state_dict``) and shares its training
 loop and error scale; frames enter as for
-:class:`flowrl.novelty_image.ImagePseudoCounter` (uint8 or float in
+:class:`flowrl.novelty.image_counts.ImagePseudoCounter` (uint8 or float in
 ``[0, max_value]``, channels first or last, validated by
-:class:`flowrl.encoders.FrameEncoder`).  A frame is scaled to ``[0, 1]``,
+:class:`flowrl.novelty.encoders.FrameEncoder`).  A frame is scaled to ``[0, 1]``,
 area-averaged to ``size`` (grey if ``grey``) and normalised per pixel by the
 running mean and standard deviation, clipped to ``[-5, 5]`` (as Burda et al.
 normalise observations); both networks are
@@ -48,10 +48,10 @@ class ImageRND(FrameFacts, RandomNetworkDistillation):
         channels_last: ``False``: frames ``(B, C, H, W)``; ``True``: ``(B, H, W, C)``;
             ``None``: whichever layout the batch's shape matches.
         channels: output channels of the strided convolutions (each halves ``h`` and ``w``).
-        embedding_dim, error_decay: as for :class:`flowrl.rnd.RNDNovelty`.
+        embedding_dim, error_decay: as for :class:`flowrl.novelty.rnd.RNDNovelty`.
         settings: training settings (default :attr:`default_settings`: minibatches of 64).
         **training: training options by name (``lr``, ``batch_size``, ...), replacing those
-            of ``settings`` (see :class:`flowrl.online.TrainingSettings`).
+            of ``settings`` (see :class:`flowrl.novelty.online.TrainingSettings`).
     """
 
     default_settings = TrainingSettings(batch_size=64)

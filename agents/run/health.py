@@ -81,7 +81,7 @@ class HealthCallback(BaseCallback):
     def check(self) -> None:
         """Look at every tensor of the agent and every scalar in the logger; record what is not finite."""
         self.checks += 1
-        from .novelty import find_novelty
+        from ..novelty import find_novelty
 
         trees: dict[str, Any] = dict(self.model.get_parameters())  # policy and optimiser states
         try:

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["resolve_threads", "torch_threads"]
 

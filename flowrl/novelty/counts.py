@@ -60,12 +60,12 @@ counts are read from a Polyak average of the parameters (``ema``), which
 removes most minibatch noise from the density of rarely seen states.
 
 A counter is built from parts (:class:`PseudoCounter`): an observation
-encoder (:class:`flowrl.encoders.VectorEncoder`, a running normaliser with an
-optional projection, or :class:`flowrl.encoders.FrameEncoder`, a frame
-quantiser), a flow, one :class:`flowrl.online.TrainingSettings`, the
+encoder (:class:`flowrl.novelty.encoders.VectorEncoder`, a running normaliser with an
+optional projection, or :class:`flowrl.novelty.encoders.FrameEncoder`, a frame
+quantiser), a flow, one :class:`flowrl.novelty.online.TrainingSettings`, the
 estimator's settings, and optionally a fixed map into the flow's space and a
-:class:`flowrl.memo.RowMemo`.  :class:`FlowPseudoCounter` assembles one for
-vectors, :class:`flowrl.novelty_image.ImagePseudoCounter` for frames.
+:class:`flowrl.novelty.memo.RowMemo`.  :class:`FlowPseudoCounter` assembles one for
+vectors, :class:`flowrl.novelty.image_counts.ImagePseudoCounter` for frames.
 """
 
 from __future__ import annotations
@@ -78,18 +78,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .core import Transform
-from .encoders import ObservationEncoder, Projection, RunningNormalizer, VectorEncoder
-from .flow import Flow
+from ..core import Transform
+from ..flow import Flow
+from ..registry import build_flow, flow_spec
+from .encoders import ObservationEncoder, Projection, VectorEncoder
 from .memo import RowMemo, tensor_state
-from .online import ObservationBuffer, OnlineDensityModel, TrainingSettings, seeded
-from .registry import build_flow, flow_spec
+from .online import OnlineDensityModel, TrainingSettings, seeded
 
 __all__ = [
-    "RunningNormalizer",
-    "ObservationBuffer",
-    "OnlineDensityModel",
-    "TrainingSettings",
     "PseudoCounter",
     "FlowPseudoCounter",
     "ESTIMATORS",
@@ -111,10 +107,10 @@ class PseudoCounter(OnlineDensityModel):
     """Pseudo-counts ``N(x)`` from a flow fitted online to encoded observations: a counter built from parts.
 
     Args:
-        encoder: observations -> model space (:class:`flowrl.encoders.VectorEncoder`
-            or :class:`flowrl.encoders.FrameEncoder`).
+        encoder: observations -> model space (:class:`flowrl.novelty.encoders.VectorEncoder`
+            or :class:`flowrl.novelty.encoders.FrameEncoder`).
         flow: the density model, over ``encoder.model_shape`` (after ``preprocess``).
-        settings: the training settings (:class:`flowrl.online.TrainingSettings`).
+        settings: the training settings (:class:`flowrl.novelty.online.TrainingSettings`).
         estimator: one of :data:`ESTIMATORS` (see the module docstring).
         resolution: side ``h`` of a count cell in the model space, or ``"auto"``:
             ``h = 4 * cells ** (-1 / d)`` over the ``d`` kept features (the ``+-2 sigma``
@@ -128,10 +124,10 @@ class PseudoCounter(OnlineDensityModel):
         preprocess: a fixed (parameter-free) transform from the model space to the flow's
             input, ``log rho(z) = log rho_flow(s(z)) + log|ds/dz|`` (``None``: the identity).
         memo: evaluates each distinct encoded observation once when scoring in eval mode
-            (:class:`flowrl.memo.RowMemo`; ``None``: every row).
+            (:class:`flowrl.novelty.memo.RowMemo`; ``None``: every row).
 
     The estimator's settings have no defaults here: the assembled counters
-    (:class:`FlowPseudoCounter`, :class:`flowrl.novelty_image.ImagePseudoCounter`)
+    (:class:`FlowPseudoCounter`, :class:`flowrl.novelty.image_counts.ImagePseudoCounter`)
     state theirs.
     """
 
@@ -379,7 +375,7 @@ class FlowPseudoCounter(PseudoCounter):
     ``n`` times at one point: ``N = n``).  A smooth target is what a flow fits
     well, and a count costs one flow evaluation.
 
-    Assembled from a :class:`flowrl.encoders.VectorEncoder` (``project``,
+    Assembled from a :class:`flowrl.novelty.encoders.VectorEncoder` (``project``,
     ``normalize``, ``clip``, ``redundancy``), a registered flow over the counted
     features (``flow``, ``flow_kwargs``, initialised from ``seed``) and a
     :class:`PseudoCounter` with the estimator's settings below.
@@ -395,12 +391,12 @@ class FlowPseudoCounter(PseudoCounter):
             indices, or a callable mapping a float32 tensor ``(batch, obs_dim)`` to
             ``(batch, k)`` (checked once here, on zeros).
         redundancy: mask constant and duplicated features (see :class:`RunningNormalizer`).
-        clip, normalize: see :class:`flowrl.encoders.VectorEncoder`.
+        clip, normalize: see :class:`flowrl.novelty.encoders.VectorEncoder`.
         settings: training settings (default :attr:`default_settings`).
         flow_kwargs: options of the flow (e.g. ``transforms``, ``hidden_features``).
         **training: training options by name (``lr``, ``batch_size``, ``steps_per_update``,
             ``steps_per_observation``, ``buffer_size``, ``seed``), replacing those of ``settings``
-            (see :class:`flowrl.online.TrainingSettings`).
+            (see :class:`flowrl.novelty.online.TrainingSettings`).
 
     >>> import torch
     >>> counter = FlowPseudoCounter(2, seed=0, flow_kwargs=dict(transforms=1, hidden_features=(8,)))

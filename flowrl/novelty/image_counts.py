@@ -5,12 +5,12 @@
 :class:`flowrl.novelty.FlowPseudoCounter` (``update``, ``pseudo_count``,
 ``bonus``, ``log_density``, ``state_dict``; the same buffer, training loop,
 parameter average and estimators) assembled from other parts: a frame
-quantiser (:class:`flowrl.encoders.FrameEncoder`), a fixed map into the
-flow's space and a memo of distinct frames (:class:`flowrl.memo.RowMemo`).
+quantiser (:class:`flowrl.novelty.encoders.FrameEncoder`), a fixed map into the
+flow's space and a memo of distinct frames (:class:`flowrl.novelty.memo.RowMemo`).
 A frame ``x`` (uint8 or float, values in ``[0, max_value]``, ``(C, H, W)``
 or ``(H, W, C)``) becomes:
 
-1. area average to ``size = (h, w)`` (:func:`flowrl.frames.downsample`; exact block means
+1. area average to ``size = (h, w)`` (:func:`flowrl.novelty.frames.downsample`; exact block means
    when ``H, W`` are multiples of ``h, w``), then the channel mean if ``grey``;
 2. quantised to ``L = levels`` levels, ``q = min(floor(L x / max_value), L - 1)``
    (:func:`quantize`; Bellemare et al. 2016 and Ostrovski et al. 2017 used
@@ -59,7 +59,7 @@ Cost.  A count depends only on the quantised frame and on the parameters
 frames, so a minibatch of 256 holds at most 33).  So every quantity is
 evaluated once per *distinct* quantised frame of a batch (``torch.unique``
 over the rows, then gathered back: ``out = f(unique(q))[inverse]``; the
-counter's :class:`flowrl.memo.RowMemo`), and
+counter's :class:`flowrl.novelty.memo.RowMemo`), and
 with ``cache_size > 0`` the values of distinct frames are memoised until
 the scoring parameters change (every ``update``/training step,
 ``load_state_dict``, a move to another device, or any in-place change of a
@@ -84,16 +84,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .core import Compose, Transform
+from ..core import Compose, Transform
+from ..flow import Flow
+from ..registry import build_flow, flow_spec
+from ..transforms.elementwise import Logit
+from ..transforms.splines import RationalQuadraticSpline
+from .counts import PseudoCounter
 from .encoders import FrameEncoder, FrameFacts
-from .flow import Flow
 from .frames import quantize
 from .memo import RowMemo
-from .novelty import PseudoCounter
 from .online import TrainingSettings, seeded
-from .registry import build_flow, flow_spec
-from .transforms.elementwise import Logit
-from .transforms.splines import RationalQuadraticSpline
 
 __all__ = ["SMALL_IMAGE_FLOW", "ImagePseudoCounter", "PixelSpline", "UnitToSymmetric", "quantize", "PREPROCESSING"]
 
@@ -147,9 +147,9 @@ class PixelSpline(Transform):
 class ImagePseudoCounter(FrameFacts, PseudoCounter):
     """Pseudo-counts of frames from an image flow fitted online to downsampled, quantised frames.
 
-    Assembled from a :class:`flowrl.encoders.FrameEncoder` with ``levels``
+    Assembled from a :class:`flowrl.novelty.encoders.FrameEncoder` with ``levels``
     (no normaliser), a registered image flow behind a :class:`PixelSpline`,
-    the fixed map of ``preprocessing`` and a :class:`flowrl.memo.RowMemo`;
+    the fixed map of ``preprocessing`` and a :class:`flowrl.novelty.memo.RowMemo`;
     counted in cells of side ``1 / levels`` with box jitter filling the cell.
 
     Args:
@@ -178,7 +178,7 @@ class ImagePseudoCounter(FrameFacts, PseudoCounter):
             parameters change (0: no memo; needs ``dedupe``).  When full, the memo
             restarts from the current batch's frames.
         **training: training options by name (``lr``, ``batch_size``, ...), replacing those
-            of ``settings`` (see :class:`flowrl.online.TrainingSettings`).
+            of ``settings`` (see :class:`flowrl.novelty.online.TrainingSettings`).
 
     Frames are validated (shape, finite, values in ``[0, max_value]``) and
     ``ValueError`` names the problem.  The buffer holds the quantised frames'

@@ -10,7 +10,7 @@
   ``info["position"]`` (or a projection of the observation).
 * :class:`PeriodicCheckpoint` writes ``checkpoints/step_<N>/`` through a
   temporary folder and ``os.replace``, with a manifest of checksums written
-  last (:mod:`agents.resume`), then points ``checkpoints/latest`` at it:
+  last (:mod:`agents.run.resume`), then points ``checkpoints/latest`` at it:
   a crash mid-write leaves the last good checkpoint untouched, and
   :func:`latest_checkpoint` skips (with a warning) a newest checkpoint that is
   incomplete or corrupt.
@@ -169,7 +169,7 @@ class MetricsCallback(BaseCallback):
         )
 
     def resume_state(self) -> dict:
-        """Counters, rolling windows and the schedule of metric rows (for :mod:`agents.resume`)."""
+        """Counters, rolling windows and the schedule of metric rows (for :mod:`agents.run.resume`)."""
         return dict(episodes=self.episodes, successes=self.successes, first_success=self.first_success,
                     recent_returns=list(self.recent_returns), recent_success=list(self.recent_success),
                     last_log=self._last_log)
@@ -204,7 +204,7 @@ def save_checkpoint(
     The folder holds ``model.zip``, the replay buffer (off-policy, when
     asked), ``state.json`` (``extra``), ``arrays.npz`` (``extra_arrays``),
     one file per ``extra_files`` item (``name -> writer(path)``) and, written
-    last, ``manifest.json`` (step and checksums, :func:`agents.resume.write_manifest`).
+    last, ``manifest.json`` (step and checksums, :func:`agents.run.resume.write_manifest`).
     Only the ``keep`` most recent checkpoints are kept.
     """
     os.makedirs(ckpt_root, exist_ok=True)
@@ -242,7 +242,7 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
     """The newest complete checkpoint folder in ``ckpt_root``, or ``None`` when there is none.
 
     A newer folder whose manifest is missing or does not match its files
-    (:func:`agents.resume.check_checkpoint`) is skipped with a ``UserWarning`` naming it.
+    (:func:`agents.run.resume.check_checkpoint`) is skipped with a ``UserWarning`` naming it.
     """
     if not os.path.isdir(ckpt_root):
         return None
@@ -291,7 +291,7 @@ class PeriodicEvaluation(BaseCallback):
 
     With a ``run_dir`` each evaluation is also a row of its ``evaluations.csv``.
 
-    ``evaluate()`` runs the episodes and returns :func:`agents.factory.evaluate_model`'s dict.
+    ``evaluate()`` runs the episodes and returns :func:`agents.run.evaluate_model`'s dict.
     A policy can reach the goal in every training episode and lose it a thousand steps later
     (measured on the four-rooms maze); one evaluation at the end does not show that, a curve does.
     """

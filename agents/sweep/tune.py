@@ -3,8 +3,8 @@
 Ray Tune schedules the trials (one per configuration and seed, each
 reserving ``resources``), retries crashed ones and records the experiment so
 that an interrupted sweep can be resumed; this module only turns a sweep
-file (:mod:`agents.sweep_spec`) into a Tune experiment.  Each trial calls
-:func:`agents.factory.train`, exactly what ``flowrl train`` runs, in an
+file (:mod:`agents.sweep.spec`) into a Tune experiment.  Each trial calls
+:func:`agents.run.train`, exactly what ``flowrl train`` runs, in an
 ordinary run directory::
 
     <storage_path>/<name>/          the sweep folder (Ray's experiment folder)
@@ -27,9 +27,9 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .callbacks import latest_checkpoint, write_json_atomic
-from .config import ConfigError
-from .sweep_spec import SWEEP_FILE, SweepSpec, load_sweep, point_tag, read_sweep, save_sweep, trial_config
+from ..config import ConfigError
+from ..run.callbacks import latest_checkpoint, write_json_atomic
+from .spec import SWEEP_FILE, SweepSpec, load_sweep, point_tag, read_sweep, save_sweep, trial_config
 
 __all__ = ["start_sweep", "resume_sweep", "run_trial", "SweepResult", "RUNS", "TRIAL_FILE"]
 
@@ -58,7 +58,7 @@ def _point_and_seed(config: dict, spec: SweepSpec) -> tuple[dict, int]:
 
 
 def run_trial(config: dict, spec: dict) -> None:
-    """Ray Tune trainable: train one configuration and seed with :func:`agents.factory.train`.
+    """Ray Tune trainable: train one configuration and seed with :func:`agents.run.train`.
 
     The run directory is ``<sweep>/runs/<point>-s<seed>`` (plus the trial id
     in a search, where two samples may coincide).  A retry continues it from
@@ -68,7 +68,7 @@ def run_trial(config: dict, spec: dict) -> None:
     """
     from ray import tune
 
-    from .factory import train
+    from ..run import train
 
     sweep = SweepSpec.model_validate(spec)
     point, seed = _point_and_seed(config, sweep)

@@ -11,7 +11,7 @@ Both take the same flow settings, all in ``policy_kwargs`` so that
 * ``base``: ``"normal"`` (standard normal) or ``"conditional"`` (diagonal
   Gaussian whose mean and scale come from the policy's latent features).
 * ``direction``: ``"density"``, ``"sample"`` or ``"auto"`` (see
-  :data:`agents.distributions.DIRECTIONS`).  SAC only scores its own samples,
+  :data:`agents.policies.distributions.DIRECTIONS`).  SAC only scores its own samples,
   so ``"auto"`` puts a flow whose inverse is numerical (NAF) in the sampling
   direction (one pass, exact ``log_prob`` of the sample); PPO/A2C score stored
   actions, so ``"auto"`` keeps the density direction there (exact ``log_prob``,

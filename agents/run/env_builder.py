@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 
-from .config import ConfigError, EnvConfig, wrapper_spec
+from ..config import ConfigError, EnvConfig, wrapper_spec
 
 __all__ = ["resolve_env_id", "load_wrappers", "apply_wrappers", "make_single_env", "env_factory", "pip_name"]
 
