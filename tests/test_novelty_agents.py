@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import copy
 
 import gymnasium as gym
@@ -14,6 +15,7 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from agents.config import merge_configs
 from agents.novelty import (
     NoveltyBonus,
     NoveltyReplayBuffer,
@@ -35,15 +37,8 @@ SMALL_PPO = dict(n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=dict(net_a
 
 
 def merged(*parts: dict) -> dict:
-    """Novelty options from ``parts``, later ones over earlier ones, section by section (nested mappings merge)."""
-    out: dict = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merged(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-    return out
+    """Novelty options from ``parts``, later ones over earlier ones, section by section (as config files merge)."""
+    return functools.reduce(merge_configs, parts, {})
 
 
 class PointDict(gym.Env):
