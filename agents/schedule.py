@@ -9,8 +9,7 @@ from dataclasses import dataclass
 class LinearSchedule:
     """``v(p) = end + p (start - end)``, ``p`` the progress remaining (1 at the start, 0 at the end).
 
-    A picklable SB3 schedule (``learning_rate=LinearSchedule(1e-3, 1e-4)``); also the
-    bonus weight under ``novelty.weight.beta_end``.
+    A picklable SB3 schedule (``learning_rate=LinearSchedule(1e-3, 1e-4)``).
     """
 
     start: float

@@ -29,7 +29,6 @@ from flowrl.novelty.image_counts import ImagePseudoCounter
 from flowrl.novelty.image_rnd import ImageRND
 from flowrl.novelty.rnd import RNDNovelty
 
-from ..schedule import LinearSchedule
 from .options import AGENT_FLOW_COUNTER, FlowModelOptions, NoveltyOptions, RNDModelOptions, model_kwargs, parse_options
 
 __all__ = ["NoveltyBonus", "observation_dim", "observation_shape", "image_max_value"]
@@ -96,8 +95,7 @@ class NoveltyBonus:
     learns to avoid the goal; a constant shift changes no preference between
     non-terminal behaviours.  Where failure terminates, use ``"positive"``.
 
-    The weight ``beta_t`` (:attr:`beta`) follows ``options.weight``: an optional
-    linear decay (``beta_end``), a fade by the success share ``s`` of the last
+    The weight ``beta_t`` (:attr:`beta`) follows ``options.weight``: a fade by the success share ``s`` of the last
     ``success_window`` training episodes (``beta (1 - s)``: the bonus is there to
     find the reward, and once episodes reach it what is left of it competes with
     the route), and a hold at 0 for good once a full window's share reaches
@@ -118,9 +116,8 @@ class NoveltyBonus:
         self.model = self._build_model()
         self._pending: list[np.ndarray] = []
         self._pending_steps = 0
-        self.progress_remaining = 1.0  # of the training run, set by the callback (for beta_end)
         self.recent_successes: deque[bool] = deque(maxlen=self.options.weight.success_window or 1)
-        self.best_success_rate = 0.0  # over full windows (success_best)
+        self.best_success_rate = 0.0  # over full windows (success_hold)
 
     # ---------------------------------------------------------------- model
     @property
@@ -151,17 +148,10 @@ class NoveltyBonus:
 
     @property
     def beta(self) -> float:
-        """The weight in use: ``(beta_end + p (beta - beta_end)) (1 - s)``.
-
-        ``p`` is :attr:`progress_remaining` (1 -> 0; no decay without ``beta_end``),
-        ``s`` the :attr:`success_rate` (0 without ``success_window``); 0 once
-        ``success_hold`` is reached (:attr:`holding`).
-        """
+        """The weight in use: ``beta (1 - s)``, ``s`` the :attr:`success_rate`; 0 once :attr:`holding`."""
         if self.holding:
             return 0.0
-        start, end = self.options.weight.beta, self.options.weight.beta_end
-        beta = start if end is None else LinearSchedule(start, end)(self.progress_remaining)
-        return beta * (1.0 - self.success_rate)
+        return self.options.weight.beta * (1.0 - self.success_rate)
 
     @property
     def holding(self) -> bool:
@@ -171,14 +161,9 @@ class NoveltyBonus:
 
     @property
     def success_rate(self) -> float:
-        """Share of the last ``success_window`` finished episodes that succeeded (0 before any, or without a window).
-
-        With ``success_best``: the highest share over any full window so far (the weight only falls).
-        """
+        """Share of the last ``success_window`` finished episodes that succeeded (0 before any, or without a window)."""
         if self.options.weight.success_window is None or not self.recent_successes:
             return 0.0
-        if self.options.weight.success_best:
-            return self.best_success_rate
         return sum(self.recent_successes) / len(self.recent_successes)
 
     def record_episode(self, success: bool) -> None:
@@ -322,7 +307,6 @@ class NoveltyBonus:
         self.model.load_state_dict({k: _to_device(v, device) for k, v in state["model_state"].items()})
         self._pending = list(state["pending"])
         self._pending_steps = state["pending_steps"]
-        self.progress_remaining = 1.0
         self.recent_successes = deque(state.get("recent_successes", ()), maxlen=self.options.weight.success_window or 1)
         self.best_success_rate = float(state.get("best_success_rate", 0.0))
 

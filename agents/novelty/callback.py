@@ -100,7 +100,6 @@ class NoveltyCallback(BaseCallback):
                     term = venv.unnormalize_obs(term)
                 raw_next[i] = self.bonus.select(term)[0]
         scored = raw_next if self.bonus.score == "next" else self._last_raw
-        self.bonus.progress_remaining = float(self.model._current_progress_remaining)
         extrinsic = np.asarray(venv.get_original_reward() if venv is not None else self.locals["rewards"],
                                dtype=np.float64).reshape(-1)
         buf = self._rollout_buffer()

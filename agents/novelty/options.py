@@ -126,29 +126,24 @@ ModelOptions = Annotated[Union[FlowModelOptions, RNDModelOptions], Field(discrim
 
 
 class WeightOptions(_Section):
-    """How much the intrinsic reward counts: ``beta_t = (beta_end + p (beta - beta_end)) (1 - s)``, 0 once held.
+    """How much the intrinsic reward counts: ``beta_t = beta (1 - s)``, 0 for good once held.
 
-    ``p`` the share of the run left (1 -> 0; no decay without ``beta_end``),
     ``s`` the success share of the last ``success_window`` training episodes
     (see :attr:`agents.novelty.bonus.NoveltyBonus.beta`).
     """
 
     beta: float = Field(5.0, ge=0, allow_inf_nan=False, description="the weight of the intrinsic reward")
-    beta_end: Optional[float] = Field(None, ge=0, allow_inf_nan=False,
-                                      description="decay the weight linearly to this over the run; null: no decay")
     form: Literal["nonpositive", "positive", "centred"] = Field(
         "nonpositive", description="nonpositive: beta (g - 1), positive: beta g, centred: beta (g - mean g)")
     success_window: Optional[int] = Field(20, ge=1, description="fade the weight by the success share of this many "
                                                                 "finished training episodes; null: no fade")
-    success_best: bool = Field(False, description="fade by the best share over any full window (only falls)")
     success_hold: Optional[float] = Field(0.9, gt=0, le=1, description="once a full window's share reaches this, "
                                                                          "the weight is 0 for good; null: never")
 
     @model_validator(mode="after")
     def _window(self) -> "WeightOptions":
-        for name in ("success_best", "success_hold"):
-            if getattr(self, name) not in (None, False) and self.success_window is None:
-                raise ValueError(f"{name} needs success_window (the episodes each success share is taken over)")
+        if self.success_hold is not None and self.success_window is None:
+            raise ValueError("success_hold needs success_window (the episodes each success share is taken over)")
         return self
 
 
