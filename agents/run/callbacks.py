@@ -292,8 +292,8 @@ class PeriodicEvaluation(BaseCallback):
     With a ``run_dir`` each evaluation is also a row of its ``evaluations.csv``.
 
     ``evaluate()`` runs the episodes and returns :func:`agents.run.evaluate_model`'s dict.
-    A policy can reach the goal in every training episode and lose it a thousand steps later
-    (measured on the four-rooms maze); one evaluation at the end does not show that, a curve does.
+    A policy can reach the goal in every training episode and lose it a thousand steps later;
+    one evaluation at the end does not show that, a curve does.
     """
 
     def __init__(self, evaluate: Callable[[], dict], every: int, run_dir: Optional[str] = None):
