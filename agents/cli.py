@@ -110,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train":
             return _train(args.items)
         if args.command in ("sweep", "report"):
-            from .sweep_cli import run
+            from .sweep.cli import run
 
             return run(args)
         if args.command == "eval":

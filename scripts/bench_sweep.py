@@ -37,7 +37,7 @@ def main() -> None:
     import ray
 
     from agents.config import parse_overrides
-    from agents.sweep import _init_ray, start_sweep
+    from agents.sweep.tune import _init_ray, start_sweep
     from agents.sweep.report import write_report
 
     overrides = {**parse_overrides(args.overrides), "storage_path": os.path.abspath(args.out)}
