@@ -131,18 +131,15 @@ def _table_rows(text: str) -> list[list[str]]:
 
 
 def test_readme_result_rows_are_copied_from_the_results_page():
+    """The README's result table is the page's overview table, row for row (header included)."""
     readme, page = _read(README), _read(RESULTS)
     assert "docs/results/reliability.md" in readme
-    sections = {m.group(1): m.group(2) for m in re.finditer(r"^## (\S+)\n(.*?)(?=^## |\Z)", page, re.S | re.M)}
-    header, *rows = [r for r in _table_rows(readme) if len(r) > 3]
-    assert header[0].startswith("sweep"), header
-    page_header = "| " + " | ".join(header[1:]) + " |"
-    assert page_header in page, "the README's columns are the page's"
-    assert rows, "the README has a result table"
+    rows = [r for r in _table_rows(readme) if len(r) > 3]
+    assert len(rows) >= 2, "the README has a result table"
+    page_lines = set(page.splitlines())
     for row in rows:
-        section, copied = row[0], "| " + " | ".join(row[1:]) + " |"
-        assert section in sections, f"no section {section!r} on the results page"
-        assert copied in sections[section].splitlines(), f"row not on the page under {section}: {copied}"
+        line = "| " + " | ".join(row) + " |"
+        assert line in page_lines, f"row not on the results page: {line}"
     pictures = re.findall(r"!\[[^\]]*\]\((docs/results/[^)]+\.png)\)", readme)
     assert pictures and all(os.path.exists(os.path.join(ROOT, p)) for p in pictures)
 
