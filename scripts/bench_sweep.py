@@ -37,8 +37,8 @@ def main() -> None:
     import ray
 
     from agents.config import parse_overrides
-    from agents.sweep.tune import _init_ray, start_sweep
     from agents.sweep.report import write_report
+    from agents.sweep.tune import _init_ray, start_sweep
 
     overrides = {**parse_overrides(args.overrides), "storage_path": os.path.abspath(args.out)}
     _init_ray(overrides.get("address"))
