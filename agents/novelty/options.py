@@ -30,12 +30,13 @@ from flowrl.novelty import ESTIMATORS, KERNELS
 __all__ = ["NoveltyOptions", "FlowModelOptions", "RNDModelOptions", "ImageOptions", "WeightOptions", "CriticOptions",
            "parse_options", "model_kwargs", "AGENT_FLOW_COUNTER", "FORMS"]
 
-#: A flow counter on vector observations, in an agent, unless told otherwise: counts over the last 5,000
-#: observations at 400 cells per unit volume, trained on 32 samples per observation in few, large
-#: minibatches (one step of 512 every 16 observations) with a step size and parameter average that keep
-#: the counts' lag where the library's defaults put it.  The library's defaults fit offline streams of a
+#: A flow counter on vector observations, in an agent, unless told otherwise: counts over the last 2,000
+#: observations (a short window pushes the agent away from where it has just been) at 400 cells per
+#: unit volume, trained on 32 samples per observation in few, large minibatches (one step of 512 every
+#: 16 observations) with a step size and parameter average that keep the counts' lag where the
+#: library's defaults put it.  The library's defaults fit offline streams of a
 #: few thousand observations; an agent sees tens of thousands, and this costs a quarter of the time.
-AGENT_FLOW_COUNTER: dict[str, Any] = {"buffer_size": 5000, "cells": 400.0, "batch_size": 512,
+AGENT_FLOW_COUNTER: dict[str, Any] = {"buffer_size": 2000, "cells": 400.0, "batch_size": 512,
                                       "steps_per_observation": 1 / 16, "lr": 3e-3, "ema": 0.96}
 
 FORMS = ("nonpositive", "positive", "centred")
