@@ -122,6 +122,7 @@ def _patches(timer: PartTimer) -> list[_Patch]:
         (PPO, "train", "updates"), (A2C, "train", "updates"),
         (ReplayBuffer, "_get_samples", "replay"), (NStepReplayBuffer, "_get_samples", "replay"),
         (_ReplayScoring, "_get_samples", "replay"), (NoveltyNStepReplayBuffer, "_get_samples", "replay"),
+        (_ReplayScoring, "sample", "replay"),
         (RolloutBuffer, "compute_returns_and_advantage", "updates"),
         (NoveltyBonus, "novelty", "scoring"),
         (NoveltyBonus, "flush", "density"),

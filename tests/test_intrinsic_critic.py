@@ -87,6 +87,7 @@ def _one_update(model, beta: float):
                            model.critic.optimizer.state_dict(), model.ent_coef_optimizer.state_dict(),
                            model.log_ent_coef.detach().clone(), find_novelty(model).model.state_dict()))
     find_novelty(model).options.weight.beta = beta
+    model.replay_buffer._drawn = []  # the block of minibatches is drawn anew: the same one after the same seed
     np.random.seed(0)
     torch.manual_seed(0)
     model.train(gradient_steps=1, batch_size=16)

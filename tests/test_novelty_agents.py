@@ -16,6 +16,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.config import merge_configs
+from agents.novelty.buffers import DRAW_AHEAD
 from agents.novelty import (
     NoveltyBonus,
     NoveltyReplayBuffer,
@@ -121,25 +122,31 @@ def test_sac_scores_the_sampled_transitions_with_the_current_model(device):
     model.learn(60, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
     assert bonus.model.n_total == 60  # every visited state (2 envs x 30 steps) was fed to the model
-    np.random.seed(3)
     samples = buf.sample(64)
-    np.random.seed(3)
-    inds = np.random.randint(0, buf.size(), size=64)
-    env_inds = np.random.randint(0, 2, size=64)
+    inds, env_inds = buf.last_draw
+    assert inds.max() < buf.size() and env_inds.max() < 2
     raw_next = buf.next_observations[inds, env_inds]
     assert np.allclose(samples.next_observations.cpu().numpy(), raw_next)  # rows line up with what was scored
     expected = buf.rewards[inds, env_inds] + bonus.intrinsic(raw_next).cpu().numpy()
     assert np.allclose(samples.rewards.cpu().numpy().ravel(), expected, atol=1e-5)
-    # The bonus follows the model: after more training the same rows get other rewards.
+    # The bonus follows the model: after more training the same rows get other rewards, even when drawn
+    # ahead of the update (staleness 0: scores older than the model are renewed when used).
+    drawn_ahead = list(buf._drawn)
     bonus.model.update(raw_next, steps=20)
-    np.random.seed(3)
-    assert not np.allclose(buf.sample(64).rewards.cpu().numpy(), samples.rewards.cpu().numpy())
+    assert not np.allclose(buf._get_samples(inds, env_inds=env_inds).rewards.cpu().numpy(),
+                           samples.rewards.cpu().numpy())
+    later = buf.sample(64)
+    assert np.array_equal(buf.last_draw[0], drawn_ahead[-1][0])  # the next minibatch of the block drawn ahead
+    rows, cols = buf.last_draw
+    assert np.allclose(later.rewards.cpu().numpy().ravel(),
+                       buf.rewards[rows, cols] + bonus.intrinsic(buf.next_observations[rows, cols]).cpu().numpy(),
+                       atol=1e-5)
     logged = model.logger.name_to_value
     assert "train/intrinsic_reward" in logged or "rollout/intrinsic_reward" in model.logger.name_to_count
 
 
 def test_replayed_bonuses_lag_the_model_by_at_most_staleness_updates():
-    """A cached score is reused for at most ``staleness`` model updates; the rotating refresh renews all of them."""
+    """A drawn score is at most ``staleness`` model updates old, and a block drawn ahead is scored in one call."""
     env = _mc(n_envs=2)
     kwargs, callbacks = attach_novelty(SAC, SMALL_SAC, env, merged(SMALL_FLOW, ONE_CRITIC, {
         "model": {"seed": 0}, "weight": {"beta": 0.5}, "staleness": 3}))
@@ -148,32 +155,41 @@ def test_replayed_bonuses_lag_the_model_by_at_most_staleness_updates():
     buf, bonus = model.replay_buffer, find_novelty(model)
     stored = buf.next_observations[:buf.size()].reshape(-1, 2)
 
+    scorer = bonus.novelty
+    calls = []
+    bonus.novelty = lambda x: calls.append(len(x)) or scorer(x)  # type: ignore[method-assign]
+
     def exact() -> np.ndarray:  # g(x) of every stored pair under the current model
-        return bonus.novelty(stored).cpu().numpy().reshape(buf.size(), 2)
+        return scorer(stored).cpu().numpy().reshape(buf.size(), 2)
 
     scale = float(np.abs(bonus.log_density(stored)).max())
     snapshots = {bonus.version: exact()}
-    for _ in range(8):  # one model update, then one minibatch, as SAC alternates them
-        bonus.model.update(stored[:4], steps=2)
-        snapshots[bonus.version] = exact()
-        buf.sample(16)
-        stamps = buf.novelty_version[:buf.size()]
-        assert (stamps >= 0).all(), "the refresh scores every stored pair"
-        assert (bonus.version - stamps <= 3).all()  # no cached score older than 3 updates
-        cached = buf.novelty_cache[:buf.size()].cpu().numpy()
+    buf._drawn = []
+    for step in range(3 * DRAW_AHEAD):  # a model update every 4 minibatches
+        if step % 4 == 0:
+            bonus.model.update(stored[:4], steps=2)
+            snapshots[bonus.version] = exact()
+        samples = buf.sample(16)
+        rows, cols = buf.last_draw
+        stamps = buf.novelty_version[rows, cols]
+        assert (bonus.version - stamps <= 3).all()  # no drawn score older than 3 updates
+        beta = bonus.beta
+        intrinsic = samples.rewards.cpu().numpy().ravel() - buf.rewards[rows, cols]
         for version, values in snapshots.items():  # each score is the one of the model it is stamped with
             mask = stamps == version  # (up to the rounding of the log-densities, scored in other batch shapes)
-            assert_close_rounding(cached[mask], values[mask], scale=scale)
+            want = beta * bonus.shaped(torch.as_tensor(values[rows, cols][mask])).numpy()
+            assert_close_rounding(intrinsic[mask], want, scale=beta * scale)
+    # one call renews a block; a stale minibatch of a block is rescored alone: fewer calls than minibatches
+    assert len(calls) < 3 * DRAW_AHEAD / 2 and max(calls) > 16
     # after more than `staleness` updates without a draw, a minibatch is scored afresh
     for _ in range(4):
         bonus.model.update(stored[:4], steps=2)
-    np.random.seed(5)
     samples = buf.sample(32)
-    np.random.seed(5)
-    inds, env_inds = np.random.randint(0, buf.size(), size=32), np.random.randint(0, 2, size=32)
-    fresh = bonus.intrinsic(buf.next_observations[inds, env_inds]).cpu().numpy()
-    assert_close_rounding(samples.rewards.cpu().numpy().ravel(), buf.rewards[inds, env_inds] + fresh,
-                          scale=bonus.beta * scale)
+    rows, cols = buf.last_draw
+    fresh = scorer(buf.next_observations[rows, cols]).cpu().numpy()
+    assert_close_rounding(samples.rewards.cpu().numpy().ravel(),
+                          buf.rewards[rows, cols] + beta * bonus.shaped(torch.as_tensor(fresh)).numpy(),
+                          scale=beta * scale)
 
 
 def test_intrinsic_and_extrinsic_rewards_are_kept_apart_in_info_and_logs(device):
@@ -214,10 +230,8 @@ def test_bonus_survives_vecnormalize(device):
     model = SAC("MlpPolicy", venv, seed=0, device=device, **kwargs)
     model.learn(40, callback=callbacks)
     buf, bonus = model.replay_buffer, find_novelty(model)
-    np.random.seed(1)
     samples = buf.sample(32, env=venv)
-    np.random.seed(1)
-    inds = np.random.randint(0, buf.size(), size=32)
+    inds, _ = buf.last_draw
     raw_next = buf.next_observations[inds, 0]
     extrinsic = venv.normalize_reward(buf.rewards[inds, 0])
     intrinsic = samples.rewards.cpu().numpy().ravel() - extrinsic

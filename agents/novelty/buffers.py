@@ -5,10 +5,10 @@
   bounded lag: each stored state's novelty is cached with the model version
   (:attr:`NoveltyBonus.version`, one per model update) that scored it, and a
   drawn state is rescored when its score is more than ``staleness`` versions
-  old (``0``: whenever the model changed since).  Every update of the model
-  also rescores the next ``1 / staleness`` of the buffer in one batch, so a
-  draw rarely finds a stale score and the scoring cost per minibatch is that
-  of a gather: the counts follow the model instead of freezing at insertion.  The
+  old (``0``: whenever the model changed since).  Minibatches are drawn
+  :data:`DRAW_AHEAD` at a time and the stale scores of a whole block are renewed
+  in one batch, so a minibatch's bonus is mostly a gather, and the counts follow
+  the model instead of freezing at insertion.  The
   buffer holds raw observations (SB3 stores them un-normalised under
   ``VecNormalize``), the bonus is computed on those and added *after*
   ``VecNormalize``'s reward scaling: it is never scaled away.
@@ -40,6 +40,11 @@ __all__ = [
     "NoveltyReplayBuffer", "NoveltyNStepReplayBuffer", "NoveltyDictReplayBuffer", "NoveltyRolloutBuffer",
     "NoveltyDictRolloutBuffer", "SplitReplaySamples",
 ]
+
+#: Minibatches drawn at once by the replay buffers: one model call renews the stale scores of all of them
+#: (a call costs ~1 ms of fixed overhead on a CPU, a state ~2 us). The agent's model changes every
+#: 16 env steps, about as many minibatches; a row written after its block was drawn waits for the next block.
+DRAW_AHEAD = 16
 
 _MISSING_CALLBACK = ("the novelty model has never been updated: pass the callbacks returned by "
                      "attach_novelty (or novelty_callbacks(model)) to model.learn(callback=...)")
@@ -83,8 +88,8 @@ class _ReplayScoring:
         # g(x) of each stored (row, env)'s scored state, and the model version that scored it (-1: none yet)
         self.novelty_cache = torch.zeros((self.buffer_size, self.n_envs), device=self.device)
         self.novelty_version = np.full((self.buffer_size, self.n_envs), -1, dtype=np.int64)
-        self._refreshed_version = 0  # model version up to which the rotating refresh has run
-        self._refresh_cursor = 0
+        self._drawn: list[tuple[np.ndarray, np.ndarray]] = []  # minibatches drawn ahead, (rows, envs), last first
+        self.last_draw: Optional[tuple[np.ndarray, np.ndarray]] = None  # (rows, envs) of the last minibatch
         self.last_intrinsic: Optional[torch.Tensor] = None
         self._model_updated = False
         self.episode_returns: Optional[np.ndarray] = None  # return_bound: see _track_returns
@@ -153,56 +158,64 @@ class _ReplayScoring:
             return pick(self.observations, (batch_inds + 1) % self.buffer_size)
         return pick(self.next_observations, batch_inds)
 
-    def _novelty_of(self, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
-        """``g(x)`` of the scored states of ``(rows, cols)`` (on the buffer's device), at most ``staleness`` old.
+    def sample(self, batch_size: int, env: Optional[VecNormalize] = None):
+        """SB3's uniform draw of ``batch_size`` (row, env) pairs with their bonus, from a block drawn ahead.
 
-        One batch scores the drawn pairs whose cached score is too old (or missing)
-        together with the rotating refresh's next slice of the buffer.
+        :data:`DRAW_AHEAD` minibatches are drawn at once and their scores more than
+        ``staleness // 2`` model updates old renewed in one batch; a minibatch whose
+        scores went stale since (more than ``staleness`` updates, or its row
+        overwritten) is rescored when used.
         """
-        version, staleness = self.novelty.version, self.novelty.options.staleness
+        if getattr(self, "optimize_memory_usage", False):  # the row being written changes: draw when used
+            return super().sample(batch_size, env)  # type: ignore[misc]
+        drawn = getattr(self, "_drawn", [])
+        if not drawn or len(drawn[-1][0]) != batch_size:
+            n = DRAW_AHEAD * batch_size
+            rows = np.random.randint(0, self.buffer_size if self.full else self.pos, size=n)
+            envs = np.random.randint(0, self.n_envs, size=n)
+            # renewing what is older than half the bound, the block can span staleness / 2 model updates
+            self._renew(*self._scored_pairs(rows, envs), within=self.novelty.options.staleness // 2)
+            drawn = list(zip(np.split(rows, DRAW_AHEAD), np.split(envs, DRAW_AHEAD)))[::-1]
+        self._drawn = drawn
+        batch_inds, env_inds = drawn.pop()
+        return self._get_samples(batch_inds, env, env_inds=env_inds)
+
+    def _scored_pairs(self, batch_inds: np.ndarray, env_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (row, env) pairs whose scores the minibatch of ``(batch_inds, env_inds)`` reads."""
+        return batch_inds, env_inds
+
+    def _renew(self, rows: np.ndarray, cols: np.ndarray, within: Optional[int] = None) -> None:
+        """Score, in one batch, the pairs ``(rows, cols)`` whose cached score is missing or more than ``within``
+        (default: ``staleness``) model updates old."""
+        version = self.novelty.version
+        staleness = self.novelty.options.staleness if within is None else within
         if self.novelty_cache.device != torch.device(self.device):  # a buffer loaded onto another device
             self.novelty_cache = self.novelty_cache.to(self.device)
         stamps = self.novelty_version[rows, cols]
         stale = (stamps < 0) | (version - stamps > staleness)
-        flat = [(rows[stale] * self.n_envs + cols[stale])]
-        if staleness > 0 and version > self._refreshed_version:
-            flat.append(self._refresh_slice(version, staleness))
-        todo = np.unique(np.concatenate(flat))
+        todo = np.unique(rows[stale] * self.n_envs + cols[stale])
         if todo.size:
             r, c = np.divmod(todo, self.n_envs)
             g = self.novelty.novelty(self._raw_states(r, c))
             index = (torch.as_tensor(r, device=self.device), torch.as_tensor(c, device=self.device))
             self.novelty_cache[index] = g.to(self.novelty_cache.device, self.novelty_cache.dtype)
             self.novelty_version[r, c] = version
+
+    def _novelty_of(self, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+        """``g(x)`` of the scored states of ``(rows, cols)`` (on the buffer's device), at most ``staleness`` old."""
+        self._renew(rows, cols)
         return self.novelty_cache[torch.as_tensor(rows, device=self.device), torch.as_tensor(cols, device=self.device)]
 
-    def _refresh_slice(self, version: int, staleness: int) -> np.ndarray:
-        """Flat ``row * n_envs + env`` indices of the next ``ceil(size / staleness)`` rows per new model version.
-
-        The cursor walks the stored rows, so every stored score is renewed within
-        ``staleness`` versions; pairs scored in this version already are skipped.
-        """
-        size = self.size()
-        steps = min(version - self._refreshed_version, staleness)
-        self._refreshed_version = version
-        count = min(size, steps * -(-size // staleness))
-        if count == 0:
-            return np.zeros(0, dtype=np.int64)
-        rows = (self._refresh_cursor + np.arange(count)) % size
-        self._refresh_cursor = int((self._refresh_cursor + count) % size)
-        flat = (rows[:, None] * self.n_envs + np.arange(self.n_envs)[None]).ravel()
-        return flat[self.novelty_version.ravel()[flat] != version]
-
-    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
+    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None,
+                     env_inds: Optional[np.ndarray] = None):
         """SB3's minibatch of rows ``batch_inds`` plus the bonus of exactly those rows.
 
-        SB3 draws each row's env column inside ``_get_samples``; here the columns are
-        drawn once and the same ``(row, column)`` pairs give both the sample and the
-        bonus (:meth:`_gather` builds SB3's samples from them), so nothing depends on
-        how SB3 consumes its random numbers.
+        The env columns ``env_inds`` (drawn here when not given, as SB3 does) give both
+        the sample and the bonus (:meth:`_gather` builds SB3's samples from the same
+        ``(row, column)`` pairs), so nothing depends on how SB3 consumes its random numbers.
         """
         self._require_updates()
-        env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        env_inds = _env_columns(self, batch_inds, env_inds)
         samples = self._gather(batch_inds, env_inds, env)
         shaped = self.novelty.shaped(self._novelty_of(batch_inds, env_inds))
         shaped = shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
@@ -283,9 +296,17 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
     bonus in the window comes from the current model, in one batch.
     """
 
-    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None):
+    def _scored_pairs(self, batch_inds: np.ndarray, env_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored pair of the ``n_steps`` windows that start at ``(batch_inds, env_inds)``."""
+        rows = (batch_inds[:, None] + np.arange(self.n_steps)[None]) % self.buffer_size
+        cols = np.broadcast_to(env_inds[:, None], rows.shape)
+        stored = rows < (self.buffer_size if self.full else self.pos)
+        return rows[stored], cols[stored]
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None,
+                     env_inds: Optional[np.ndarray] = None):
         self._require_updates()
-        env_inds = np.random.randint(0, high=self.n_envs, size=batch_inds.shape)
+        env_inds = _env_columns(self, batch_inds, env_inds)
         newest = self.pos - 1  # its successor is not stored yet: the window must stop there
         saved = self.timeouts[newest].copy()
         self.timeouts[newest] = np.logical_or(saved, np.logical_not(self.dones[newest]))
@@ -316,6 +337,14 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
         )
         return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped[mask],
                                 bounds=self._return_bounds(batch_inds, env_inds, env))
+
+
+def _env_columns(buffer: _ReplayScoring, batch_inds: np.ndarray, env_inds: Optional[np.ndarray]) -> np.ndarray:
+    """``env_inds``, or one env column per row drawn as SB3 does; kept as :attr:`last_draw` with the rows."""
+    if env_inds is None:
+        env_inds = np.random.randint(0, high=buffer.n_envs, size=batch_inds.shape)
+    buffer.last_draw = (batch_inds, env_inds)
+    return env_inds
 
 
 class _RolloutScoring:

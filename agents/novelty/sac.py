@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from stable_baselines3 import SAC
@@ -79,6 +78,9 @@ class IntrinsicCriticSAC(SAC):
         super()._setup_model()
         self._share_weight()
 
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_target_pairs"]  # tensors listed for speed, rebuilt on demand
+
     @property
     def bonus(self) -> NoveltyBonus:
         """The novelty bonus of the replay buffer (``ValueError`` without one that keeps the rewards apart)."""
@@ -117,8 +119,18 @@ class IntrinsicCriticSAC(SAC):
         self.ent_coef_optimizer.zero_grad()
         loss.backward()
         self.ent_coef_optimizer.step()
-        logs["ent_coef_loss"].append(loss.item())
+        logs["ent_coef_loss"].append(loss.detach())
         return alpha
+
+    def _update_targets(self) -> None:
+        """Polyak averaging of the target critics, ``theta' <- theta' + tau (theta - theta')``, in one kernel."""
+        if getattr(self, "_target_pairs", (None,))[0] is not self.critic:  # listed once per critic
+            self._target_pairs = (self.critic, list(self.critic.parameters()), list(self.critic_target.parameters()))
+        _, params, targets = self._target_pairs
+        with torch.no_grad():
+            torch._foreach_lerp_(targets, params, self.tau)
+        if self.batch_norm_stats:
+            polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         self.policy.set_training_mode(True)
@@ -126,7 +138,9 @@ class IntrinsicCriticSAC(SAC):
         self._update_learning_rate(optimizers + ([self.ent_coef_optimizer] if self.ent_coef_optimizer else []))
         beta = self._share_weight()
         backup_entropy = self.critic_options.backup_entropy
-        logs: dict[str, list[float]] = {k: [] for k in ("ent_coef", "ent_coef_loss", "actor_loss", "critic_loss")}
+        # kept on the device and read once after the loop: no host synchronisation per minibatch
+        logs: dict[str, list[torch.Tensor]] = {k: [] for k in ("ent_coef", "ent_coef_loss", "actor_loss",
+                                                                 "critic_loss")}
         q_means: list[torch.Tensor] = []
         bound_used: list[torch.Tensor] = []
         for step in range(gradient_steps):
@@ -135,7 +149,7 @@ class IntrinsicCriticSAC(SAC):
             actions_pi, log_prob = self.actor.action_log_prob(data.observations)
             log_prob = log_prob.reshape(-1, 1)
             alpha = self._temperature(log_prob, logs)
-            logs["ent_coef"].append(alpha.item())
+            logs["ent_coef"].append(alpha.detach())
 
             with torch.no_grad():
                 next_actions, next_log_prob = self.actor.action_log_prob(data.next_observations)
@@ -155,8 +169,8 @@ class IntrinsicCriticSAC(SAC):
             self.critic.optimizer.zero_grad()
             critic_loss.backward()  # type: ignore[union-attr]
             self.critic.optimizer.step()
-            logs["critic_loss"].append(critic_loss.item())  # type: ignore[union-attr]
-            with torch.no_grad():  # kept on the device; read once after the loop (no sync per step)
+            logs["critic_loss"].append(critic_loss.detach())  # type: ignore[union-attr]
+            with torch.no_grad():
                 q_means.append(torch.stack([torch.cat(q[:half], dim=1).min(dim=1).values.mean(),
                                             torch.cat(q[half:], dim=1).min(dim=1).values.mean()]))
 
@@ -165,18 +179,17 @@ class IntrinsicCriticSAC(SAC):
             self.actor.optimizer.zero_grad()
             actor_loss.backward()
             self.actor.optimizer.step()
-            logs["actor_loss"].append(actor_loss.item())
+            logs["actor_loss"].append(actor_loss.detach())
 
             if step % self.target_update_interval == 0:
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+                self._update_targets()
 
+        means = {key: torch.stack(values).float().mean() for key, values in logs.items() if values}
         if q_means:
-            logs["extrinsic_q"], logs["intrinsic_q"] = torch.stack(q_means).T.tolist()
+            means["extrinsic_q"], means["intrinsic_q"] = torch.stack(q_means).mean(dim=0)
         if bound_used:
-            logs["return_bound_used"] = torch.stack(bound_used).tolist()
+            means["return_bound_used"] = torch.stack(bound_used).mean()
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        for key, values in logs.items():
-            if values:
-                self.logger.record(f"train/{key}", float(np.mean(values)))
+        for key, value in zip(means, torch.stack(list(means.values())).tolist() if means else []):
+            self.logger.record(f"train/{key}", value)

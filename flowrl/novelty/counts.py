@@ -174,6 +174,7 @@ class PseudoCounter(OnlineDensityModel):
         # Counts are read from a Polyak average of the trained flow: minibatch
         # noise otherwise makes the density of rarely seen states jitter.
         self.ema_flow: Optional[Flow] = copy.deepcopy(self.flow).requires_grad_(False) if self.ema > 0 else None
+        self._ema_tensors: Optional[tuple[list[Tensor], ...]] = None  # after_step's tensors, listed once
         self.preprocess = preprocess
         self.memo = memo
         self.estimator = estimator
@@ -240,13 +241,18 @@ class PseudoCounter(OnlineDensityModel):
         """``theta_avg <- ema * theta_avg + (1 - ema) * theta``; buffers are copied."""
         if self.ema_flow is None:
             return
-        averaged: list[Tensor] = list(self.ema_flow.parameters())
-        trained: list[Tensor] = list(self.flow.parameters())
+        if self._ema_tensors is None:  # walking the modules costs more than the update itself: once per placement
+            self._ema_tensors = (list(self.ema_flow.parameters()), list(self.flow.parameters()),
+                                 list(self.ema_flow.buffers()), list(self.flow.buffers()))
+        averaged, trained, averaged_buffers, trained_buffers = self._ema_tensors
         if averaged:
             torch._foreach_lerp_(averaged, trained, 1.0 - self.ema)
-        buffers: list[Tensor] = list(self.ema_flow.buffers())
-        if buffers:
-            torch._foreach_copy_(buffers, list(self.flow.buffers()))
+        if averaged_buffers:
+            torch._foreach_copy_(averaged_buffers, trained_buffers)
+
+    def _apply(self, fn, recurse=True):
+        self._ema_tensors = None  # .to() / .cuda() / .float() may replace the buffers
+        return super()._apply(fn, recurse)
 
     # ----------------------------------------------------------------- density
     def log_density(self, obs: Any) -> Tensor:

@@ -224,9 +224,13 @@ class OnlineDensityModel(nn.Module):
         """Hook run after every optimiser step (parameter averaging)."""
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        # foreach: one kernel per state tensor kind instead of a Python loop over parameters (the same
-        # update; PyTorch picks it by itself only on CUDA, and these models are many small tensors).
-        return torch.optim.Adam(self.trainable_parameters(), lr=self.settings.lr, foreach=True)
+        # fused: one kernel for the whole update (these models are many small tensors); where this torch
+        # has no fused Adam for the device, foreach: one kernel per state tensor kind. The same update.
+        params = self.trainable_parameters()
+        try:
+            return torch.optim.Adam(params, lr=self.settings.lr, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(params, lr=self.settings.lr, foreach=True)
 
     def update(self, obs: Any, steps: Optional[int] = None) -> dict[str, float]:
         """Add ``obs`` to the model's experience, then take ``steps`` training steps.

@@ -50,21 +50,18 @@ def _check_params(x: Tensor, params: Tensor, num_params: int) -> None:
 
 def _bin_sizes(raw: Tensor, min_size: float) -> Tensor:
     """Fractions of the interval ``(K, M)``: ``min + (1 - K min) softmax(raw)`` over bins (dim 0)."""
-    k = raw.shape[0]
-    e = torch.exp(raw - raw.amax(dim=0, keepdim=True))
-    return min_size + (1.0 - min_size * k) * (e / e.sum(dim=0, keepdim=True))
+    return min_size + (1.0 - min_size * raw.shape[0]) * torch.softmax(raw, dim=0)
 
 
 def spline_knots(sizes: Tensor, bound: float) -> Tensor:
     """Knot positions ``(K + 1, M)`` in ``[-bound, bound]`` from bin fractions ``(K, M)``.
 
-    The end knots are exactly ``-bound`` and ``bound``; the interior ones are
-    the cumulative sums divided by their total (robust to rounding).
+    The end knots are exactly ``-bound`` and ``bound`` (``c_K / c_K = 1`` and
+    ``2b - b = b`` are exact); the interior ones are the cumulative sums divided
+    by their total (robust to rounding).
     """
     c = torch.cumsum(sizes, dim=0)
-    inner = (2.0 * bound) * (c[:-1] / c[-1:]) - bound
-    edge = inner.new_full((1, inner.shape[1]), bound)
-    return torch.cat([-edge, inner, edge], dim=0)
+    return F.pad((2.0 * bound) * (c / c[-1:]) - bound, (0, 0, 1, 0), value=-bound)
 
 
 def _locate(knots: Tensor, v: Tensor) -> Tensor:
@@ -80,10 +77,6 @@ def _pair(t: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """Values of ``t (K + 1, M)`` at bin ``k`` and ``k + 1`` (``idx`` from :func:`_locate`)."""
     both = torch.gather(t, 0, idx)
     return both[0], both[1]
-
-
-def _ones_row(t: Tensor) -> Tensor:
-    return t.new_ones((1, t.shape[1]))
 
 
 class _Spline(ElementwiseBijection):
@@ -169,8 +162,7 @@ class RationalQuadraticSpline(_Spline):
         xk = spline_knots(_bin_sizes(params[:k], self.min_width), self.bound)
         yk = spline_knots(_bin_sizes(params[k:2 * k], self.min_height), self.bound)
         d = 1.0 + (1.0 - self.min_derivative) * (F.softplus(params[2 * k:]) / math.log(2.0) - 1.0)
-        one = _ones_row(d)
-        return xk, yk, torch.cat([one, d, one], dim=0)
+        return xk, yk, F.pad(d, (0, 0, 1, 1), value=1.0)
 
     def _inside(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         x0, x1, y0, y1, d0, d1 = self._bin(v, params, inverse)
@@ -273,8 +265,7 @@ class CubicSpline(_Spline):
         lo = self.min_derivative
         ratio = lo + (m - lo) * torch.sigmoid(params[2 * k:] + self._ratio_offset)
         d = ratio * torch.minimum(slopes[:-1], slopes[1:])
-        one = _ones_row(d)
-        return spline_knots(widths, self.bound), spline_knots(heights, self.bound), torch.cat([one, d, one], dim=0)
+        return spline_knots(widths, self.bound), spline_knots(heights, self.bound), F.pad(d, (0, 0, 1, 1), value=1.0)
 
     def _inside(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         x0, x1, y0, y1, d0, d1 = self._bin(v, params, inverse)
