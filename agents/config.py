@@ -159,7 +159,8 @@ class TrainConfig(_Strict):
         if novelty is None or novelty.critics is None or self.algo.name == "sac":
             return self
         if "critics" in novelty.model_fields_set:
-            raise ValueError(f"novelty.critics: SAC only ({self.algo.name} has one critic); set it to null")
+            raise ValueError(f"novelty.critics: SAC only, but algo.name is {self.algo.name} (one critic); "
+                             "set novelty.critics to null")
         novelty.critics = None
         return self
 

@@ -223,11 +223,22 @@ def test_discrete_actions_train_with_the_flow_bonus_through_the_command(algo, kw
     code = main(["train", os.path.join(ROOT, "configs", "deepsea_ppo.yaml"), "env.id=CartPole-v1", "env.kwargs={}",
                  f"algo.name={algo}", f"algo.kwargs={kwargs}", "total_timesteps=64", f"run.out_dir={tmp_path}",
                  "run.progress_bar=false", "run.plots=false", "eval.episodes=1", "device=cpu",
-                 "novelty={model: {kind: flow}, update_every: 8}"])
+                 # CartPole pays +1 a step: no success signal for the success fade
+                 "novelty={model: {kind: flow}, update_every: 8, weight: {success_window: null, success_hold: null}}"])
     assert code == 0
     run_dir = capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1]
     with open(os.path.join(run_dir, "progress.csv")) as f:
         assert "novelty/n_total" in f.readline()
+
+
+def test_a_success_fade_on_an_env_that_pays_every_step_stops_at_the_first_episode(tmp_path):
+    """Without ``is_success``, success is ``return > 0``: true of every CartPole episode, so the fade refuses it."""
+    with pytest.raises(ValueError, match=r"novelty.weight.success_window needs a success signal: this env reports no "
+                                         r"info\['is_success'\] and paid a positive reward on (\d+) of an episode's \1"):
+        main(["train", os.path.join(ROOT, "configs", "deepsea_ppo.yaml"), "env.id=CartPole-v1", "env.kwargs={}",
+              "algo.kwargs={n_steps: 64, batch_size: 32}", "total_timesteps=128", f"run.out_dir={tmp_path}",
+              "run.progress_bar=false", "run.plots=false", "eval.episodes=1", "device=cpu",
+              "novelty={model: {kind: flow}, update_every: 8}"])
 
 
 @pytest.mark.parametrize("algo, policy, expected", [

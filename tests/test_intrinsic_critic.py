@@ -191,7 +191,7 @@ def test_critics_are_on_by_default_and_need_intrinsic_critic_sac():
     assert type(model.replay_buffer) is NoveltyReplayBuffer  # the bonus is there, added to SAC's one reward
     assert algorithm_class(TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", novelty=None)) is SAC
     ppo_algo = dict(name="ppo", kwargs=dict(n_steps=16))
-    with pytest.raises(ValueError, match="novelty.critics: SAC only"):
+    with pytest.raises(ValueError, match="novelty.critics: SAC only, but algo.name is ppo"):
         TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=ppo_algo, novelty=dict(critics=dict()))
     ppo = TrainConfig(env=dict(id="flowrl/PointMaze-v0"), device="cpu", algo=ppo_algo, novelty={})
     assert ppo.novelty.critics is None  # the default section is SAC's: dropped for PPO

@@ -323,9 +323,12 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
         inside = steps[None] <= stop[:, None]  # (batch, n): the steps before the window stops
         rewards = self.to_torch(self._normalize_reward(self.rewards[rows, cols], env))
         mask = torch.as_tensor(inside, device=rewards.device)
+        # positions of the steps inside, in row-major order as rows[inside]: index tensors made on the host, so
+        # no boolean indexing (which makes the device report its count to the host) on the path of a minibatch
+        flat = torch.as_tensor(np.flatnonzero(inside), device=rewards.device)
         shaped = torch.zeros_like(rewards)
         novelty = self._novelty_of(rows[inside], cols[inside])
-        shaped[mask] = self.novelty.shaped(novelty).to(rewards.device, rewards.dtype)  # row-major, as rows[inside]
+        shaped.view(-1)[flat] = self.novelty.shaped(novelty).to(rewards.device, rewards.dtype)
         powers = self.gamma ** torch.arange(self.n_steps, device=rewards.device, dtype=rewards.dtype)
         samples = ReplayBufferSamples(
             observations=self.to_torch(self._normalize_obs(self.observations[batch_inds, env_inds], env)),
@@ -335,7 +338,7 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
             rewards=(rewards * powers * mask).sum(dim=1, keepdim=True),
             discounts=self.gamma ** mask.sum(dim=1, keepdim=True).to(rewards.dtype),
         )
-        return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped[mask],
+        return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped.view(-1)[flat],
                                 bounds=self._return_bounds(batch_inds, env_inds, env))
 
 

@@ -39,6 +39,19 @@ def episode_succeeded(final_info: dict, extrinsic_return: float) -> bool:
     return extrinsic_return > 0
 
 
+def check_success_signal(final_info: dict, positive_steps: int, steps: int, option: str) -> None:
+    """``ValueError`` naming ``option`` when an episode without ``is_success`` was paid on most of its steps.
+
+    There ``extrinsic return > 0`` (:func:`episode_succeeded`) is true of nearly every
+    episode (CartPole's +1 per step), so success shares would mean nothing.
+    """
+    if "is_success" not in final_info and steps >= 10 and positive_steps > steps / 2:
+        raise ValueError(
+            f"{option} needs a success signal: this env reports no info['is_success'] and paid a positive reward on "
+            f"{positive_steps} of an episode's {steps} steps, so 'return > 0' is no success; report is_success "
+            "(env.wrappers: envs.wrappers.SuccessInfo) or set novelty.weight.success_window to null")
+
+
 class NoveltyCallback(BaseCallback):
     """Drives a :class:`NoveltyBonus` during ``learn``; pass it with the agent's other callbacks."""
 
@@ -51,6 +64,7 @@ class NoveltyCallback(BaseCallback):
         self._ep_intrinsic: Optional[np.ndarray] = None
         self._ep_extrinsic: Optional[np.ndarray] = None
         self._pending: list[tuple[np.ndarray, list[dict], float]] = []  # (scored states, infos, beta) per step
+        self._ep_steps = np.zeros((2, 0), dtype=np.int64)
 
     # ------------------------------------------------------------ helpers
     def _vec_normalize(self):
@@ -71,15 +85,19 @@ class NoveltyCallback(BaseCallback):
         if self._ep_intrinsic is None or len(self._ep_intrinsic) != n_envs:
             self._ep_intrinsic = np.zeros(n_envs)
             self._ep_extrinsic = np.zeros(n_envs)
+        if self._ep_steps.shape[1] != n_envs:
+            self._ep_steps = np.zeros((2, n_envs), dtype=np.int64)  # (steps, steps paid > 0) of each episode
 
     def resume_state(self) -> dict:
         """The episode sums and the last scored state (for :mod:`agents.run.resume`)."""
         self.score_pending()  # the same rewards as later: the model changes only after scoring
-        return {"last_raw": self._last_raw, "ep_intrinsic": self._ep_intrinsic, "ep_extrinsic": self._ep_extrinsic}
+        return {"last_raw": self._last_raw, "ep_intrinsic": self._ep_intrinsic, "ep_extrinsic": self._ep_extrinsic,
+                "ep_steps": self._ep_steps}
 
     def load_resume_state(self, state: dict) -> None:
         self._last_raw, self._ep_intrinsic, self._ep_extrinsic = (
             state["last_raw"], state["ep_intrinsic"], state["ep_extrinsic"])
+        self._ep_steps = state.get("ep_steps", self._ep_steps)
 
     def _on_training_end(self) -> None:
         self.score_pending()
@@ -109,6 +127,7 @@ class NoveltyCallback(BaseCallback):
             info["extrinsic_reward"] = float(extrinsic[i])
         self.logger.record_mean("rollout/extrinsic_reward", float(extrinsic.mean()))
         self._ep_extrinsic += extrinsic
+        self._ep_steps += np.stack([np.ones_like(extrinsic), extrinsic > 0]).astype(np.int64)
         self._pending.append((scored, infos, self.bonus.beta))
         if dones.any() or self.bonus.update_due(env_steps=1):
             self.score_pending()
@@ -116,8 +135,12 @@ class NoveltyCallback(BaseCallback):
             infos[i]["intrinsic_return"] = float(self._ep_intrinsic[i])
             self.logger.record_mean("rollout/intrinsic_ep_return", float(self._ep_intrinsic[i]))
             self.logger.record_mean("rollout/extrinsic_ep_return", float(self._ep_extrinsic[i]))
+            if self.bonus.options.weight.success_window is not None:
+                steps, paid = self._ep_steps[:, i]
+                check_success_signal(infos[i], int(paid), int(steps), "novelty.weight.success_window")
             self.bonus.record_episode(episode_succeeded(infos[i], self._ep_extrinsic[i]))
             self._ep_intrinsic[i] = self._ep_extrinsic[i] = 0.0
+            self._ep_steps[:, i] = 0
         self.logger.record("novelty/beta", self.bonus.beta)
         stats = self.bonus.observe(raw_next, env_steps=1)
         if stats:

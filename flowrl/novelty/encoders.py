@@ -241,7 +241,8 @@ class VectorEncoder(ObservationEncoder):
         self.normalizer = RunningNormalizer(self.model_shape, clip=clip, redundancy=redundancy) if normalize else None
 
     def as_batch(self, obs: Any, device: torch.device) -> Tensor:
-        x = real_tensor(obs).to(device=device, dtype=torch.float32)
+        # checked where the observations are, before the copy: host arrays cost the device no synchronisation
+        x = real_tensor(obs).to(dtype=torch.float32)
         if tuple(x.shape) == self.obs_shape:
             x = x.unsqueeze(0)
         if x.dim() != len(self.obs_shape) + 1 or tuple(x.shape[1:]) != self.obs_shape:
@@ -253,7 +254,7 @@ class VectorEncoder(ObservationEncoder):
             bad = (~finite).flatten(1).any(0).nonzero().flatten().tolist()
             raise ValueError(f"observations contain NaN or inf values in feature(s) {bad[:10]}"
                              f"{' ...' if len(bad) > 10 else ''} (flattened index of one observation)")
-        return x
+        return x.to(device)
 
     def encode(self, x: Tensor) -> Tensor:
         """The counted features: ``project(x)`` (every feature without a projection)."""
