@@ -180,6 +180,13 @@ class _ReplayScoring:
         batch_inds, env_inds = drawn.pop()
         return self._get_samples(batch_inds, env, env_inds=env_inds)
 
+    def _env_columns(self, batch_inds: np.ndarray, env_inds: Optional[np.ndarray]) -> np.ndarray:
+        """``env_inds``, or one env column per row drawn as SB3 does; kept as :attr:`last_draw` with the rows."""
+        if env_inds is None:
+            env_inds = np.random.randint(0, high=self.n_envs, size=batch_inds.shape)
+        self.last_draw = (batch_inds, env_inds)
+        return env_inds
+
     def _scored_pairs(self, batch_inds: np.ndarray, env_inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The (row, env) pairs whose scores the minibatch of ``(batch_inds, env_inds)`` reads."""
         return batch_inds, env_inds
@@ -215,7 +222,7 @@ class _ReplayScoring:
         ``(row, column)`` pairs), so nothing depends on how SB3 consumes its random numbers.
         """
         self._require_updates()
-        env_inds = _env_columns(self, batch_inds, env_inds)
+        env_inds = self._env_columns(batch_inds, env_inds)
         samples = self._gather(batch_inds, env_inds, env)
         shaped = self.novelty.shaped(self._novelty_of(batch_inds, env_inds))
         shaped = shaped.to(samples.rewards.device, samples.rewards.dtype).reshape(-1, 1)
@@ -306,7 +313,7 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None,
                      env_inds: Optional[np.ndarray] = None):
         self._require_updates()
-        env_inds = _env_columns(self, batch_inds, env_inds)
+        env_inds = self._env_columns(batch_inds, env_inds)
         newest = self.pos - 1  # its successor is not stored yet: the window must stop there
         saved = self.timeouts[newest].copy()
         self.timeouts[newest] = np.logical_or(saved, np.logical_not(self.dones[newest]))
@@ -340,14 +347,6 @@ class NoveltyNStepReplayBuffer(_ReplayScoring, NStepReplayBuffer):
         )
         return self._with_bonus(samples, (shaped * powers).sum(dim=1, keepdim=True), per_step=shaped.view(-1)[flat],
                                 bounds=self._return_bounds(batch_inds, env_inds, env))
-
-
-def _env_columns(buffer: _ReplayScoring, batch_inds: np.ndarray, env_inds: Optional[np.ndarray]) -> np.ndarray:
-    """``env_inds``, or one env column per row drawn as SB3 does; kept as :attr:`last_draw` with the rows."""
-    if env_inds is None:
-        env_inds = np.random.randint(0, high=buffer.n_envs, size=batch_inds.shape)
-    buffer.last_draw = (batch_inds, env_inds)
-    return env_inds
 
 
 class _RolloutScoring:
