@@ -308,6 +308,30 @@ def test_sac_save_load_round_trip(name, tmp_path, device):
     assert (actions >= low).all() and (actions <= high).all()
 
 
+def test_sac_deterministic_action_is_by_default_the_median_of_the_fixed_candidates(device, tmp_path):
+    model = _sac("Pendulum-v1", "realnvp", device=device)
+    assert model.policy.deterministic_rule == "median"
+    model.learn(64)
+    policy, actor = model.policy, model.policy.actor
+    obs = torch.randn(16, 3, device=device)
+    with torch.no_grad():
+        chosen = policy._predict(obs, deterministic=True)
+        actor.action_dist.proba_distribution(actor._latent(obs))
+        cands = actor.action_dist.candidate_actions()  # (K, 16, 1)
+        mode = actor(obs, deterministic=True)
+    k = cands.shape[0]
+    below = (cands < chosen.unsqueeze(0)).sum(dim=0)
+    above = (cands > chosen.unsqueeze(0)).sum(dim=0)
+    assert (below <= k // 2).all() and (above <= k // 2).all()  # the middle value, coordinate by coordinate
+    assert ((cands == chosen.unsqueeze(0)).any(dim=0)).all()  # one of the candidates' values
+    assert torch.equal(policy._predict(obs, deterministic=True), chosen)  # deterministic
+    assert not torch.equal(chosen, mode)  # not the density's mode
+    low, high = (torch.as_tensor(b, device=device) for b in (model.action_space.low, model.action_space.high))
+    assert ((chosen >= low) & (chosen <= high)).all()
+    model.save(tmp_path / "sac")
+    assert SAC.load(tmp_path / "sac", device=device).policy.deterministic_rule == "median"
+
+
 def test_sac_critic_rule_picks_the_candidate_the_twin_critics_value_most(device, tmp_path):
     model = _sac("Pendulum-v1", "realnvp", device=device, policy_kwargs_extra=dict(deterministic_rule="critic"))
     model.learn(64)

@@ -273,7 +273,7 @@ class FlowDistribution(Distribution):
         The flow's base mode and ``mode_candidates`` fixed base points pushed
         through the flow before the squash (:meth:`flowrl.Flow.fixed_candidates`),
         then squashed (unless ``pre_squash``): a deterministic set for another
-        rule to choose from (:class:`agents.FlowSACPolicy` with ``deterministic_rule="critic"``).
+        rule to choose from (:class:`agents.FlowSACPolicy`'s ``deterministic_rule``: ``"median"``, ``"critic"``).
         """
         _, ctx = self._ready()
         u, _ = self._unsquashed.fixed_candidates(ctx, self.mode_candidates)  # type: ignore[union-attr]

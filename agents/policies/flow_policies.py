@@ -47,7 +47,7 @@ __all__ = ["FlowActor", "FlowSACPolicy", "FlowActorCriticPolicy", "PPO_NAF_MIN_S
 PPO_NAF_MIN_SLOPE = 0.1
 
 #: How :class:`FlowSACPolicy` picks its deterministic action among the flow's fixed candidates.
-DETERMINISTIC_RULES = ("density", "critic")
+DETERMINISTIC_RULES = ("median", "density", "critic")
 
 
 def _resolve_direction(flow: str, direction: str, scores_stored_actions: bool) -> str:
@@ -137,7 +137,11 @@ class FlowSACPolicy(SACPolicy):
     (``predict(deterministic=True)``, evaluation) is chosen among the flow's fixed
     candidates (:meth:`agents.FlowDistribution.candidate_actions`):
 
-    * ``"density"`` (default): the mode estimate ``argmax_k log pi(a_k | s)``
+    * ``"median"`` (default): the coordinate-wise median of the candidates, the
+      policy's central action. A broad squashed density peaks at the box's
+      boundary, so near a wall its mode can press into the wall and, the state
+      not changing, stay there; the median does not follow the peak there;
+    * ``"density"``: the mode estimate ``argmax_k log pi(a_k | s)``
       (:meth:`agents.FlowDistribution.mode`);
     * ``"critic"``: ``argmax_k min_j Q_j(s, a_k)``, the candidate the twin
       critics value most (:func:`critic_value`: extrinsic plus weighted
@@ -145,7 +149,7 @@ class FlowSACPolicy(SACPolicy):
       A policy trained on a sparse reward can reach the goal in most of its
       stochastic episodes while the density's peak still presses into a wall
       on the way; the critic scores where the actions lead.
-      Training is unchanged (SAC's updates use samples, never this choice).
+      Training is unchanged by any rule (SAC's updates use samples, never this choice).
 
     Example:
         >>> from stable_baselines3 import SAC
@@ -165,7 +169,7 @@ class FlowSACPolicy(SACPolicy):
         flow_kwargs: Optional[dict] = None,
         base: str = "normal",
         direction: str = "auto",
-        deterministic_rule: str = "density",
+        deterministic_rule: str = "median",
         use_sde: bool = False,
         **kwargs: Any,
     ):
@@ -194,6 +198,10 @@ class FlowSACPolicy(SACPolicy):
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
         if deterministic and self.deterministic_rule == "critic":
             return self._best_candidate_by_critic(observation)
+        if deterministic and self.deterministic_rule == "median":
+            dist = self.actor.action_dist
+            dist.proba_distribution(self.actor._latent(observation))
+            return dist.candidate_actions().median(dim=0).values  # per coordinate, one of the candidates' values
         return self.actor(observation, deterministic)
 
     def _best_candidate_by_critic(self, obs: PyTorchObs) -> Tensor:
