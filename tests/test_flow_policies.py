@@ -308,17 +308,22 @@ def test_sac_save_load_round_trip(name, tmp_path, device):
     assert (actions >= low).all() and (actions <= high).all()
 
 
+def _deterministic_choice(model, obs):
+    """The policy's deterministic actions of ``obs``, the flow's fixed candidates ``(K, B, D)`` and its mode."""
+    policy, actor = model.policy, model.policy.actor
+    with torch.no_grad():
+        chosen = policy._predict(obs, deterministic=True)
+        actor.action_dist.proba_distribution(actor._latent(obs))
+        return chosen, actor.action_dist.candidate_actions(), actor(obs, deterministic=True)
+
+
 def test_sac_deterministic_action_is_by_default_the_median_of_the_fixed_candidates(device, tmp_path):
     model = _sac("Pendulum-v1", "realnvp", device=device)
     assert model.policy.deterministic_rule == "median"
     model.learn(64)
-    policy, actor = model.policy, model.policy.actor
+    policy = model.policy
     obs = torch.randn(16, 3, device=device)
-    with torch.no_grad():
-        chosen = policy._predict(obs, deterministic=True)
-        actor.action_dist.proba_distribution(actor._latent(obs))
-        cands = actor.action_dist.candidate_actions()  # (K, 16, 1)
-        mode = actor(obs, deterministic=True)
+    chosen, cands, mode = _deterministic_choice(model, obs)
     k = cands.shape[0]
     below = (cands < chosen.unsqueeze(0)).sum(dim=0)
     above = (cands > chosen.unsqueeze(0)).sum(dim=0)
@@ -335,17 +340,14 @@ def test_sac_deterministic_action_is_by_default_the_median_of_the_fixed_candidat
 def test_sac_critic_rule_picks_the_candidate_the_twin_critics_value_most(device, tmp_path):
     model = _sac("Pendulum-v1", "realnvp", device=device, policy_kwargs_extra=dict(deterministic_rule="critic"))
     model.learn(64)
-    policy, actor = model.policy, model.policy.actor
+    policy = model.policy
     obs = torch.randn(16, 3, device=device)
+    chosen, cands, mode = _deterministic_choice(model, obs)  # cands: (K, 16, 1)
     with torch.no_grad():
-        chosen = policy._predict(obs, deterministic=True)
-        actor.action_dist.proba_distribution(actor._latent(obs))
-        cands = actor.action_dist.candidate_actions()  # (K, 16, 1)
         # every candidate scored row by row, with no tiling: min over the twin critics
         q = torch.stack([torch.cat(policy.critic(obs[i:i + 1].expand(len(cands), 3), cands[:, i]), 1).min(1).values
                          for i in range(16)], dim=1)  # (K, 16)
         picked = (cands == chosen.unsqueeze(0)).all(dim=-1)  # (K, 16): which candidate each row chose
-        mode = actor(obs, deterministic=True)
     assert (picked.sum(dim=0) >= 1).all()  # the choice is one of the candidates
     q_chosen = torch.where(picked, q, torch.full_like(q, -torch.inf)).max(dim=0).values
     # the best one, up to the rounding of Q between a batch of K * 16 and one of K
