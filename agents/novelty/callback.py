@@ -39,17 +39,17 @@ def episode_succeeded(final_info: dict, extrinsic_return: float) -> bool:
     return extrinsic_return > 0
 
 
-def check_success_signal(final_info: dict, positive_steps: int, steps: int, option: str) -> None:
-    """``ValueError`` naming ``option`` when an episode without ``is_success`` was paid on most of its steps.
+def check_success_signal(final_info: dict, positive_steps: int, steps: int) -> None:
+    """``ValueError`` naming the success fade when an episode without ``is_success`` was paid on most of its steps.
 
     There ``extrinsic return > 0`` (:func:`episode_succeeded`) is true of nearly every
     episode (CartPole's +1 per step), so success shares would mean nothing.
     """
     if "is_success" not in final_info and steps >= 10 and positive_steps > steps / 2:
         raise ValueError(
-            f"{option} needs a success signal: this env reports no info['is_success'] and paid a positive reward on "
-            f"{positive_steps} of an episode's {steps} steps, so 'return > 0' is no success; report is_success "
-            "(env.wrappers: envs.wrappers.SuccessInfo) or set novelty.weight.success_window to null")
+            "novelty.weight.success_window needs a success signal: this env reports no info['is_success'] and paid "
+            f"a positive reward on {positive_steps} of an episode's {steps} steps, so 'return > 0' is no success; "
+            "report is_success (env.wrappers: envs.wrappers.SuccessInfo) or set novelty.weight.success_window to null")
 
 
 class NoveltyCallback(BaseCallback):
@@ -137,7 +137,7 @@ class NoveltyCallback(BaseCallback):
             self.logger.record_mean("rollout/extrinsic_ep_return", float(self._ep_extrinsic[i]))
             if self.bonus.options.weight.success_window is not None:
                 steps, paid = self._ep_steps[:, i]
-                check_success_signal(infos[i], int(paid), int(steps), "novelty.weight.success_window")
+                check_success_signal(infos[i], int(paid), int(steps))
             self.bonus.record_episode(episode_succeeded(infos[i], self._ep_extrinsic[i]))
             self._ep_intrinsic[i] = self._ep_extrinsic[i] = 0.0
             self._ep_steps[:, i] = 0

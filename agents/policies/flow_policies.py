@@ -199,16 +199,18 @@ class FlowSACPolicy(SACPolicy):
         if deterministic and self.deterministic_rule == "critic":
             return self._best_candidate_by_critic(observation)
         if deterministic and self.deterministic_rule == "median":
-            dist = self.actor.action_dist
-            dist.proba_distribution(self.actor._latent(observation))
-            return dist.candidate_actions().median(dim=0).values  # per coordinate, one of the candidates' values
+            return self._candidates(observation).median(dim=0).values  # per coordinate, one of the candidates' values
         return self.actor(observation, deterministic)
+
+    def _candidates(self, obs: PyTorchObs) -> Tensor:
+        """The actor's fixed candidate actions for ``obs``, ``(K, B, D)``."""
+        dist = self.actor.action_dist
+        dist.proba_distribution(self.actor._latent(obs))
+        return dist.candidate_actions()
 
     def _best_candidate_by_critic(self, obs: PyTorchObs) -> Tensor:
         """``argmax_k min_j Q_j(s, a_k)`` over the actor's fixed candidates, ``(B, D)``."""
-        dist = self.actor.action_dist
-        dist.proba_distribution(self.actor._latent(obs))
-        candidates = dist.candidate_actions()  # (K, B, D)
+        candidates = self._candidates(obs)  # (K, B, D)
         k, b, d = candidates.shape
         tiled = {key: _tile(v, k) for key, v in obs.items()} if isinstance(obs, dict) else _tile(obs, k)
         q = critic_value(self.critic(tiled, candidates.reshape(k * b, d)), self.intrinsic_weight).reshape(k, b)
